@@ -1,0 +1,431 @@
+"""TensorFlow 1's RNN cells as Equinox modules, with TF1's formulas, weight layout and names.
+
+A cell maps one time step of a batch: `output, new_state = cell(inputs, state)` with
+`inputs` shaped [batch, input_size]. Weights are stored exactly as TF1 stores them (one
+kernel over the concatenation [inputs, h], gates in TF1's order), so a TF1 checkpoint maps
+onto a cell one variable to one field; `get_variables` / `set_variables` do the mapping.
+
+TF1 builds a cell lazily on its first call; here sizes are explicit at construction
+(`input_size=`), so shapes are known and checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from rnnkit._checks import check_float_dtype, check_inputs, check_state, dtype_name
+
+Activation = Callable[[Array], Array]
+
+
+class LSTMStateTuple(NamedTuple):
+    """The state of an LSTM cell, `c` (memory) first and `h` (output) second, like TF1."""
+
+    c: Any
+    h: Any
+
+
+def glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Array:
+    """TF1's default initializer (`tf.get_variable` with no initializer): U(-limit, limit),
+    limit = sqrt(6 / (fan_in + fan_out)), over the whole matrix. For a vector TF counts
+    fan_in = fan_out = its length."""
+    fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
+
+
+class RNNCell(eqx.Module):
+    """What every cell offers, TF1's `RNNCell` protocol.
+
+    Subclasses define `input_size`, `output_size`, `state_size`, `dtype`, `_step` (the
+    math, on checked arguments) and `_tf1_leaves` (which field holds which TF1 variable).
+    """
+
+    @property
+    def input_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def state_size(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> Any:
+        raise NotImplementedError
+
+    def zero_state(self, batch_size: int, dtype: Any = None) -> Any:
+        """All-zero state of structure `state_size`, each leaf [batch_size, size]."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+            raise ValueError(f"batch_size must be a non-negative int; got {batch_size!r}")
+        if dtype is not None and jnp.dtype(dtype) != jnp.dtype(self.dtype):
+            raise TypeError(
+                f"dtype must be the cell's dtype {dtype_name(self.dtype)} (or None); got {dtype_name(dtype)}"
+            )
+        return jax.tree_util.tree_map(lambda n: jnp.zeros((batch_size, n), self.dtype), self.state_size)
+
+    def __call__(self, inputs: Float[Array, "batch depth"], state: Any) -> tuple[Array, Any]:
+        inputs = check_inputs(inputs, name="inputs", cell=self, rank=2, layout="batch, depth")
+        state = check_state(state, name="state", cell=self, batch_size=inputs.shape[0])
+        return self._step(inputs, state)
+
+    def _step(self, inputs: Array, state: Any) -> tuple[Array, Any]:
+        raise NotImplementedError
+
+    def _tf1_leaves(self, scope: str) -> list[tuple[str, Callable[[Any], Array]]]:
+        """(TF1 variable path, accessor from this cell to the array) for every weight."""
+        raise NotImplementedError
+
+    def _at_step(self, step: Any) -> RNNCell:
+        """The cell to use at time step `step` (traced int). Only dropout cares: it draws
+        fresh masks per step; every other cell is the same at every step."""
+        return self
+
+
+class _LeafCell(RNNCell):
+    """A cell that owns weights (not a wrapper or a stack). Holds the common static fields."""
+
+    num_units: int = eqx.field(static=True)
+    _input_size: int = eqx.field(static=True)
+    _dtype: Any = eqx.field(static=True)
+    activation: Activation = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    # (field name, TF1 variable name below the cell's scope); fields that are None are absent.
+    _TF1_NAMES: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def _tf1_leaves(self, scope: str) -> list[tuple[str, Callable[[Any], Array]]]:
+        return [
+            (f"{scope}/{self.name}/{tf_name}", _field_getter(field))
+            for field, tf_name in self._TF1_NAMES
+            if getattr(self, field) is not None
+        ]
+
+
+def _field_getter(field: str) -> Callable[[Any], Array]:
+    return lambda cell: getattr(cell, field)
+
+
+def _check_sizes(num_units: Any, input_size: Any) -> None:
+    for arg, value in (("num_units", num_units), ("input_size", input_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{arg} must be a positive int; got {value!r}")
+
+
+def _concat(inputs: Array, h: Array) -> Array:
+    # [batch, input_size + h_size]: TF1 multiplies one kernel by [x, h], x rows first.
+    return jnp.concatenate([inputs, h], axis=1)
+
+
+class BasicRNNCell(_LeafCell):
+    """TF1's `BasicRNNCell`: `output = new_state = act([x, h] @ kernel + bias)`.
+
+    Weights: `kernel` [input_size + num_units, num_units] (glorot-uniform),
+    `bias` [num_units] (zeros). TF1 names: `<scope>/basic_rnn_cell/kernel`, `.../bias`.
+    """
+
+    kernel: Array
+    bias: Array
+    _TF1_NAMES = (("kernel", "kernel"), ("bias", "bias"))
+
+    def __init__(
+        self,
+        num_units: int,
+        *,
+        input_size: int,
+        key: PRNGKeyArray,
+        activation: Activation = jnp.tanh,
+        dtype: Any = jnp.float32,
+        name: str = "basic_rnn_cell",
+    ):
+        _check_sizes(num_units, input_size)
+        self._dtype = check_float_dtype(dtype, name="dtype")
+        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+        self.kernel = glorot_uniform(key, (input_size + num_units, num_units), self._dtype)
+        self.bias = jnp.zeros((num_units,), self._dtype)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    def _step(self, inputs: Array, state: Array) -> tuple[Array, Array]:
+        new_h = self.activation(_concat(inputs, state) @ self.kernel + self.bias)
+        return new_h, new_h
+
+
+class BasicLSTMCell(_LeafCell):
+    """TF1's `BasicLSTMCell` (state as a tuple, the TF1 default).
+
+        i, j, f, o = split([x, h] @ kernel + bias, 4)      # gate order i, j, f, o
+        c' = c * sigmoid(f + forget_bias) + sigmoid(i) * act(j)
+        h' = act(c') * sigmoid(o)
+
+    Output `h'`, state `LSTMStateTuple(c', h')`. Weights: `kernel`
+    [input_size + num_units, 4 * num_units] (glorot-uniform), `bias` [4 * num_units] (zeros).
+    `forget_bias` is added at run time and is not stored (set it to 0.0 for weights that
+    already fold it in, such as cuDNN's). TF1 names: `<scope>/basic_lstm_cell/kernel`, `.../bias`.
+    """
+
+    kernel: Array
+    bias: Array
+    forget_bias: float = eqx.field(static=True)
+    _TF1_NAMES = (("kernel", "kernel"), ("bias", "bias"))
+
+    def __init__(
+        self,
+        num_units: int,
+        *,
+        input_size: int,
+        key: PRNGKeyArray,
+        forget_bias: float = 1.0,
+        activation: Activation = jnp.tanh,
+        dtype: Any = jnp.float32,
+        name: str = "basic_lstm_cell",
+    ):
+        _check_sizes(num_units, input_size)
+        self._dtype = check_float_dtype(dtype, name="dtype")
+        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+        self.forget_bias = float(forget_bias)
+        self.kernel = glorot_uniform(key, (input_size + num_units, 4 * num_units), self._dtype)
+        self.bias = jnp.zeros((4 * num_units,), self._dtype)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_units)
+
+    def _step(self, inputs: Array, state: LSTMStateTuple) -> tuple[Array, LSTMStateTuple]:
+        c, h = state
+        i, j, f, o = jnp.split(_concat(inputs, h) @ self.kernel + self.bias, 4, axis=1)
+        new_c = c * jax.nn.sigmoid(f + self.forget_bias) + jax.nn.sigmoid(i) * self.activation(j)
+        new_h = self.activation(new_c) * jax.nn.sigmoid(o)
+        return new_h, LSTMStateTuple(new_c, new_h)
+
+
+class LSTMCell(_LeafCell):
+    """TF1's `LSTMCell`, with optional peepholes, cell clipping and a projection (LSTMP).
+
+        i, j, f, o = split([x, m] @ kernel + bias, 4)      # gate order i, j, f, o
+        c' = sigmoid(f + forget_bias [+ w_f_diag * c]) * c + sigmoid(i [+ w_i_diag * c]) * act(j)
+        c' = clip(c', -cell_clip, cell_clip)                 # if cell_clip
+        m' = sigmoid(o [+ w_o_diag * c']) * act(c')          # the output peephole sees the new, clipped c
+        m' = clip(m' @ projection/kernel, -proj_clip, proj_clip)   # if num_proj (clip if proj_clip)
+
+    Output `m'` (size `num_proj or num_units`), state `LSTMStateTuple(c', m')`.
+    Weights (TF1 names below `<scope>/lstm_cell/`): `kernel` [input_size + (num_proj or
+    num_units), 4 * num_units] and, with peepholes, `w_f_diag`, `w_i_diag`, `w_o_diag`
+    [num_units] (all glorot-uniform); `bias` [4 * num_units] (zeros); with `num_proj`,
+    `projection/kernel` [num_units, num_proj] (glorot-uniform). `forget_bias` is added at
+    run time, not stored.
+    """
+
+    kernel: Array
+    bias: Array
+    w_f_diag: Array | None
+    w_i_diag: Array | None
+    w_o_diag: Array | None
+    proj_kernel: Array | None
+    use_peepholes: bool = eqx.field(static=True)
+    cell_clip: float | None = eqx.field(static=True)
+    num_proj: int | None = eqx.field(static=True)
+    proj_clip: float | None = eqx.field(static=True)
+    forget_bias: float = eqx.field(static=True)
+    _TF1_NAMES = (
+        ("kernel", "kernel"),
+        ("bias", "bias"),
+        ("w_f_diag", "w_f_diag"),
+        ("w_i_diag", "w_i_diag"),
+        ("w_o_diag", "w_o_diag"),
+        ("proj_kernel", "projection/kernel"),
+    )
+
+    def __init__(
+        self,
+        num_units: int,
+        *,
+        input_size: int,
+        key: PRNGKeyArray,
+        use_peepholes: bool = False,
+        cell_clip: float | None = None,
+        num_proj: int | None = None,
+        proj_clip: float | None = None,
+        forget_bias: float = 1.0,
+        activation: Activation = jnp.tanh,
+        dtype: Any = jnp.float32,
+        name: str = "lstm_cell",
+    ):
+        _check_sizes(num_units, input_size)
+        if num_proj is not None and (not isinstance(num_proj, int) or isinstance(num_proj, bool) or num_proj < 1):
+            raise ValueError(f"num_proj must be a positive int or None; got {num_proj!r}")
+        for arg, clip in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
+            if clip is not None and not clip > 0:
+                raise ValueError(f"{arg} must be a positive number or None; got {clip!r}")
+        if proj_clip is not None and num_proj is None:
+            raise ValueError("proj_clip needs num_proj: the clip applies to the projection's output")
+        self._dtype = check_float_dtype(dtype, name="dtype")
+        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+        self.use_peepholes, self.num_proj, self.forget_bias = bool(use_peepholes), num_proj, float(forget_bias)
+        self.cell_clip = None if cell_clip is None else float(cell_clip)
+        self.proj_clip = None if proj_clip is None else float(proj_clip)
+
+        k_kernel, k_f, k_i, k_o, k_proj = jax.random.split(key, 5)
+        h_size = num_proj or num_units
+        self.kernel = glorot_uniform(k_kernel, (input_size + h_size, 4 * num_units), self._dtype)
+        self.bias = jnp.zeros((4 * num_units,), self._dtype)
+        if use_peepholes:
+            self.w_f_diag = glorot_uniform(k_f, (num_units,), self._dtype)
+            self.w_i_diag = glorot_uniform(k_i, (num_units,), self._dtype)
+            self.w_o_diag = glorot_uniform(k_o, (num_units,), self._dtype)
+        else:
+            self.w_f_diag = self.w_i_diag = self.w_o_diag = None
+        self.proj_kernel = None if num_proj is None else glorot_uniform(k_proj, (num_units, num_proj), self._dtype)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_proj or self.num_units
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_proj or self.num_units)
+
+    def _step(self, inputs: Array, state: LSTMStateTuple) -> tuple[Array, LSTMStateTuple]:
+        c_prev, m_prev = state
+        i, j, f, o = jnp.split(_concat(inputs, m_prev) @ self.kernel + self.bias, 4, axis=1)
+        if self.use_peepholes:
+            c = jax.nn.sigmoid(f + self.forget_bias + self.w_f_diag * c_prev) * c_prev + jax.nn.sigmoid(
+                i + self.w_i_diag * c_prev
+            ) * self.activation(j)
+        else:
+            c = jax.nn.sigmoid(f + self.forget_bias) * c_prev + jax.nn.sigmoid(i) * self.activation(j)
+        if self.cell_clip is not None:
+            c = jnp.clip(c, -self.cell_clip, self.cell_clip)
+        if self.use_peepholes:
+            m = jax.nn.sigmoid(o + self.w_o_diag * c) * self.activation(c)
+        else:
+            m = jax.nn.sigmoid(o) * self.activation(c)
+        if self.proj_kernel is not None:
+            m = m @ self.proj_kernel
+            if self.proj_clip is not None:
+                m = jnp.clip(m, -self.proj_clip, self.proj_clip)
+        return m, LSTMStateTuple(c, m)
+
+
+class GRUCell(_LeafCell):
+    """TF1's `GRUCell` (reset before the candidate matmul), or with `reset_after=True` the
+    cuDNN / PyTorch / Keras-default formula (TF1's `CudnnCompatibleGRUCell`).
+
+    reset_after=False (TF1 `GRUCell`, names below `<scope>/gru_cell/`):
+        r, u = split(sigmoid([x, h] @ gates/kernel + gates/bias), 2)     # gate order r, u
+        c = act([x, r * h] @ candidate/kernel + candidate/bias)
+        h' = u * h + (1 - u) * c
+      `gates/kernel` [input_size + num_units, 2 * num_units], `gates/bias` [2 * num_units]
+      (initialised to 1.0), `candidate/kernel` [input_size + num_units, num_units],
+      `candidate/bias` [num_units] (zeros).
+
+    reset_after=True (TF1 `CudnnCompatibleGRUCell`, names below `<scope>/cudnn_compatible_gru_cell/`):
+        r, u as above
+        c = act(x @ candidate/input_projection/kernel + candidate/input_projection/bias
+                + r * (h @ candidate/hidden_projection/kernel + candidate/hidden_projection/bias))
+        h' = (1 - u) * c + u * h
+      input projection [input_size, num_units], hidden projection [num_units, num_units],
+      both biases [num_units] (zeros). This is the only GRU that matches PyTorch's `nn.GRU`.
+
+    Output = state = `h'`. Kernels are glorot-uniform.
+    """
+
+    gates_kernel: Array
+    gates_bias: Array
+    candidate_kernel: Array | None
+    candidate_bias: Array | None
+    candidate_input_kernel: Array | None
+    candidate_input_bias: Array | None
+    candidate_hidden_kernel: Array | None
+    candidate_hidden_bias: Array | None
+    reset_after: bool = eqx.field(static=True)
+    _TF1_NAMES = (
+        ("gates_kernel", "gates/kernel"),
+        ("gates_bias", "gates/bias"),
+        ("candidate_kernel", "candidate/kernel"),
+        ("candidate_bias", "candidate/bias"),
+        ("candidate_input_kernel", "candidate/input_projection/kernel"),
+        ("candidate_input_bias", "candidate/input_projection/bias"),
+        ("candidate_hidden_kernel", "candidate/hidden_projection/kernel"),
+        ("candidate_hidden_bias", "candidate/hidden_projection/bias"),
+    )
+
+    def __init__(
+        self,
+        num_units: int,
+        *,
+        input_size: int,
+        key: PRNGKeyArray,
+        reset_after: bool = False,
+        activation: Activation = jnp.tanh,
+        dtype: Any = jnp.float32,
+        name: str | None = None,
+    ):
+        _check_sizes(num_units, input_size)
+        self._dtype = check_float_dtype(dtype, name="dtype")
+        self.num_units, self._input_size, self.activation = num_units, input_size, activation
+        self.reset_after = bool(reset_after)
+        self.name = name or ("cudnn_compatible_gru_cell" if reset_after else "gru_cell")
+        k_gates, k_cand, k_hidden = jax.random.split(key, 3)
+        dt = self._dtype
+        self.gates_kernel = glorot_uniform(k_gates, (input_size + num_units, 2 * num_units), dt)
+        self.gates_bias = jnp.ones((2 * num_units,), dt)
+        if reset_after:
+            self.candidate_kernel = self.candidate_bias = None
+            self.candidate_input_kernel = glorot_uniform(k_cand, (input_size, num_units), dt)
+            self.candidate_input_bias = jnp.zeros((num_units,), dt)
+            self.candidate_hidden_kernel = glorot_uniform(k_hidden, (num_units, num_units), dt)
+            self.candidate_hidden_bias = jnp.zeros((num_units,), dt)
+        else:
+            self.candidate_kernel = glorot_uniform(k_cand, (input_size + num_units, num_units), dt)
+            self.candidate_bias = jnp.zeros((num_units,), dt)
+            self.candidate_input_kernel = self.candidate_input_bias = None
+            self.candidate_hidden_kernel = self.candidate_hidden_bias = None
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    def _step(self, inputs: Array, state: Array) -> tuple[Array, Array]:
+        h = state
+        r, u = jnp.split(jax.nn.sigmoid(_concat(inputs, h) @ self.gates_kernel + self.gates_bias), 2, axis=1)
+        if self.reset_after:
+            hidden = h @ self.candidate_hidden_kernel + self.candidate_hidden_bias
+            c = self.activation(inputs @ self.candidate_input_kernel + self.candidate_input_bias + r * hidden)
+            new_h = (1 - u) * c + u * h
+        else:
+            c = self.activation(_concat(inputs, r * h) @ self.candidate_kernel + self.candidate_bias)
+            new_h = u * h + (1 - u) * c
+        return new_h, new_h

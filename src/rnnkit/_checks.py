@@ -65,8 +65,8 @@ def check_state(state: Any, *, name: str, cell: Any, batch_size: int) -> Any:
         raise ValueError(
             f"{name} must have the structure of cell.state_size {_describe(cell.state_size)}; got {_describe(state)}"
         )
-    for got, shape in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(expected), strict=True):
-        if tuple(got.shape) != shape:
+    for got, want in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(expected), strict=True):
+        if not hasattr(got, "shape") or tuple(got.shape) != want.shape:
             raise ValueError(
                 f"{name} must be {_describe(expected)} for batch_size={batch_size}; got {_describe(state)}"
             )

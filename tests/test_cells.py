@@ -1,0 +1,154 @@
+"""Every cell against the independent NumPy float64 implementation in `reference.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnkit as rk
+
+import reference as ref
+from cases import CELL_CASES, INPUT_SIZE, assert_close, cell_variables_below_scope, flat_state, make_cell, random_inputs
+
+TOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
+
+
+def random_state(cell: rk.RNNCell, batch: int, seed: int = 2) -> Any:
+    rng = np.random.default_rng(seed)
+    zero = cell.zero_state(batch)
+    return jax.tree_util.tree_map(lambda z: jnp.asarray(0.8 * rng.standard_normal(z.shape), dtype=z.dtype), zero)
+
+
+def reference_step(name: str, cell: rk.RNNCell) -> Any:
+    return CELL_CASES[name].reference(cell_variables_below_scope(cell))
+
+
+def check_step(name: str, dtype: Any) -> None:
+    cell = make_cell(name, dtype=dtype)
+    x = random_inputs((3, INPUT_SIZE), dtype)
+    state = random_state(cell, 3)
+    output, new_state = cell(x, state)
+    assert output.dtype == jnp.dtype(dtype)
+    want_out, want_state = reference_step(name, cell)(np.asarray(x, np.float64), flat_state(state))
+    np.testing.assert_allclose(np.asarray(output, np.float64), want_out, rtol=TOL[dtype], atol=TOL[dtype])
+    assert_close(new_state, want_state, TOL[dtype])
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+def test_one_step_matches_numpy_reference_float32(name: str) -> None:
+    check_step(name, jnp.float32)
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+def test_one_step_matches_numpy_reference_float64(name: str, x64: None) -> None:
+    check_step(name, jnp.float64)
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+@pytest.mark.parametrize("driver", ["static", "dynamic"])
+def test_sequence_with_lengths_matches_numpy_reference(name: str, driver: str, x64: None) -> None:
+    cell = make_cell(name, dtype=jnp.float64)
+    x = random_inputs((4, 6, INPUT_SIZE), jnp.float64)
+    lengths = np.array([6, 0, 3, 1])
+    state = random_state(cell, 4)
+    if driver == "static":
+        outputs, final = rk.static_rnn(cell, x, initial_state=state, sequence_length=lengths)
+        outputs = jnp.stack(outputs, axis=1)
+    else:
+        outputs, final = rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state)
+    want_out, want_state = ref.run_sequence(
+        reference_step(name, cell), np.asarray(x), flat_state(state), sequence_length=lengths
+    )
+    np.testing.assert_allclose(np.asarray(outputs), want_out, rtol=1e-12, atol=1e-12)
+    assert_close(final, want_state, 1e-12)
+
+
+def test_lstm_options_are_all_exercised(x64: None) -> None:
+    """The peephole/clip/projection case only proves something if the clips actually bite and
+    the peepholes change the result; check that on the reference's own numbers."""
+    cell = make_cell("lstm_peephole_clip_proj", dtype=jnp.float64)
+    w = cell_variables_below_scope(cell)
+    x = np.asarray(random_inputs((3, INPUT_SIZE), jnp.float64))
+    state = flat_state(random_state(cell, 3))
+    out, (c, _) = ref.lstm_step(w, x, state, forget_bias=0.7, cell_clip=0.4, proj_clip=0.25)
+    assert np.isclose(np.abs(c), 0.4).any(), "cell_clip never reached: the test would not see a missing clip"
+    assert np.isclose(np.abs(out), 0.25).any(), "proj_clip never reached"
+    no_peep = {k: v for k, v in w.items() if not k.endswith("_diag")}
+    out_np, _ = ref.lstm_step(no_peep, x, state, forget_bias=0.7, cell_clip=0.4, proj_clip=0.25)
+    assert np.abs(out - out_np).max() > 1e-3, "peepholes make no difference with these weights"
+
+
+def test_output_peephole_uses_new_clipped_c(x64: None) -> None:
+    """TF1's output gate peeks at the new, clipped c; using the previous c must give other numbers."""
+    cell = make_cell("lstm_peephole_clip_proj", dtype=jnp.float64)
+    x = random_inputs((3, INPUT_SIZE), jnp.float64)
+    state = random_state(cell, 3)
+    output, _ = cell(x, state)
+    w = cell_variables_below_scope(cell)
+    wx, wh = w["kernel"][:INPUT_SIZE], w["kernel"][INPUT_SIZE:]
+    c_prev, m_prev = (np.asarray(s) for s in state)
+    z = np.asarray(x) @ wx + m_prev @ wh + w["bias"]
+    o = z[:, 21:28]
+    c_new = np.asarray(cell(x, state)[1].c)
+    with_old_c = ref.sigmoid(o + w["w_o_diag"] * c_prev) * np.tanh(c_new) @ w["projection/kernel"]
+    assert np.abs(np.clip(with_old_c, -0.25, 0.25) - np.asarray(output)).max() > 1e-3
+
+
+def test_forget_bias_is_applied_at_run_time_not_stored() -> None:
+    a = rk.BasicLSTMCell(4, input_size=3, key=jax.random.key(0), forget_bias=1.0)
+    b = rk.BasicLSTMCell(4, input_size=3, key=jax.random.key(0), forget_bias=0.0)
+    for name, value in rk.get_variables(a).items():
+        np.testing.assert_array_equal(value, rk.get_variables(b)[name])
+    assert not np.any(rk.get_variables(a)["rnn/basic_lstm_cell/bias"])
+    x = random_inputs((2, 3))
+    state = random_state(a, 2)
+    assert np.abs(np.asarray(a(x, state)[0]) - np.asarray(b(x, state)[0])).max() > 1e-3
+
+
+def test_custom_activation_is_used(x64: None) -> None:
+    cell = rk.BasicRNNCell(4, input_size=3, key=jax.random.key(0), activation=jax.nn.relu, dtype=jnp.float64)
+    x = random_inputs((2, 3), jnp.float64)
+    h = random_state(cell, 2)
+    out, _ = cell(x, h)
+    w = cell_variables_below_scope(cell)
+    want, _ = ref.basic_rnn_step(w, np.asarray(x), np.asarray(h), act=lambda v: np.maximum(v, 0.0))
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("cell", "state_size", "output_size"),
+    [
+        (rk.BasicRNNCell(5, input_size=3, key=jax.random.key(0)), 5, 5),
+        (rk.BasicLSTMCell(5, input_size=3, key=jax.random.key(0)), rk.LSTMStateTuple(5, 5), 5),
+        (rk.LSTMCell(5, input_size=3, key=jax.random.key(0), num_proj=2), rk.LSTMStateTuple(5, 2), 2),
+        (rk.GRUCell(5, input_size=3, key=jax.random.key(0)), 5, 5),
+        (
+            rk.MultiRNNCell(
+                [
+                    rk.LSTMCell(4, input_size=3, key=jax.random.key(0)),
+                    rk.GRUCell(6, input_size=4, key=jax.random.key(1)),
+                ]
+            ),
+            (rk.LSTMStateTuple(4, 4), 6),
+            6,
+        ),
+    ],
+)
+def test_sizes_and_zero_state(cell: rk.RNNCell, state_size: Any, output_size: int) -> None:
+    assert cell.state_size == state_size
+    assert cell.output_size == output_size
+    zero = cell.zero_state(3)
+    assert jax.tree_util.tree_map(lambda z: z.shape[1], zero) == state_size
+    assert all(z.shape[0] == 3 for z in jax.tree_util.tree_leaves(zero))
+    assert all(not np.any(np.asarray(z)) for z in jax.tree_util.tree_leaves(zero))
+    assert all(z.dtype == jnp.float32 for z in jax.tree_util.tree_leaves(zero))
+
+
+def test_lstm_state_tuple_is_c_then_h() -> None:
+    state = rk.LSTMStateTuple(c=1, h=2)
+    assert tuple(state) == (1, 2)
+    assert state._fields == ("c", "h")

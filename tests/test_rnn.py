@@ -239,3 +239,14 @@ def test_initial_state_is_used() -> None:
     assert_close(
         jax.tree_util.tree_map(lambda s: s[1], with_state[1]), jax.tree_util.tree_map(lambda s: s[1], state), 0
     )
+
+
+def test_numpy_inputs_are_accepted_like_a_feed_dict() -> None:
+    """NumPy batches (float64 by default) become float32 without 64-bit mode, as TF1's feed cast them."""
+    cell = make_cell("gru")
+    x = np.random.default_rng(0).standard_normal((5, 6, INPUT_SIZE))
+    out, _ = rk.dynamic_rnn(cell, x, LENGTHS)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, rk.dynamic_rnn(cell, jnp.asarray(x, jnp.float32), LENGTHS)[0])
+    static_out, _ = rk.static_rnn(cell, list(np.swapaxes(x, 0, 1)), sequence_length=LENGTHS)
+    assert_close(jnp.stack(static_out, 1), out, 1e-6)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from rnnkit._checks import check_float_dtype, check_inputs, check_state, dtype_name
@@ -74,7 +75,7 @@ class RNNCell(eqx.Module):
             )
         return jax.tree_util.tree_map(lambda n: jnp.zeros((batch_size, n), self.dtype), self.state_size)
 
-    def __call__(self, inputs: Float[Array, "batch depth"], state: Any) -> tuple[Array, Any]:
+    def __call__(self, inputs: Float[Array | np.ndarray, "batch depth"], state: Any) -> tuple[Array, Any]:
         inputs = check_inputs(inputs, name="inputs", cell=self, rank=2, layout="batch, depth")
         state = check_state(state, name="state", cell=self, batch_size=inputs.shape[0])
         return self._step(inputs, state)

@@ -41,6 +41,10 @@ def check_inputs(x: Any, *, name: str, cell: Any, rank: int, layout: str) -> jax
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be an array of shape [{layout}]; got {type(x).__name__}")
+    if isinstance(x, np.ndarray):
+        # JAX's usual conversion: without 64-bit mode a NumPy float64 batch becomes float32,
+        # as a TF1 feed_dict cast it to the placeholder's dtype.
+        x = jnp.asarray(x)
     if x.ndim != rank:
         raise ValueError(f"{name} must be [{layout}] (rank {rank}); got shape {tuple(x.shape)}")
     if x.shape[-1] != cell.input_size:

@@ -16,10 +16,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from rnnkit._cells import RNNCell
 from rnnkit._checks import check_inputs, check_sequence_length, check_state, dtype_name
+
+# Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
+ArrayLike = Array | np.ndarray
 
 
 def _check_cell(cell: Any, name: str = "cell") -> RNNCell:
@@ -70,10 +74,10 @@ def _unstack(inputs: Any, cell: RNNCell) -> list[Array]:
 
 def static_rnn(
     cell: RNNCell,
-    inputs: Sequence[Float[Array, "batch depth"]] | Float[Array, "batch time depth"],
+    inputs: Sequence[Float[ArrayLike, "batch depth"]] | Float[ArrayLike, "batch time depth"],
     initial_state: Any = None,
     dtype: Any = None,
-    sequence_length: Int[Array, " batch"] | Sequence[int] | None = None,
+    sequence_length: Int[ArrayLike, " batch"] | Sequence[int] | None = None,
     *,
     num_steps: int | None = None,
 ) -> tuple[list[Array], Any]:
@@ -118,8 +122,8 @@ def _check_unroll(unroll: Any) -> int | bool:
 
 def dynamic_rnn(
     cell: RNNCell,
-    inputs: Float[Array, "batch time depth"] | Float[Array, "time batch depth"],
-    sequence_length: Int[Array, " batch"] | Sequence[int] | None = None,
+    inputs: Float[ArrayLike, "batch time depth"] | Float[ArrayLike, "time batch depth"],
+    sequence_length: Int[ArrayLike, " batch"] | Sequence[int] | None = None,
     initial_state: Any = None,
     dtype: Any = None,
     time_major: bool = False,
@@ -199,8 +203,8 @@ def _check_pair(cell_fw: Any, cell_bw: Any) -> tuple[RNNCell, RNNCell]:
 def bidirectional_dynamic_rnn(
     cell_fw: RNNCell,
     cell_bw: RNNCell,
-    inputs: Float[Array, "batch time depth"] | Float[Array, "time batch depth"],
-    sequence_length: Int[Array, " batch"] | Sequence[int] | None = None,
+    inputs: Float[ArrayLike, "batch time depth"] | Float[ArrayLike, "time batch depth"],
+    sequence_length: Int[ArrayLike, " batch"] | Sequence[int] | None = None,
     initial_state_fw: Any = None,
     initial_state_bw: Any = None,
     dtype: Any = None,
@@ -240,11 +244,11 @@ def bidirectional_dynamic_rnn(
 def static_bidirectional_rnn(
     cell_fw: RNNCell,
     cell_bw: RNNCell,
-    inputs: Sequence[Float[Array, "batch depth"]] | Float[Array, "batch time depth"],
+    inputs: Sequence[Float[ArrayLike, "batch depth"]] | Float[ArrayLike, "batch time depth"],
     initial_state_fw: Any = None,
     initial_state_bw: Any = None,
     dtype: Any = None,
-    sequence_length: Int[Array, " batch"] | Sequence[int] | None = None,
+    sequence_length: Int[ArrayLike, " batch"] | Sequence[int] | None = None,
     *,
     num_steps: int | None = None,
 ) -> tuple[list[Array], Any, Any]:
@@ -270,8 +274,8 @@ def static_bidirectional_rnn(
 
 
 def last_relevant(
-    outputs: Float[Array, "batch time units"] | Sequence[Float[Array, "batch units"]],
-    sequence_length: Int[Array, " batch"] | Sequence[int],
+    outputs: Float[ArrayLike, "batch time units"] | Sequence[Float[ArrayLike, "batch units"]],
+    sequence_length: Int[ArrayLike, " batch"] | Sequence[int],
     time_major: bool = False,
 ) -> Float[Array, "batch units"]:
     """The last valid output of each example, `outputs[b, sequence_length[b] - 1]`.

@@ -152,3 +152,24 @@ def test_lstm_state_tuple_is_c_then_h() -> None:
     state = rk.LSTMStateTuple(c=1, h=2)
     assert tuple(state) == (1, 2)
     assert state._fields == ("c", "h")
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+def test_every_matmul_runs_at_highest_precision_by_default(name: str) -> None:
+    """TF1 multiplied in full float32. On CPU that is all XLA does anyway, so the reference tests
+    cannot see a lost precision; on GPUs JAX's default (TF32 / bf16 passes) moved results by
+    ~1e-3 on an H200. So check what the cell asks XLA for."""
+    cell = make_cell(name)
+    jaxpr = str(jax.make_jaxpr(lambda x, s: cell(x, s))(random_inputs((2, INPUT_SIZE)), cell.zero_state(2)))
+    dots = jaxpr.count("dot_general[")
+    assert dots > 0
+    assert jaxpr.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots
+
+
+def test_precision_none_follows_jax_default_and_bad_precision_is_refused() -> None:
+    cell = rk.GRUCell(3, input_size=2, key=jax.random.key(0), precision=None)
+    jaxpr = str(jax.make_jaxpr(lambda x: cell(x, cell.zero_state(1)))(jnp.ones((1, 2))))
+    assert "dot_general[" in jaxpr
+    assert "Precision." not in jaxpr
+    with pytest.raises(ValueError, match=r"precision must be None, 'default', 'high' or 'highest' .* got 'fast'"):
+        rk.LSTMCell(3, input_size=2, key=jax.random.key(0), precision="fast")

@@ -89,6 +89,7 @@ def test_cell_constructors_take_sizes_and_a_keyword_only_key() -> None:
             assert sig[name].kind is inspect.Parameter.KEYWORD_ONLY, (cls.__name__, name)
         assert "activation" in sig
         assert "dtype" in sig
+        assert sig["precision"].default == "highest"
     lstm = inspect.signature(rk.LSTMCell.__init__).parameters
     for name in ("use_peepholes", "cell_clip", "num_proj", "proj_clip", "forget_bias"):
         assert name in lstm

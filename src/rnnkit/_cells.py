@@ -7,6 +7,11 @@ onto a cell one variable to one field; `get_variables` / `set_variables` do the 
 
 TF1 builds a cell lazily on its first call; here sizes are explicit at construction
 (`input_size=`), so shapes are known and checked before anything runs.
+
+Matmul precision: every cell multiplies at `precision="highest"` by default, which is what
+TF1 did (full float32). On GPUs JAX's own default lets float32 matmuls run in TF32 or
+bfloat16 passes, which moved results by ~1e-3 on an H200; pass `precision=None` to a cell to
+take JAX's default (and its `jax.default_matmul_precision` setting) for speed instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from rnnkit._checks import check_float_dtype, check_inputs, check_state, dtype_name
+from rnnkit._checks import check_float_dtype, check_inputs, check_precision, check_state, dtype_name
 
 Activation = Callable[[Array], Array]
 
@@ -101,10 +106,14 @@ class _LeafCell(RNNCell):
     _dtype: Any = eqx.field(static=True)
     activation: Activation = eqx.field(static=True)
     name: str = eqx.field(static=True)
+    precision: Any = eqx.field(static=True)
 
     @property
     def input_size(self) -> int:
         return self._input_size
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        return jnp.matmul(a, b, precision=self.precision)
 
     @property
     def dtype(self) -> Any:
@@ -155,10 +164,12 @@ class BasicRNNCell(_LeafCell):
         key: PRNGKeyArray,
         activation: Activation = jnp.tanh,
         dtype: Any = jnp.float32,
+        precision: Any = "highest",
         name: str = "basic_rnn_cell",
     ):
         _check_sizes(num_units, input_size)
         self._dtype = check_float_dtype(dtype, name="dtype")
+        self.precision = check_precision(precision)
         self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.kernel = glorot_uniform(key, (input_size + num_units, num_units), self._dtype)
         self.bias = jnp.zeros((num_units,), self._dtype)
@@ -172,7 +183,7 @@ class BasicRNNCell(_LeafCell):
         return self.num_units
 
     def _step(self, inputs: Array, state: Array) -> tuple[Array, Array]:
-        new_h = self.activation(_concat(inputs, state) @ self.kernel + self.bias)
+        new_h = self.activation(self._matmul(_concat(inputs, state), self.kernel) + self.bias)
         return new_h, new_h
 
 
@@ -203,10 +214,12 @@ class BasicLSTMCell(_LeafCell):
         forget_bias: float = 1.0,
         activation: Activation = jnp.tanh,
         dtype: Any = jnp.float32,
+        precision: Any = "highest",
         name: str = "basic_lstm_cell",
     ):
         _check_sizes(num_units, input_size)
         self._dtype = check_float_dtype(dtype, name="dtype")
+        self.precision = check_precision(precision)
         self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.forget_bias = float(forget_bias)
         self.kernel = glorot_uniform(key, (input_size + num_units, 4 * num_units), self._dtype)
@@ -222,7 +235,7 @@ class BasicLSTMCell(_LeafCell):
 
     def _step(self, inputs: Array, state: LSTMStateTuple) -> tuple[Array, LSTMStateTuple]:
         c, h = state
-        i, j, f, o = jnp.split(_concat(inputs, h) @ self.kernel + self.bias, 4, axis=1)
+        i, j, f, o = jnp.split(self._matmul(_concat(inputs, h), self.kernel) + self.bias, 4, axis=1)
         new_c = c * jax.nn.sigmoid(f + self.forget_bias) + jax.nn.sigmoid(i) * self.activation(j)
         new_h = self.activation(new_c) * jax.nn.sigmoid(o)
         return new_h, LSTMStateTuple(new_c, new_h)
@@ -278,6 +291,7 @@ class LSTMCell(_LeafCell):
         forget_bias: float = 1.0,
         activation: Activation = jnp.tanh,
         dtype: Any = jnp.float32,
+        precision: Any = "highest",
         name: str = "lstm_cell",
     ):
         _check_sizes(num_units, input_size)
@@ -289,6 +303,7 @@ class LSTMCell(_LeafCell):
         if proj_clip is not None and num_proj is None:
             raise ValueError("proj_clip needs num_proj: the clip applies to the projection's output")
         self._dtype = check_float_dtype(dtype, name="dtype")
+        self.precision = check_precision(precision)
         self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.use_peepholes, self.num_proj, self.forget_bias = bool(use_peepholes), num_proj, float(forget_bias)
         self.cell_clip = None if cell_clip is None else float(cell_clip)
@@ -316,7 +331,7 @@ class LSTMCell(_LeafCell):
 
     def _step(self, inputs: Array, state: LSTMStateTuple) -> tuple[Array, LSTMStateTuple]:
         c_prev, m_prev = state
-        i, j, f, o = jnp.split(_concat(inputs, m_prev) @ self.kernel + self.bias, 4, axis=1)
+        i, j, f, o = jnp.split(self._matmul(_concat(inputs, m_prev), self.kernel) + self.bias, 4, axis=1)
         if self.use_peepholes:
             c = jax.nn.sigmoid(f + self.forget_bias + self.w_f_diag * c_prev) * c_prev + jax.nn.sigmoid(
                 i + self.w_i_diag * c_prev
@@ -330,7 +345,7 @@ class LSTMCell(_LeafCell):
         else:
             m = jax.nn.sigmoid(o) * self.activation(c)
         if self.proj_kernel is not None:
-            m = m @ self.proj_kernel
+            m = self._matmul(m, self.proj_kernel)
             if self.proj_clip is not None:
                 m = jnp.clip(m, -self.proj_clip, self.proj_clip)
         return m, LSTMStateTuple(c, m)
@@ -388,10 +403,12 @@ class GRUCell(_LeafCell):
         reset_after: bool = False,
         activation: Activation = jnp.tanh,
         dtype: Any = jnp.float32,
+        precision: Any = "highest",
         name: str | None = None,
     ):
         _check_sizes(num_units, input_size)
         self._dtype = check_float_dtype(dtype, name="dtype")
+        self.precision = check_precision(precision)
         self.num_units, self._input_size, self.activation = num_units, input_size, activation
         self.reset_after = bool(reset_after)
         self.name = name or ("cudnn_compatible_gru_cell" if reset_after else "gru_cell")
@@ -421,12 +438,14 @@ class GRUCell(_LeafCell):
 
     def _step(self, inputs: Array, state: Array) -> tuple[Array, Array]:
         h = state
-        r, u = jnp.split(jax.nn.sigmoid(_concat(inputs, h) @ self.gates_kernel + self.gates_bias), 2, axis=1)
+        gates = jax.nn.sigmoid(self._matmul(_concat(inputs, h), self.gates_kernel) + self.gates_bias)
+        r, u = jnp.split(gates, 2, axis=1)
         if self.reset_after:
-            hidden = h @ self.candidate_hidden_kernel + self.candidate_hidden_bias
-            c = self.activation(inputs @ self.candidate_input_kernel + self.candidate_input_bias + r * hidden)
+            hidden = self._matmul(h, self.candidate_hidden_kernel) + self.candidate_hidden_bias
+            projected = self._matmul(inputs, self.candidate_input_kernel) + self.candidate_input_bias
+            c = self.activation(projected + r * hidden)
             new_h = (1 - u) * c + u * h
         else:
-            c = self.activation(_concat(inputs, r * h) @ self.candidate_kernel + self.candidate_bias)
+            c = self.activation(self._matmul(_concat(inputs, r * h), self.candidate_kernel) + self.candidate_bias)
             new_h = u * h + (1 - u) * c
         return new_h, new_h

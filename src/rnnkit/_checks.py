@@ -34,6 +34,20 @@ def check_float_dtype(dtype: Any, *, name: str) -> jnp.dtype:
     return dt
 
 
+def check_precision(precision: Any) -> Any:
+    """A matmul precision JAX accepts: None (JAX's default) or "default" / "high" / "highest"
+    (or a `jax.lax.Precision`). Returned as given, so it stays hashable for a static field."""
+    if precision is None or isinstance(precision, jax.lax.Precision):
+        return precision
+    try:
+        jax.lax.Precision(precision)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"precision must be None, 'default', 'high' or 'highest' (a jax.lax.Precision); got {precision!r}"
+        ) from err
+    return precision
+
+
 def check_inputs(x: Any, *, name: str, cell: Any, rank: int, layout: str) -> jax.Array:
     """Check one input array: floating, of the cell's dtype, rank `rank`, last axis `cell.input_size`.
 

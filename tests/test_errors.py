@@ -165,6 +165,16 @@ def raises(exc: type[Exception], *fragments: str) -> Any:
             ["cell_bw.input_size must equal cell_fw.input_size = 3", "got 4"],
         ),
         (lambda: rk.get_variables(object()), TypeError, ["cell must be an rnnkit RNN cell; got object"]),
+        (
+            lambda: rk.bidirectional_dynamic_rnn(lstm(), lstm(), X, initial_state_bw=lstm().zero_state(3)),
+            ValueError,
+            ["initial_state_bw must be LSTMStateTuple(c=(2, 4), h=(2, 4)) for batch_size=2"],
+        ),
+        (
+            lambda: rk.static_bidirectional_rnn(lstm(), lstm(), X, initial_state_fw=jnp.zeros((2, 4))),
+            ValueError,
+            ["initial_state_fw must have the structure of cell.state_size"],
+        ),
     ],
 )
 def test_bad_driver_input(call: Any, exc: type[Exception], fragments: list[str]) -> None:

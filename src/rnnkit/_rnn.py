@@ -190,6 +190,14 @@ def _reverse_sequence(x: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(x, index, axis=1)
 
 
+def _check_initial_states(cell_fw: RNNCell, cell_bw: RNNCell, state_fw: Any, state_bw: Any, batch_size: int) -> None:
+    """Check each direction's initial state under its own argument name."""
+    if state_fw is not None:
+        check_state(state_fw, name="initial_state_fw", cell=cell_fw, batch_size=batch_size)
+    if state_bw is not None:
+        check_state(state_bw, name="initial_state_bw", cell=cell_bw, batch_size=batch_size)
+
+
 def _check_pair(cell_fw: Any, cell_bw: Any) -> tuple[RNNCell, RNNCell]:
     cell_fw, cell_bw = _check_cell(cell_fw, "cell_fw"), _check_cell(cell_bw, "cell_bw")
     if cell_bw.input_size != cell_fw.input_size:
@@ -230,6 +238,7 @@ def bidirectional_dynamic_rnn(
     x = check_inputs(inputs, name="inputs", cell=cell_fw, rank=3, layout=layout)
     x = jnp.swapaxes(x, 0, 1) if time_major else x  # [batch, time, depth]
     lengths = check_sequence_length(sequence_length, batch_size=x.shape[0], max_time=x.shape[1])
+    _check_initial_states(cell_fw, cell_bw, initial_state_fw, initial_state_bw, x.shape[0])
 
     out_fw, state_fw = dynamic_rnn(cell_fw, x, lengths, initial_state_fw, dtype, unroll=unroll)
     reversed_out, state_bw = dynamic_rnn(
@@ -265,6 +274,7 @@ def static_bidirectional_rnn(
         )
     x = jnp.stack(steps, axis=1)  # [batch, time, depth]
     lengths = check_sequence_length(sequence_length, batch_size=x.shape[0], max_time=x.shape[1])
+    _check_initial_states(cell_fw, cell_bw, initial_state_fw, initial_state_bw, x.shape[0])
     out_fw, state_fw = static_rnn(cell_fw, steps, initial_state_fw, dtype, lengths)
     reversed_x = _reverse_sequence(x, lengths)
     reversed_out, state_bw = static_rnn(cell_bw, reversed_x, initial_state_bw, dtype, lengths)

@@ -81,7 +81,10 @@ class MultiRNNCell(RNNCell):
         return leaves
 
     def _at_step(self, step: Any) -> MultiRNNCell:
-        return eqx.tree_at(lambda m: m.cells, self, tuple(cell._at_step(step) for cell in self.cells))
+        cells = tuple(cell._at_step(step) for cell in self.cells)
+        if all(new is old for new, old in zip(cells, self.cells, strict=True)):
+            return self  # no dropout inside: skip rebuilding the module at every traced step
+        return eqx.tree_at(lambda m: m.cells, self, cells)
 
 
 def _in_layer(k: int, get: Callable[[Any], Array]) -> Callable[[Any], Array]:
@@ -178,7 +181,9 @@ class DropoutWrapper(_Wrapper):
     masks; give a new key for each batch (for example
     `eqx.tree_at(lambda w: w.key, wrapper, new_key)`), or the same masks repeat.
     `eqx.nn.inference_mode(cell)` (or keep probabilities of 1.0) turns dropout off for
-    evaluation.
+    evaluation. The wrapper holds a key and that flag, which are not differentiable floats:
+    pass it through `eqx.filter_jit` / `eqx.filter_grad` (or close over it) rather than
+    straight through `jax.jit` / `jax.grad` arguments.
     """
 
     input_keep_prob: float = eqx.field(static=True)

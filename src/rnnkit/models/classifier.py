@@ -1,0 +1,241 @@
+"""The seed's model, generalised: a stack of TF1 cells read over a sequence, its last output
+through a fully connected layer to class logits.
+
+    --cells lstm:128,gru:256   ->  MultiRNNCell([LSTMCell(128), GRUCell(256)])  (the seed's)
+
+A spec is `kind:units[:option[=value]]...` per layer, comma-separated. Kinds and options:
+
+    rnn                 BasicRNNCell
+    basic_lstm          BasicLSTMCell        forget_bias=F
+    lstm                LSTMCell             peepholes, proj=N, cell_clip=F, proj_clip=F, forget_bias=F
+    gru                 GRUCell (TF1's, reset before the candidate matmul)
+    gru_reset_after     GRUCell(reset_after=True) (cuDNN / PyTorch formula)
+
+Variables carry TF1's names: one cell lives under `rnn/<cell>/...`, several under
+`rnn/multi_rnn_cell/cell_<k>/<cell>/...`, and the head is the seed's
+`tf.contrib.layers.fully_connected`: `fully_connected/weights`, `fully_connected/biases`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, RNNCell, glorot_uniform
+from rnnkit._rnn import dynamic_rnn, static_rnn
+from rnnkit._variables import get_variables, set_variables
+from rnnkit._wrappers import DropoutWrapper, MultiRNNCell
+from rnnkit.errors import ConfigError
+
+MODES = ("static", "dynamic")
+
+# kind -> {option: type}; `bool` options are flags written without a value.
+CELL_KINDS: dict[str, dict[str, type]] = {
+    "rnn": {},
+    "basic_lstm": {"forget_bias": float},
+    "lstm": {"peepholes": bool, "proj": int, "cell_clip": float, "proj_clip": float, "forget_bias": float},
+    "gru": {},
+    "gru_reset_after": {},
+}
+
+HEAD_WEIGHTS, HEAD_BIASES = "fully_connected/weights", "fully_connected/biases"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One layer of a `--cells` spec."""
+
+    kind: str
+    units: int
+    options: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs
+
+    @property
+    def output_size(self) -> int:
+        return int(dict(self.options).get("proj", self.units))
+
+    def build(self, input_size: int, key: PRNGKeyArray) -> RNNCell:
+        opts = dict(self.options)
+        if self.kind == "rnn":
+            return BasicRNNCell(self.units, input_size=input_size, key=key)
+        if self.kind == "basic_lstm":
+            return BasicLSTMCell(self.units, input_size=input_size, key=key, forget_bias=opts.get("forget_bias", 1.0))
+        if self.kind == "lstm":
+            return LSTMCell(
+                self.units,
+                input_size=input_size,
+                key=key,
+                use_peepholes=opts.get("peepholes", False),
+                num_proj=opts.get("proj"),
+                cell_clip=opts.get("cell_clip"),
+                proj_clip=opts.get("proj_clip"),
+                forget_bias=opts.get("forget_bias", 1.0),
+            )
+        return GRUCell(self.units, input_size=input_size, key=key, reset_after=self.kind == "gru_reset_after")
+
+
+def _parse_option(kind: str, text: str, layer: str) -> tuple[str, Any]:
+    name, _, value = text.partition("=")
+    allowed = CELL_KINDS[kind]
+    if name not in allowed:
+        valid = ", ".join(allowed) or "none"
+        raise ConfigError(f"--cells: option {name!r} in {layer!r} is not one of {kind}'s options ({valid})")
+    kind_type = allowed[name]
+    if kind_type is bool:
+        if value:
+            raise ConfigError(f"--cells: option {name!r} in {layer!r} is a flag and takes no value; got {value!r}")
+        return name, True
+    try:
+        parsed = kind_type(value)
+    except ValueError:
+        raise ConfigError(
+            f"--cells: option {name!r} in {layer!r} needs a {kind_type.__name__}; got {value!r}"
+        ) from None
+    must_be_positive = name != "forget_bias"  # a forget bias may be 0 or negative; sizes and clips may not
+    if must_be_positive and not parsed > 0:
+        raise ConfigError(f"--cells: option {name!r} in {layer!r} must be positive; got {value!r}")
+    return name, parsed
+
+
+def parse_cells(spec: str) -> tuple[CellSpec, ...]:
+    """`"lstm:128,gru:256"` -> (CellSpec("lstm", 128), CellSpec("gru", 256)); ConfigError on
+    anything else, naming the layer and what was expected."""
+    if not spec or not spec.strip():
+        raise ConfigError("--cells must list at least one layer, such as 'lstm:128,gru:256'; got an empty spec")
+    layers = []
+    for layer in spec.split(","):
+        parts = layer.strip().split(":")
+        kind = parts[0]
+        if kind not in CELL_KINDS:
+            raise ConfigError(
+                f"--cells: unknown cell kind {kind!r} in {layer!r}; expected one of {', '.join(CELL_KINDS)}"
+            )
+        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+            got = parts[1] if len(parts) > 1 else "nothing"
+            raise ConfigError(f"--cells: {layer!r} must be kind:units with units a positive integer; got {got!r}")
+        options = tuple(sorted(_parse_option(kind, text, layer) for text in parts[2:]))
+        if "proj_clip" in dict(options) and "proj" not in dict(options):
+            raise ConfigError(f"--cells: option 'proj_clip' in {layer!r} needs 'proj=N'")
+        layers.append(CellSpec(kind, int(parts[1]), options))
+    return tuple(layers)
+
+
+def format_cells(specs: tuple[CellSpec, ...]) -> str:
+    """The inverse of `parse_cells`: a spec string that parses back to `specs`."""
+
+    def option(name: str, value: Any) -> str:
+        return name if value is True else f"{name}={value}"
+
+    return ",".join(":".join([s.kind, str(s.units), *(option(n, v) for n, v in s.options)]) for s in specs)
+
+
+class SequenceClassifier(eqx.Module):
+    """Cells over the sequence, the last step's output through a dense layer to logits.
+
+    `mode="static"` unrolls with `static_rnn`, pinned to `num_steps` (like the seed's TF1
+    graph, it refuses other lengths); `mode="dynamic"` loops with `dynamic_rnn` and takes any
+    length. Both give the same numbers for the same weights.
+    """
+
+    cell: RNNCell
+    weights: Array  # [cell.output_size, num_classes]
+    biases: Array  # [num_classes]
+    mode: str = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+
+    def _outputs(self, inputs: Float[Array, "batch time depth"]) -> Array:
+        if self.mode == "static":
+            outputs, _ = static_rnn(self.cell, inputs, num_steps=self.num_steps)
+            return jnp.stack(outputs, axis=1)  # [batch, time, units]
+        outputs, _ = dynamic_rnn(self.cell, inputs)
+        return outputs
+
+    def __call__(self, inputs: Float[Array, "batch time depth"]) -> Float[Array, "batch classes"]:
+        last = self._outputs(inputs)[:, -1]  # the seed's outputs[-1]: [batch, units]
+        return jnp.matmul(last, self.weights, precision="highest") + self.biases
+
+    def step_logits(self, inputs: Float[Array, "batch time depth"]) -> Float[Array, "batch time classes"]:
+        """The logits the head would give after each step: how the prediction forms while reading."""
+        return jnp.matmul(self._outputs(inputs), self.weights, precision="highest") + self.biases
+
+    def variables(self) -> dict[str, np.ndarray]:
+        """All weights by TF1 name (cells under `rnn/`, head under `fully_connected/`)."""
+        return {
+            **get_variables(self.cell, "rnn"),
+            HEAD_WEIGHTS: np.asarray(self.weights),
+            HEAD_BIASES: np.asarray(self.biases),
+        }
+
+    def with_variables(self, variables: dict[str, Any]) -> SequenceClassifier:
+        """A copy with these weights; strict like `set_variables` (missing, extra, shape, dtype)."""
+        head = {HEAD_WEIGHTS: self.weights, HEAD_BIASES: self.biases}
+        cell_vars = {k: v for k, v in variables.items() if k not in head}
+        problems = [
+            f"{name} must have shape {tuple(want.shape)} and dtype {want.dtype}; got "
+            + (f"{tuple(variables[name].shape)} {variables[name].dtype}" if name in variables else "nothing")
+            for name, want in head.items()
+            if name not in variables
+            or tuple(variables[name].shape) != tuple(want.shape)
+            or np.dtype(variables[name].dtype) != np.dtype(want.dtype)
+        ]
+        if problems:
+            raise ValueError("variables do not match the model: " + "; ".join(problems))
+        cell = set_variables(self.cell, cell_vars, "rnn")
+        new_head = (jnp.asarray(variables[HEAD_WEIGHTS]), jnp.asarray(variables[HEAD_BIASES]))
+        return eqx.tree_at(lambda m: (m.cell, m.weights, m.biases), self, (cell, *new_head))
+
+    def with_dropout_key(self, key: PRNGKeyArray) -> SequenceClassifier:
+        """A copy whose dropout wrappers (if any) draw from `key`, one stream per layer."""
+        wrappers = _dropout_wrappers(self)
+        if not wrappers:
+            return self
+        keys = [jax.random.fold_in(key, k) for k in range(len(wrappers))]
+        return eqx.tree_at(lambda m: [w(m).key for w in _dropout_wrappers(m)], self, keys)
+
+
+def _dropout_wrappers(model: SequenceClassifier) -> list[Callable[[SequenceClassifier], DropoutWrapper]]:
+    """Accessors from the model to each DropoutWrapper in its cell stack."""
+    if isinstance(model.cell, DropoutWrapper):
+        return [lambda m: m.cell]
+    if isinstance(model.cell, MultiRNNCell):
+        return [
+            (lambda m, k=k: m.cell.cells[k]) for k, c in enumerate(model.cell.cells) if isinstance(c, DropoutWrapper)
+        ]
+    return []
+
+
+def build_classifier(
+    specs: tuple[CellSpec, ...],
+    *,
+    input_size: int,
+    num_classes: int,
+    num_steps: int,
+    mode: str,
+    key: PRNGKeyArray,
+    dropout: float = 0.0,
+) -> SequenceClassifier:
+    """The model for a parsed `--cells` spec. `dropout` > 0 wraps every layer in a
+    `DropoutWrapper(output_keep_prob=1 - dropout)`, the usual TF1 recipe."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be 'static' or 'dynamic'; got {mode!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1) (the fraction of outputs dropped); got {dropout}")
+    keys = jax.random.split(key, len(specs) + 1)
+    cells: list[RNNCell] = []
+    size = input_size
+    for spec, k in zip(specs, keys[:-1], strict=True):
+        cell = spec.build(size, k)
+        if dropout > 0:
+            cell = DropoutWrapper(cell, output_keep_prob=1.0 - dropout, key=jax.random.key(0))
+        cells.append(cell)
+        size = spec.output_size
+    stack = cells[0] if len(cells) == 1 else MultiRNNCell(cells)
+    # tf.contrib.layers.fully_connected: xavier (glorot-uniform) weights, zero biases.
+    weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
+    return SequenceClassifier(stack, weights, jnp.zeros((num_classes,), jnp.float32), mode, num_steps)

@@ -1,0 +1,133 @@
+"""`rnnkit eval` and `rnnkit predict`: a trained run directory applied to the test set or to images."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+
+from rnnkit.data import load_mnist, to_layout
+from rnnkit.errors import ConfigError
+from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows.train import (
+    TrainConfig,
+    load_model,
+    loss_and_accuracy,
+    make_predict,
+    predict_logits,
+)
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    return TrainConfig.from_dict(ckpt.read_config(run_dir))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    run_dir: Path
+    step: int
+    loss: float
+    accuracy: float
+    per_class_accuracy: np.ndarray  # [classes]
+    confusion: np.ndarray  # [true class, predicted class] counts
+    num_examples: int
+
+
+def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None = None) -> EvalResult:
+    """Loss, accuracy, per-class accuracy and the confusion matrix on the test split of the
+    run's data (or of `data_dir`)."""
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir)
+    splits = load_mnist(data_dir if data_dir is not None else config.data_dir)
+    x = to_layout(splits.test_images, config.layout)
+    y = splits.test_labels.astype(np.int32)
+    _, step = ckpt.load_model_variables(run_dir)
+    model = load_model(run_dir, config)
+    if tuple(x.shape[1:]) != config.model_input_shape():
+        raise ConfigError(
+            f"--data-dir: the test images give inputs {tuple(x.shape[1:])}, the run was trained on "
+            f"{config.model_input_shape()}"
+        )
+    num_classes = int(config.num_classes or 0)
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    logits = predict_logits(make_predict(static), params, x, config.eval_batch_size)
+    loss, accuracy = loss_and_accuracy(logits, y)
+    predicted = logits.argmax(-1)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    result = EvalResult(run_dir, step, loss, accuracy, per_class, confusion, len(y))
+    if plot is not None:
+        _plot_confusion(result, Path(plot))
+    return result
+
+
+def _plot_confusion(result: EvalResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(result.confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    n = result.confusion.shape[0]
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{result.run_dir.name}: accuracy {result.accuracy:.4f} on {result.num_examples}")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(result.confusion[i, j]), ha="center", va="center", fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    ckpt.atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    predicted: int
+    probabilities: np.ndarray  # [classes]
+    step_probabilities: np.ndarray | None  # [time, classes]: after reading each step
+
+
+def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A grayscale image as uint8 [height, width], MNIST's convention (white digit on black)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.size != (size[1], size[0]):
+                raise ConfigError(
+                    f"{path}: expected a {size[1]}x{size[0]} grayscale image; got {image.size[0]}x{image.size[1]}"
+                )
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ConfigError(f"{path}: not a readable image ({err})") from None
+
+
+def predict_images(run_dir: Path, paths: list[Path], steps: bool = False) -> list[Prediction]:
+    import jax
+
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir)
+    model = eqx.nn.inference_mode(load_model(run_dir, config))
+    assert config.image_shape is not None  # load_model checked it
+    images = np.stack([read_image(Path(p), config.image_shape) for p in paths])  # [n, height, width]
+    x = to_layout(images, config.layout)
+    probabilities = np.asarray(jax.nn.softmax(model(x), axis=-1))
+    per_step = np.asarray(jax.nn.softmax(model.step_logits(x), axis=-1)) if steps else None
+    return [
+        Prediction(Path(p), int(probabilities[i].argmax()), probabilities[i], None if per_step is None else per_step[i])
+        for i, p in enumerate(paths)
+    ]

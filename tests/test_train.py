@@ -1,0 +1,248 @@
+"""Training, checkpoints, resume, eval and predict on a small synthetic MNIST-format data set,
+and the CLI's exit codes and messages for them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rnnkit.cli import main
+from rnnkit.data import write_idx
+from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows.evaluate import evaluate_run, predict_images
+from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
+
+SIDE, CLASSES = 8, 3
+
+
+@pytest.fixture(autouse=True)
+def standard_promotion() -> Any:
+    """optax mixes Python floats and int32 step counts, which JAX's strict promotion (on for
+    the rest of the suite, to keep rnnkit's own code honest) refuses."""
+    import jax
+
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def make_idx_dir(path: Path, n_train: int = 240, n_test: int = 60, seed: int = 0) -> Path:
+    """Class c lights up columns c, c+3, ... of an 8x8 image, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, CLASSES, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, SIDE, SIDE)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            x[i, :, c::CLASSES] = 250  # every row shows the class: learnable in a few steps
+        return x, labels
+
+    path.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = images(n_train)
+    test_x, test_y = images(n_test)
+    write_idx(path / "train-images-idx3-ubyte.gz", train_x)
+    write_idx(path / "train-labels-idx1-ubyte.gz", train_y)
+    write_idx(path / "t10k-images-idx3-ubyte.gz", test_x)
+    write_idx(path / "t10k-labels-idx1-ubyte.gz", test_y)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_idx_dir(tmp_path_factory.mktemp("idx"))
+
+
+def config(data_dir: Path, run_dir: Path, **changes: Any) -> TrainConfig:
+    base = TrainConfig(
+        cells="lstm:8,gru:12",
+        data_dir=str(data_dir),
+        run_dir=str(run_dir),
+        train_samples=12 * 16 + 1,  # 12 steps of 16
+        batch_size=16,
+        learning_rate=0.01,
+        display_step=1,
+        checkpoint_every=5,
+        validation_size=40,
+        eval_batch_size=32,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in ckpt.read_metrics(run_dir) if "loss" in r]
+
+
+def test_training_lowers_the_loss_and_writes_the_run_directory(data_dir: Path, tmp_path: Path) -> None:
+    result = train(config(data_dir, tmp_path / "run", train_samples=40 * 16 + 1))
+    trace = losses(tmp_path / "run")
+    assert len(trace) == 40
+    assert np.mean(trace[-5:]) < 0.5 * np.mean(trace[:5])
+    assert result.test_accuracy > 0.9
+    for name in (ckpt.CONFIG, ckpt.MODEL, ckpt.OPTIMIZER, ckpt.METRICS, ckpt.CURVES):
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    variables, step = ckpt.load_model_variables(tmp_path / "run")
+    assert step == 40
+    assert set(variables) == {
+        "rnn/multi_rnn_cell/cell_0/lstm_cell/kernel",
+        "rnn/multi_rnn_cell/cell_0/lstm_cell/bias",
+        "rnn/multi_rnn_cell/cell_1/gru_cell/gates/kernel",
+        "rnn/multi_rnn_cell/cell_1/gru_cell/gates/bias",
+        "rnn/multi_rnn_cell/cell_1/gru_cell/candidate/kernel",
+        "rnn/multi_rnn_cell/cell_1/gru_cell/candidate/bias",
+        "fully_connected/weights",
+        "fully_connected/biases",
+    }
+    assert json.loads((tmp_path / "run" / ckpt.CONFIG).read_text())["cells"] == "lstm:8,gru:12"
+    # eval recomputes the same test accuracy from the saved checkpoint
+    evaluated = evaluate_run(tmp_path / "run")
+    assert evaluated.accuracy == pytest.approx(result.test_accuracy, abs=1e-9)
+    assert evaluated.confusion.sum() == 60
+    assert evaluated.confusion.shape == (CLASSES, CLASSES)
+
+
+def test_static_and_dynamic_training_give_the_same_losses(data_dir: Path, tmp_path: Path) -> None:
+    train(config(data_dir, tmp_path / "dynamic", train_samples=6 * 16 + 1, mode="dynamic"))
+    train(config(data_dir, tmp_path / "static", train_samples=6 * 16 + 1, mode="static"))
+    np.testing.assert_allclose(losses(tmp_path / "static"), losses(tmp_path / "dynamic"), rtol=1e-4, atol=1e-5)
+
+
+class InterruptAt:
+    """A reporter that presses Ctrl-C when the loop reports step `at`."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def start(self, *args: Any) -> None:
+        pass
+
+    def step(self, step: int, *args: Any) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt
+
+    def line(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    whole = train(config(data_dir, tmp_path / "whole", dropout=0.2))
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(config(data_dir, tmp_path / "parts", dropout=0.2), reporter=InterruptAt(7))
+    assert stop.value.step == 7
+    assert ckpt.load_model_variables(tmp_path / "parts")[1] == 7  # Ctrl-C saved a checkpoint
+    resumed = train(TrainConfig(run_dir=str(tmp_path / "parts")), resume=True)
+    assert resumed.steps == whole.steps == 12
+    a, _ = ckpt.load_model_variables(tmp_path / "whole")
+    b, _ = ckpt.load_model_variables(tmp_path / "parts")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+
+
+def test_predict_matches_eval_logits(data_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from rnnkit.data import load_idx_dir
+
+    train(config(data_dir, tmp_path / "run", train_samples=20 * 16 + 1))
+    test = load_idx_dir(data_dir)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(test.test_images[i]).save(paths[-1])
+    predictions = predict_images(tmp_path / "run", paths, steps=True)
+    assert [p.predicted for p in predictions] == list(test.test_labels[:4])
+    for p in predictions:
+        assert p.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert p.step_probabilities.shape == (SIDE, CLASSES)
+        np.testing.assert_allclose(p.step_probabilities[-1], p.probabilities, rtol=1e-5, atol=1e-6)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_train_prints_the_seed_lines(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--cells", "gru:8", "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "run")]
+    argv += ["--train-samples", "65", "--batch-size", "16", "--display-step", "2", "--validation-size", "40"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "Iter 32, Minibatch Loss= " in out
+    assert ", Training Accuracy= " in out
+    lines = out.strip().splitlines()
+    assert lines[-3].startswith("Testing Accuracy (first 100 images): ")
+    assert lines[-2].startswith("Testing Accuracy (10000 images): ")
+    assert "samples/s" in lines[-1]
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_user_errors_exit_2_and_keep_checkpoints(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    base = ["train", "--cells", "gru:8", "--data-dir", str(data_dir), "--batch-size", "16", "--validation-size", "40"]
+    assert run_cli([*base, "--run-dir", str(run), "--train-samples", "33"], capsys)[0] == 0
+    before = (run / ckpt.MODEL).read_bytes()
+
+    line = one_line_error(*run_cli([*base, "--run-dir", str(run)], capsys)[::2])
+    assert "already holds a run; pass --resume" in line
+    line = one_line_error(*run_cli([*base, "--run-dir", str(tmp_path / "x"), "--cells", "lstmm:8"], capsys)[::2])
+    assert "unknown cell kind 'lstmm'" in line
+    line = one_line_error(*run_cli(["eval", str(tmp_path / "nowhere")], capsys)[::2])
+    assert "not a run directory" in line
+    line = one_line_error(*run_cli(["train", "--run-dir", str(tmp_path / "empty"), "--resume"], capsys)[::2])
+    assert "not a run directory" in line
+    line = one_line_error(*run_cli([*base, "--run-dir", str(tmp_path / "y"), "--data-dir", str(tmp_path)], capsys)[::2])
+    assert "train-images-idx3-ubyte" in line
+
+    # a config that no longer matches the checkpoint's shapes
+    cfg = json.loads((run / ckpt.CONFIG).read_text())
+    (tmp_path / "mismatch").mkdir()
+    (tmp_path / "mismatch" / ckpt.CONFIG).write_text(json.dumps({**cfg, "cells": "gru:9"}))
+    (tmp_path / "mismatch" / ckpt.MODEL).write_bytes(before)
+    line = one_line_error(*run_cli(["eval", str(tmp_path / "mismatch")], capsys)[::2])
+    assert "does not match config.json" in line
+
+    (tmp_path / "not.png").write_text("hello")
+    line = one_line_error(*run_cli(["predict", str(run), str(tmp_path / "not.png")], capsys)[::2])
+    assert "not a readable image" in line
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "big.png")
+    line = one_line_error(*run_cli(["predict", str(run), str(tmp_path / "big.png")], capsys)[::2])
+    assert "expected a 8x8 grayscale image; got 28x28" in line
+
+    assert (run / ckpt.MODEL).read_bytes() == before  # nothing above touched the saved run
+
+
+def test_interrupted_checkpoint_pair_is_refused_for_resume(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(data_dir, run, train_samples=6 * 16 + 1))
+    model_vars, opt_vars, step = ckpt.load_checkpoint(run)
+    ckpt.save_checkpoint(run, model_vars, opt_vars, step)  # a consistent pair loads
+    opt_only = ckpt.read_safetensors(run / ckpt.OPTIMIZER)[0]
+    import safetensors.numpy
+
+    ckpt.atomic_write_bytes(run / ckpt.OPTIMIZER, safetensors.numpy.save(opt_only, metadata={"step": "99"}))
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"model\.safetensors is from step 6 but optimizer\.safetensors from step 99"
+    ):
+        train(TrainConfig(run_dir=str(run)), resume=True)

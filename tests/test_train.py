@@ -98,8 +98,12 @@ def test_training_lowers_the_loss_and_writes_the_run_directory(data_dir: Path, t
     }
     assert json.loads((tmp_path / "run" / ckpt.CONFIG).read_text())["cells"] == "lstm:8,gru:12"
     # eval recomputes the same test accuracy from the saved checkpoint
-    evaluated = evaluate_run(tmp_path / "run")
+    evaluated = evaluate_run(tmp_path / "run", plot=tmp_path / "confusion.png")
     assert evaluated.accuracy == pytest.approx(result.test_accuracy, abs=1e-9)
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_allclose(
+        evaluated.per_class_accuracy, np.diag(evaluated.confusion) / evaluated.confusion.sum(axis=1)
+    )
     assert evaluated.confusion.sum() == 60
     assert evaluated.confusion.shape == (CLASSES, CLASSES)
 

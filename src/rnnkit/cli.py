@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=_Parser)
     download = data_commands.add_parser("download", help="fetch MNIST's IDX files, checking SHA-256")
     download.add_argument("--data-dir", required=True, help="directory to put the four .gz files in")
+    download.add_argument(
+        "--mirror",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="base URL to fetch from instead of the canonical mirrors (repeatable, tried in order)",
+    )
     return parser
 
 
@@ -319,9 +326,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from rnnkit.data import download_mnist
+    from rnnkit.data import MNIST_MIRRORS, download_mnist
 
-    for path in download_mnist(args.data_dir, log=lambda text: print(text, file=sys.stderr)):
+    mirrors = args.mirror or MNIST_MIRRORS
+    for path in download_mnist(args.data_dir, mirrors=mirrors, log=print):
         print(path)
     return 0
 

@@ -304,6 +304,12 @@ def load_model(run_dir: Path, config: TrainConfig) -> SequenceClassifier:
         raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
     model = build_model(config, config.model_input_shape(), config.num_classes)
     variables, _ = ckpt.load_model_variables(run_dir)
+    return _with_checkpoint_weights(model, variables, run_dir, config)
+
+
+def _with_checkpoint_weights(
+    model: SequenceClassifier, variables: dict[str, np.ndarray], run_dir: Path, config: TrainConfig
+) -> SequenceClassifier:
     try:
         return model.with_variables(variables)
     except ValueError as err:
@@ -371,10 +377,8 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
     step = 0
     if resume:
         model_vars, opt_vars, step = ckpt.load_checkpoint(run_dir)
-        try:
-            params, _ = eqx.partition(model.with_variables(model_vars), eqx.is_inexact_array)
-        except ValueError as err:
-            raise CheckpointError(f"{run_dir}/{ckpt.MODEL} does not match config.json: {err}") from None
+        restored = _with_checkpoint_weights(model, model_vars, run_dir, config)
+        params, _ = eqx.partition(restored, eqx.is_inexact_array)
         opt_state = _restore_opt_state(opt_state, opt_vars, run_dir)
         ckpt.truncate_metrics(run_dir, step)
 

@@ -250,3 +250,30 @@ def test_interrupted_checkpoint_pair_is_refused_for_resume(data_dir: Path, tmp_p
         ckpt.CheckpointError, match=r"model\.safetensors is from step 6 but optimizer\.safetensors from step 99"
     ):
         train(TrainConfig(run_dir=str(run)), resume=True)
+
+
+def test_tf1_adam_follows_tf1s_update_rule() -> None:
+    """Against a NumPy transcription of TF1's AdamOptimizer (lr_t with both bias corrections,
+    epsilon added to sqrt(v) unscaled), on gradients that include tiny ones where the epsilon
+    placement matters."""
+    import jax.numpy as jnp
+
+    from rnnkit.workflows.train import tf1_adam
+
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(6) * np.array([1, 1e-3, 1e-6, 1e-8, 10, 0.1]) for _ in range(5)]
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    var = np.ones(6)
+    m = v = np.zeros(6)
+    opt = tf1_adam(lr)
+    params = jnp.ones(6, jnp.float32)
+    state = opt.init(params)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        var = var - lr_t * m / (np.sqrt(v) + eps)
+        updates, state = opt.update(jnp.asarray(g, jnp.float32), state)
+        params = params + updates
+        np.testing.assert_allclose(np.asarray(params), var, rtol=1e-6, atol=1e-7)
+    assert int(state.count) == 5

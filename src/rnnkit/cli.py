@@ -21,6 +21,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _console() -> Any:
+    """A Rich console; when output is not a terminal (a pipe, a log file, CI) it is 120 columns
+    wide instead of Rich's 80, so tables such as eval's confusion matrix are not truncated."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -175,13 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from rnnkit.workflows.demo import DemoConfig, run_demo
 
     config = DemoConfig(batch_size=args.batch_size, time_steps=args.time_steps, seed=args.seed)
-    console = Console()
+    console = _console()
     console.print(
         f"MultiRNNCell([LSTMCell({config.lstm_units}), GRUCell({config.gru_units})]) on "
         f"[{config.batch_size}, {config.time_steps}, {config.input_size}] random inputs"
@@ -249,9 +256,7 @@ class _RichReporter:
     """Progress bar with loss / accuracy / throughput, and the seed's lines above it."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console()
+        self.console = _console()
         self.progress: Any = None
         self.task: Any = None
 
@@ -288,13 +293,12 @@ class _RichReporter:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from rnnkit.workflows.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, args.data_dir, plot=args.plot)
-    console = Console()
+    console = _console()
     console.print(
         f"{result.run_dir} (step {result.step}): loss {result.loss:.4f}, "
         f"accuracy {result.accuracy:.4f} on {result.num_examples} test examples"

@@ -29,24 +29,26 @@ def _console() -> Any:
     return Console(width=None if sys.stdout.isatty() else 120)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
-    return value
+def _number_type(convert: Any, accept: Any, expected: str) -> Any:
+    """An argparse `type=` that converts with `convert` and refuses values `accept` rejects,
+    saying what was expected and what came."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {value}")
-    return value
+_positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number_type(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number_type(float, lambda v: v > 0, "a positive number")
+_dropout_rate = _number_type(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 
 
 DEMO_EPILOG = """examples:
@@ -54,26 +56,6 @@ DEMO_EPILOG = """examples:
   rnnkit demo --time-steps 112      # static compile time grows with length; dynamic's does not
   rnnkit demo --batch-size 8 --seed 3
 """
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {value}")
-    return value
-
-
-def _dropout_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); got {value}")
-    return value
 
 
 TRAIN_EPILOG = """examples:

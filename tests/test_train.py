@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,42 @@ def test_tf1_adam_follows_tf1s_update_rule() -> None:
         params = params + updates
         np.testing.assert_allclose(np.asarray(params), var, rtol=1e-6, atol=1e-7)
     assert int(state.count) == 5
+
+
+def three_steps_logged(run: Path) -> bool:
+    try:
+        return len(ckpt.read_metrics(run)) >= 3
+    except json.JSONDecodeError:  # a line being appended right now
+        return False
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(data_dir: Path, tmp_path: Path) -> None:
+    """A real SIGINT to a real `rnnkit train` process, mid-run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "rnnkit.cli", "train", "--cells", "gru:8", "--data-dir", str(data_dir)]
+    argv += ["--run-dir", str(run), "--batch-size", "16", "--validation-size", "40", "--display-step", "1"]
+    argv += ["--train-samples", "1000000"]  # far more steps than the test waits for
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not three_steps_logged(run):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never got going"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    match = re.search(r"interrupted at step (\d+); checkpoint saved", err)
+    assert match is not None, err
+    assert "Traceback" not in err
+    _, _, step = ckpt.load_checkpoint(run)  # a consistent, resumable pair
+    assert step == int(match.group(1)) >= 3

@@ -31,15 +31,15 @@ def standard_promotion() -> Any:
         yield
 
 
-def make_idx_dir(path: Path, n_train: int = 240, n_test: int = 60, seed: int = 0) -> Path:
+def make_idx_dir(path: Path, n_train: int = 240, n_test: int = 60, seed: int = 0, classes: int = CLASSES) -> Path:
     """Class c lights up columns c, c+3, ... of an 8x8 image, plus noise."""
     rng = np.random.default_rng(seed)
 
     def images(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.integers(0, CLASSES, n).astype(np.uint8)
+        labels = rng.integers(0, classes, n).astype(np.uint8)
         x = rng.integers(0, 60, (n, SIDE, SIDE)).astype(np.uint8)
         for i, c in enumerate(labels):
-            x[i, :, c::CLASSES] = 250  # every row shows the class: learnable in a few steps
+            x[i, :, c::classes] = 250  # every row shows the class: learnable in a few steps
         return x, labels
 
     path.mkdir(parents=True, exist_ok=True)
@@ -225,6 +225,10 @@ def test_cli_user_errors_exit_2_and_keep_checkpoints(
     (tmp_path / "mismatch" / ckpt.MODEL).write_bytes(before)
     line = one_line_error(*run_cli(["eval", str(tmp_path / "mismatch")], capsys)[::2])
     assert "does not match config.json" in line
+
+    more_classes = make_idx_dir(tmp_path / "ten", classes=10)
+    line = one_line_error(*run_cli(["eval", str(run), "--data-dir", str(more_classes)], capsys)[::2])
+    assert "the test labels go up to 9, the run knows 3 classes" in line
 
     (tmp_path / "not.png").write_text("hello")
     line = one_line_error(*run_cli(["predict", str(run), str(tmp_path / "not.png")], capsys)[::2])

@@ -44,14 +44,15 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None =
     splits = load_mnist(data_dir if data_dir is not None else config.data_dir)
     x = to_layout(splits.test_images, config.layout)
     y = splits.test_labels.astype(np.int32)
-    _, step = ckpt.load_model_variables(run_dir)
-    model = load_model(run_dir, config)
+    model, step = load_model(run_dir, config)
     if tuple(x.shape[1:]) != config.model_input_shape():
         raise ConfigError(
             f"--data-dir: the test images give inputs {tuple(x.shape[1:])}, the run was trained on "
             f"{config.model_input_shape()}"
         )
     num_classes = int(config.num_classes or 0)
+    if len(y) and y.max() >= num_classes:
+        raise ConfigError(f"--data-dir: the test labels go up to {y.max()}, the run knows {num_classes} classes")
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     logits = predict_logits(make_predict(static), params, x, config.eval_batch_size)
@@ -121,7 +122,8 @@ def predict_images(run_dir: Path, paths: list[Path], steps: bool = False) -> lis
 
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
-    model = eqx.nn.inference_mode(load_model(run_dir, config))
+    model, _ = load_model(run_dir, config)
+    model = eqx.nn.inference_mode(model)
     assert config.image_shape is not None  # load_model checked it
     images = np.stack([read_image(Path(p), config.image_shape) for p in paths])  # [n, height, width]
     x = to_layout(images, config.layout)

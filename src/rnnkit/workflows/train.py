@@ -329,13 +329,14 @@ def _restore_opt_state(template: Any, saved: dict[str, np.ndarray], run_dir: Pat
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[name]) for name in names])
 
 
-def load_model(run_dir: Path, config: TrainConfig) -> SequenceClassifier:
-    """The model of a run directory with its checkpointed weights, checked against the config."""
+def load_model(run_dir: Path, config: TrainConfig) -> tuple[SequenceClassifier, int]:
+    """The model of a run directory with its checkpointed weights (checked against the config),
+    and the step the checkpoint was saved at."""
     if config.num_classes is None:
         raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
     model = build_model(config, config.model_input_shape(), config.num_classes)
-    variables, _ = ckpt.load_model_variables(run_dir)
-    return _with_checkpoint_weights(model, variables, run_dir, config)
+    variables, step = ckpt.load_model_variables(run_dir)
+    return _with_checkpoint_weights(model, variables, run_dir, config), step
 
 
 def _with_checkpoint_weights(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from rnnkit.data import load_mnist, to_layout
 from rnnkit.errors import ConfigError
 from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows.plots import pyplot, save_png
 from rnnkit.workflows.train import (
     TrainConfig,
     load_model,
@@ -68,10 +68,7 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None =
 
 
 def _plot_confusion(result: EvalResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 5))
     image = ax.imshow(result.confusion, cmap="Blues")
@@ -86,10 +83,7 @@ def _plot_confusion(result: EvalResult, path: Path) -> None:
         for j in range(n):
             ax.text(j, i, str(result.confusion[i, j]), ha="center", va="center", fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    ckpt.atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 @dataclass(frozen=True)

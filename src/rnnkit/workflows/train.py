@@ -34,6 +34,7 @@ from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
 from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows.plots import pyplot, save_png
 
 
 @dataclass(frozen=True)
@@ -502,10 +503,7 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
 
 
 def _plot_curves(run_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = ckpt.read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
@@ -522,9 +520,4 @@ def _plot_curves(run_dir: Path) -> None:
         ax.legend()
     fig.suptitle(f"rnnkit train: {run_dir.name}")
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    ckpt.atomic_write_bytes(run_dir / ckpt.CURVES, buffer.getvalue())
+    save_png(fig, run_dir / ckpt.CURVES)

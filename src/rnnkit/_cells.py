@@ -98,6 +98,13 @@ class RNNCell(eqx.Module):
         return self
 
 
+def check_cell(cell: Any, name: str = "cell") -> RNNCell:
+    """`cell` if it is an rnnkit cell, else a TypeError naming the argument and what came."""
+    if not isinstance(cell, RNNCell):
+        raise TypeError(f"{name} must be an rnnkit RNN cell; got {type(cell).__name__}")
+    return cell
+
+
 class _LeafCell(RNNCell):
     """A cell that owns weights (not a wrapper or a stack). Holds the common static fields."""
 

@@ -19,17 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from rnnkit._cells import RNNCell
+from rnnkit._cells import RNNCell, check_cell
 from rnnkit._checks import check_inputs, check_sequence_length, check_state, dtype_name
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-
-
-def _check_cell(cell: Any, name: str = "cell") -> RNNCell:
-    if not isinstance(cell, RNNCell):
-        raise TypeError(f"{name} must be an rnnkit RNN cell; got {type(cell).__name__}")
-    return cell
 
 
 def _initial_state(cell: RNNCell, initial_state: Any, dtype: Any, batch_size: int, name: str) -> Any:
@@ -72,6 +66,14 @@ def _unstack(inputs: Any, cell: RNNCell) -> list[Array]:
     return [x[:, t] for t in range(x.shape[1])]
 
 
+def _check_num_steps(steps: list[Array], num_steps: int | None) -> None:
+    if num_steps is not None and len(steps) != num_steps:
+        raise ValueError(
+            f"inputs must have num_steps={num_steps} time steps (the length this static RNN is built for); "
+            f"got {len(steps)}"
+        )
+
+
 def static_rnn(
     cell: RNNCell,
     inputs: Sequence[Float[ArrayLike, "batch depth"]] | Float[ArrayLike, "batch time depth"],
@@ -97,13 +99,9 @@ def static_rnn(
     the cell's dtype. `sequence_length` ([batch] integers in [0, T]) masks as described in
     this module: zero outputs and carried-through state past each example's length.
     """
-    cell = _check_cell(cell)
+    cell = check_cell(cell)
     steps = _unstack(inputs, cell)
-    if num_steps is not None and len(steps) != num_steps:
-        raise ValueError(
-            f"inputs must have num_steps={num_steps} time steps (the length this static RNN is built for); "
-            f"got {len(steps)}"
-        )
+    _check_num_steps(steps, num_steps)
     batch_size = steps[0].shape[0]
     lengths = check_sequence_length(sequence_length, batch_size=batch_size, max_time=len(steps))
     state = _initial_state(cell, initial_state, dtype, batch_size, "initial_state")
@@ -152,7 +150,7 @@ def dynamic_rnn(
     no effect: XLA schedules the loop itself (for memory, wrap the loss in `jax.checkpoint`).
     """
     del parallel_iterations, swap_memory  # no-ops, see the docstring
-    cell = _check_cell(cell)
+    cell = check_cell(cell)
     unroll = _check_unroll(unroll)
     layout = "time, batch, depth" if time_major else "batch, time, depth"
     x = check_inputs(inputs, name="inputs", cell=cell, rank=3, layout=layout)
@@ -199,7 +197,7 @@ def _check_initial_states(cell_fw: RNNCell, cell_bw: RNNCell, state_fw: Any, sta
 
 
 def _check_pair(cell_fw: Any, cell_bw: Any) -> tuple[RNNCell, RNNCell]:
-    cell_fw, cell_bw = _check_cell(cell_fw, "cell_fw"), _check_cell(cell_bw, "cell_bw")
+    cell_fw, cell_bw = check_cell(cell_fw, "cell_fw"), check_cell(cell_bw, "cell_bw")
     if cell_bw.input_size != cell_fw.input_size:
         raise ValueError(
             f"cell_bw.input_size must equal cell_fw.input_size = {cell_fw.input_size} "
@@ -267,11 +265,7 @@ def static_bidirectional_rnn(
     """
     cell_fw, cell_bw = _check_pair(cell_fw, cell_bw)
     steps = _unstack(inputs, cell_fw)
-    if num_steps is not None and len(steps) != num_steps:
-        raise ValueError(
-            f"inputs must have num_steps={num_steps} time steps (the length this static RNN is built for); "
-            f"got {len(steps)}"
-        )
+    _check_num_steps(steps, num_steps)
     x = jnp.stack(steps, axis=1)  # [batch, time, depth]
     lengths = check_sequence_length(sequence_length, batch_size=x.shape[0], max_time=x.shape[1])
     _check_initial_states(cell_fw, cell_bw, initial_state_fw, initial_state_bw, x.shape[0])

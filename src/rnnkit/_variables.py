@@ -14,13 +14,12 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from rnnkit._cells import RNNCell
+from rnnkit._cells import RNNCell, check_cell
 from rnnkit._checks import dtype_name
 
 
 def _leaves(cell: Any, scope: str) -> list[tuple[str, Any]]:
-    if not isinstance(cell, RNNCell):
-        raise TypeError(f"cell must be an rnnkit RNN cell; got {type(cell).__name__}")
+    check_cell(cell)
     if not isinstance(scope, str) or not scope or scope.startswith("/") or scope.endswith("/"):
         raise ValueError(f"scope must be a non-empty variable scope such as 'rnn'; got {scope!r}")
     return cell._tf1_leaves(scope)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from rnnkit._cells import LSTMStateTuple, RNNCell
+from rnnkit._cells import LSTMStateTuple, RNNCell, check_cell
 from rnnkit._checks import dtype_name
 
 
@@ -34,8 +34,7 @@ class MultiRNNCell(RNNCell):
         if not cells:
             raise ValueError("cells must be a non-empty list of RNN cells; got an empty list")
         for k, cell in enumerate(cells):
-            if not isinstance(cell, RNNCell):
-                raise TypeError(f"cells[{k}] must be an rnnkit RNN cell; got {type(cell).__name__}")
+            check_cell(cell, f"cells[{k}]")
         for k in range(1, len(cells)):
             if cells[k].input_size != cells[k - 1].output_size:
                 raise ValueError(
@@ -120,12 +119,6 @@ def _in_wrapper(get: Callable[[Any], Array]) -> Callable[[Any], Array]:
     return lambda wrapper: get(wrapper.cell)
 
 
-def _check_cell(cell: Any) -> RNNCell:
-    if not isinstance(cell, RNNCell):
-        raise TypeError(f"cell must be an rnnkit RNN cell; got {type(cell).__name__}")
-    return cell
-
-
 class ResidualWrapper(_Wrapper):
     """TF1's `ResidualWrapper`: output = residual_fn(inputs, cell_output), by default
     `inputs + cell_output`; the state passes through. Needs `input_size == output_size`
@@ -134,7 +127,7 @@ class ResidualWrapper(_Wrapper):
     residual_fn: Callable[[Array, Array], Array] | None = eqx.field(static=True)
 
     def __init__(self, cell: RNNCell, residual_fn: Callable[[Array, Array], Array] | None = None):
-        cell = _check_cell(cell)
+        cell = check_cell(cell)
         if residual_fn is None and cell.input_size != cell.output_size:
             raise ValueError(
                 f"cell.output_size must equal cell.input_size = {cell.input_size} to add the input to the "
@@ -205,7 +198,7 @@ class DropoutWrapper(_Wrapper):
         key: PRNGKeyArray | None = None,
         inference: bool = False,
     ):
-        self.cell = _check_cell(cell)
+        self.cell = check_cell(cell)
         self.input_keep_prob = _check_keep_prob("input_keep_prob", input_keep_prob)
         self.output_keep_prob = _check_keep_prob("output_keep_prob", output_keep_prob)
         self.state_keep_prob = _check_keep_prob("state_keep_prob", state_keep_prob)

@@ -72,7 +72,10 @@ class RNNCell(eqx.Module):
 
     def zero_state(self, batch_size: int, dtype: Any = None) -> Any:
         """All-zero state of structure `state_size`, each leaf [batch_size, size]."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+        # A symbolic dimension (jax.export's shape polymorphism) stands for a size known at call time.
+        if not jax.export.is_symbolic_dim(batch_size) and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0
+        ):
             raise ValueError(f"batch_size must be a non-negative int; got {batch_size!r}")
         if dtype is not None and jnp.dtype(dtype) != jnp.dtype(self.dtype):
             raise TypeError(

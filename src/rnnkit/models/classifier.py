@@ -26,10 +26,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, RNNCell, glorot_uniform
-from rnnkit._rnn import dynamic_rnn, static_rnn
+from rnnkit._rnn import dynamic_rnn, last_relevant, static_rnn
 from rnnkit._variables import get_variables, set_variables
 from rnnkit._wrappers import DropoutWrapper, MultiRNNCell
 from rnnkit.errors import ConfigError
@@ -148,21 +148,42 @@ class SequenceClassifier(eqx.Module):
     biases: Array  # [num_classes]
     mode: str = eqx.field(static=True)
     num_steps: int = eqx.field(static=True)
+    unroll: int = eqx.field(static=True, default=1)  # dynamic mode: steps per lax.scan iteration
 
-    def _outputs(self, inputs: Float[Array, "batch time depth"]) -> Array:
+    def _run(
+        self, inputs: Float[Array, "batch time depth"], sequence_length: Int[Array, " batch"] | None
+    ) -> tuple[Array, Any]:
+        """Every step's output [batch, time, units] and the final state."""
         if self.mode == "static":
-            outputs, _ = static_rnn(self.cell, inputs, num_steps=self.num_steps)
-            return jnp.stack(outputs, axis=1)  # [batch, time, units]
-        outputs, _ = dynamic_rnn(self.cell, inputs)
-        return outputs
+            outputs, state = static_rnn(self.cell, inputs, sequence_length=sequence_length, num_steps=self.num_steps)
+            return jnp.stack(outputs, axis=1), state
+        return dynamic_rnn(self.cell, inputs, sequence_length=sequence_length, unroll=self.unroll)
 
-    def __call__(self, inputs: Float[Array, "batch time depth"]) -> Float[Array, "batch classes"]:
-        last = self._outputs(inputs)[:, -1]  # the seed's outputs[-1]: [batch, units]
-        return jnp.matmul(last, self.weights, precision="highest") + self.biases
+    def _last(self, outputs: Array, sequence_length: Int[Array, " batch"] | None) -> Array:
+        if sequence_length is None:
+            return outputs[:, -1]  # the seed's outputs[-1]: [batch, units]
+        return last_relevant(outputs, sequence_length)  # padded batches: each example's own last step
+
+    def __call__(
+        self, inputs: Float[Array, "batch time depth"], sequence_length: Int[Array, " batch"] | None = None
+    ) -> Float[Array, "batch classes"]:
+        """Class logits from the last step's output (with `sequence_length`, each example's last
+        valid step: padding past it does not change the result)."""
+        logits, _ = self.logits_and_state(inputs, sequence_length)
+        return logits
+
+    def logits_and_state(
+        self, inputs: Float[Array, "batch time depth"], sequence_length: Int[Array, " batch"] | None = None
+    ) -> tuple[Float[Array, "batch classes"], Any]:
+        """The logits and the cell stack's final state (TF1's `state` from the driver)."""
+        outputs, state = self._run(inputs, sequence_length)
+        last = self._last(outputs, sequence_length)
+        return jnp.matmul(last, self.weights, precision="highest") + self.biases, state
 
     def step_logits(self, inputs: Float[Array, "batch time depth"]) -> Float[Array, "batch time classes"]:
         """The logits the head would give after each step: how the prediction forms while reading."""
-        return jnp.matmul(self._outputs(inputs), self.weights, precision="highest") + self.biases
+        outputs, _ = self._run(inputs, None)
+        return jnp.matmul(outputs, self.weights, precision="highest") + self.biases
 
     def variables(self) -> dict[str, np.ndarray]:
         """All weights by TF1 name (cells under `rnn/`, head under `fully_connected/`)."""
@@ -219,6 +240,7 @@ def build_classifier(
     mode: str,
     key: PRNGKeyArray,
     dropout: float = 0.0,
+    unroll: int = 1,
 ) -> SequenceClassifier:
     """The model for a parsed `--cells` spec. `dropout` > 0 wraps every layer in a
     `DropoutWrapper(output_keep_prob=1 - dropout)`, the usual TF1 recipe."""
@@ -238,4 +260,4 @@ def build_classifier(
     stack = cells[0] if len(cells) == 1 else MultiRNNCell(cells)
     # tf.contrib.layers.fully_connected: xavier (glorot-uniform) weights, zero biases.
     weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
-    return SequenceClassifier(stack, weights, jnp.zeros((num_classes,), jnp.float32), mode, num_steps)
+    return SequenceClassifier(stack, weights, jnp.zeros((num_classes,), jnp.float32), mode, num_steps, unroll)

@@ -76,11 +76,91 @@ EVAL_EPILOG = """examples:
 PREDICT_EPILOG = """examples:
   rnnkit predict runs/seed3 digit.png
   rnnkit predict runs/seed3 a.png b.png --steps   # how the prediction forms as the rows are read
+  rnnkit predict --artifact model.rnnx digit.png  # an exported model: no run directory, no model code
+"""
+
+EXPORT_EPILOG = """examples:
+  rnnkit export runs/seed3 --out model.rnnx                  # the run's mode; writes model.rnnx + model.rnnx.json
+  rnnkit export runs/seed3 --mode static --out static.rnnx   # pinned to the training length
+  rnnkit export runs/seed3 --mode dynamic --with-state --out model.rnnx   # logits and the final state
+"""
+
+COMPARE_EPILOG = """examples:
+  rnnkit compare --quick --out compare-quick           # two short lengths, under a minute
+  rnnkit compare --out compare                         # the seed's model, lengths 28 ... 896
+  rnnkit compare --cells gru:64 --lengths 16,32,64 --budget-s 30 --out compare-gru
+Open DIR/report.html in a browser: each of the seed's claims with its evidence and verdict.
 """
 
 DATA_EPILOG = """examples:
   rnnkit data download --data-dir ~/mnist-idx     # then: rnnkit train --data-dir ~/mnist-idx
 """
+
+
+def _add_export(commands: Any) -> None:
+    p = commands.add_parser(
+        "export",
+        help="write a trained run as a serialized StableHLO program (jax.export) that runs without rnnkit's code",
+        description="Export a run's inference function with jax.export: FILE holds the program and its weights, "
+        "FILE.json the input layout, classes, mode and versions. A dynamic export takes any batch and length; "
+        "a static one any batch at the length it was built for.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="FILE", help="the artifact to write (e.g. model.rnnx)")
+    p.add_argument("--mode", choices=("static", "dynamic"), default=None, help="default: the mode it was trained in")
+    p.add_argument("--with-state", action="store_true", help="also return the cells' final state")
+    p.add_argument(
+        "--platforms",
+        default="cpu,cuda",
+        type=_name_list,
+        help="platforms to lower for, comma-separated (default cpu,cuda)",
+    )
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names; got {text!r}")
+    return names
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers; got {text!r}")
+    return values
+
+
+def _add_compare(commands: Any) -> None:
+    from rnnkit.workflows.compare import CompareConfig
+
+    d = CompareConfig()
+    p = commands.add_parser(
+        "compare",
+        help="measure the seed's static-vs-dynamic claims on this machine: table, JSON, plots, HTML report",
+        description="Build, compile, export and run the model with static_rnn and dynamic_rnn over a sweep of "
+        "lengths, in one process, and judge each of the seed's claims by the numbers.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="report directory (default runs/compare-<time>)")
+    p.add_argument("--cells", default=d.cells, help=f"layers, kind:units[:options] (default {d.cells})")
+    p.add_argument("--lengths", type=_int_list, default=None, help="sequence lengths (default 28,56,...,896)")
+    p.add_argument("--quick", action="store_true", help="lengths 8,16, few repeats, the seed's 10,12,8 stream")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"training batch (default {d.batch_size})")
+    p.add_argument("--features", type=_positive_int, default=d.features, help="input depth per step (default 28)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help=f"timed calls per figure (default {d.repeats})")
+    p.add_argument("--budget-s", type=_positive_float, default=d.budget_s, help="compile-time budget per static point")
+    p.add_argument("--budget-mb", type=_positive_float, default=d.budget_mb, help="memory budget per static point")
+    p.add_argument("--stream", type=_int_list, default=None, help="lengths of the varying-length stream")
+    p.add_argument("--bucket", type=_int_list, default=None, help="bucket sizes the stream's lengths round up to")
+    p.add_argument("--unroll", type=_int_list, default=None, help="dynamic_rnn unroll factors (default 1,2,4,8)")
+    p.add_argument("--seed", type=_non_negative_int, default=d.seed)
 
 
 def _add_train(commands: Any) -> None:
@@ -145,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pr.add_argument("run_dir", metavar="RUN_DIR")
-    pr.add_argument("images", metavar="IMAGE", nargs="+")
+    pr.add_argument("paths", metavar="RUN_DIR IMAGE", nargs="+", help="a run directory, then images")
     pr.add_argument("--steps", action="store_true", help="show the prediction after each step read")
+    pr.add_argument(
+        "--artifact", default=None, metavar="FILE", help="classify with an exported model instead (no RUN_DIR)"
+    )
+    _add_export(commands)
+    _add_compare(commands)
     data = commands.add_parser(
         "data", help="data sets", epilog=DATA_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -299,15 +383,87 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from rnnkit.workflows.evaluate import predict_images
+    from rnnkit.errors import ConfigError
+    from rnnkit.workflows.evaluate import predict_images, predict_with_artifact
 
-    for p in predict_images(args.run_dir, args.images, steps=args.steps):
+    if args.artifact is not None:
+        if args.steps:
+            raise ConfigError("--steps needs a run directory: an exported model gives only the final logits")
+        predictions = predict_with_artifact(args.artifact, args.paths)
+    else:
+        if len(args.paths) < 2:
+            raise ConfigError(f"predict needs RUN_DIR and at least one IMAGE (or --artifact FILE); got {args.paths}")
+        predictions = predict_images(args.paths[0], args.paths[1:], steps=args.steps)
+    for p in predictions:
         probs = " ".join(f"{c}:{v:.3f}" for c, v in enumerate(p.probabilities))
         print(f"{p.path}: class {p.predicted} (p={p.probabilities[p.predicted]:.4f})  [{probs}]")
         if p.step_probabilities is not None:
             for t, step_probs in enumerate(p.step_probabilities, start=1):
                 best = int(step_probs.argmax())
                 print(f"  after step {t:3d}: class {best} (p={step_probs[best]:.4f})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rnnkit.export import export_run
+
+    info = export_run(args.run_dir, args.out, mode=args.mode, with_state=args.with_state, platforms=args.platforms)
+    meta = info.metadata
+    length = "any length" if meta["time_steps"] is None else f"exactly {meta['time_steps']} steps"
+    print(
+        f"{info.path}: {meta['mode']} export of {args.run_dir} (step {meta['source']['step']}), {length}, "
+        f"{meta['artifact_bytes']} bytes, platforms {','.join(meta['platforms'])}; metadata in {info.sidecar}"
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import dataclasses
+    from datetime import datetime
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from rnnkit.workflows.compare import CompareConfig, power_of_two_buckets, run_compare
+    from rnnkit.workflows.compare_report import ROW_COLUMNS, recommendation, row_cells, write_report
+
+    overrides = {
+        "lengths": args.lengths,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "stream": args.stream,
+        "buckets": args.bucket,
+        "unroll": args.unroll,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    common = {
+        "cells": args.cells,
+        "features": args.features,
+        "budget_s": args.budget_s,
+        "budget_mb": args.budget_mb,
+        "seed": args.seed,
+        **given,
+    }
+    config = CompareConfig.quick_preset(**common) if args.quick else CompareConfig(**common)
+    if args.stream is not None and args.bucket is None:
+        config = dataclasses.replace(config, buckets=power_of_two_buckets(config.stream))
+    config.validate()
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    console = _console()
+    console.print(f"rnnkit compare: {config.cells}, lengths {list(config.lengths)} -> {out}")
+    result = run_compare(config, log=lambda line: console.print(line, highlight=False, markup=False))
+    table = Table(title=f"static_rnn vs dynamic_rnn ({result['environment']['device']})")
+    for _, label, _ in ROW_COLUMNS:
+        table.add_column(label, justify="left" if label == "mode" else "right")
+    for row in result["rows"]:
+        table.add_row(*row_cells(row))
+    console.print(table)
+    for claim in result["claims"]:
+        console.print(f"{claim['verdict']}: {claim['claim']}", highlight=False, markup=False)
+    console.print(recommendation(result), highlight=False, markup=False)
+    command = "rnnkit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "rnnkit compare"
+    files = write_report(result, out, command)
+    console.print(f"report: {files['html']}  (figures and compare.json beside it)")
     return 0
 
 
@@ -323,7 +479,15 @@ def _data(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "train": _train, "eval": _eval, "predict": _predict, "data": _data}
+    handlers = {
+        "demo": _demo,
+        "train": _train,
+        "eval": _eval,
+        "predict": _predict,
+        "export": _export,
+        "compare": _compare,
+        "data": _data,
+    }
     from rnnkit.data import DataError
     from rnnkit.errors import CheckpointError, ConfigError
 

@@ -127,3 +127,20 @@ def predict_images(run_dir: Path, paths: list[Path], steps: bool = False) -> lis
         Prediction(Path(p), int(probabilities[i].argmax()), probabilities[i], None if per_step is None else per_step[i])
         for i, p in enumerate(paths)
     ]
+
+
+def predict_with_artifact(artifact: Path | str, paths: list[Path]) -> list[Prediction]:
+    """Classify images with an exported model (`rnnkit export`): its sidecar gives the image
+    size and layout; the program itself needs no rnnkit model code."""
+    from rnnkit.export import load
+
+    model = load(artifact)
+    meta = model.metadata
+    if not meta.get("image_shape") or not meta.get("layout"):
+        raise ConfigError(f"{artifact}: its sidecar has no image_shape/layout; it was not exported from a run")
+    images = np.stack([read_image(Path(p), tuple(meta["image_shape"])) for p in paths])
+    outputs = model(to_layout(images, meta["layout"]))
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    return [Prediction(Path(p), int(probabilities[i].argmax()), probabilities[i], None) for i, p in enumerate(paths)]

@@ -315,7 +315,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(data_dir: Path, tmp_path: Path)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (proc.returncode, err[-4000:])
     match = re.search(r"interrupted at step (\d+); checkpoint saved", err)
     assert match is not None, err
     assert "Traceback" not in err

@@ -452,8 +452,9 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
     def is_display_step(at_step: int) -> bool:
         return at_step % config.display_step == 0 or at_step == total
 
+    batches = _batches(data, config, step, total)
     try:
-        for x, y in _batches(data, config, step, total):
+        for x, y in batches:
             t0 = time.perf_counter()
             params, opt_state, loss, acc = train_step(params, opt_state, x, y, jax.random.fold_in(dropout_key, step))
             step += 1
@@ -476,6 +477,7 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
             if step % config.checkpoint_every == 0:
                 save(step)
     except KeyboardInterrupt:
+        batches.close()  # stop the prefetch thread now, not whenever the generator is collected
         if logged != step and is_display_step(step):
             log(step, loss, acc)  # interrupted between the step and its record: a resume starts after it
         save(step)

@@ -190,3 +190,9 @@ def test_load_refuses_mismatched_or_damaged_files(run_dir: Path, tmp_path: Path)
     sidecar_path(path).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"not a readable jax\.export artifact"):
         load(path)
+
+
+def test_export_module_is_reachable_from_the_package() -> None:
+    import rnnkit
+
+    assert rnnkit.export.load is load

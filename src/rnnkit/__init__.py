@@ -23,3 +23,13 @@ from rnnkit._version import __version__ as __version__
 from rnnkit._wrappers import DropoutWrapper as DropoutWrapper
 from rnnkit._wrappers import MultiRNNCell as MultiRNNCell
 from rnnkit._wrappers import ResidualWrapper as ResidualWrapper
+
+_SUBMODULES = ("export",)  # loaded on first use: `import rnnkit` stays light
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"rnnkit.{name}")
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")

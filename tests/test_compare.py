@@ -16,6 +16,7 @@ import pytest
 
 from rnnkit.cli import main
 from rnnkit.workflows.compare import (
+    MEASURED_KEYS,
     CompareConfig,
     Programs,
     _batch,
@@ -101,6 +102,7 @@ def test_json_schema(result: dict[str, Any], tmp_path: Path) -> None:
     )
     for row in result["rows"]:
         assert row["status"] == "measured"
+        assert set(MEASURED_KEYS) <= set(row)
         for key in numbers:
             assert isinstance(row[key], (int, float)), (key, row[key])
             assert row[key] > 0, (key, row[key])
@@ -183,6 +185,8 @@ def test_budget_skips_static_points_and_reports_their_projection() -> None:
     assert rows[1]["projected_compile_s"] == pytest.approx(first * 2)  # from one point: proportional
     assert rows[2]["projected_compile_s"] == pytest.approx(first * 4)
     assert "over the budget" in rows[1]["reason"]
+    assert set(MEASURED_KEYS) <= set(rows[1])  # one schema: measured keys present, null
+    assert rows[1]["compile_s"] is None
     # the varying-length stream's static runs are projected from the same points, and skipped
     static_exact = run_stream(config, "static", False, lambda n: project([(2, first)], n))
     assert static_exact["status"] == "skipped"

@@ -371,11 +371,42 @@ def measure_point(config: CompareConfig, mode: str, length: int) -> dict[str, An
     }
 
 
+MEASURED_KEYS = (
+    "trace_s",
+    "lower_s",
+    "compile_s",
+    "build_s",
+    "rss_growth_bytes",
+    "temp_bytes",
+    "argument_bytes",
+    "output_bytes",
+    "code_bytes",
+    "hlo_bytes",
+    "hlo_ops",
+    "infer_trace_s",
+    "infer_lower_s",
+    "infer_compile_s",
+    "infer_rss_growth_bytes",
+    "infer_temp_bytes",
+    "infer_hlo_bytes",
+    "infer_hlo_ops",
+    "export_bytes",
+    "export_s",
+    "train_step_s",
+    "train_steps_per_s",
+    "train_samples_per_s",
+    "infer_batch_s",
+    "infer_samples_per_s",
+)
+
+
 def _skipped_row(mode: str, length: int, compile_s: float | None, rss: float | None, reason: str) -> dict[str, Any]:
+    """A row with every measured key present and null, so readers of compare.json see one schema."""
     return {
         "mode": mode,
         "length": length,
         "status": "skipped",
+        **dict.fromkeys(MEASURED_KEYS),
         "reason": reason,
         "projected_compile_s": compile_s,
         "projected_rss_growth_bytes": rss,

@@ -155,7 +155,7 @@ def test_verdicts_cover_every_claim(result: dict[str, Any]) -> None:
     assert claims["last_state_only"]["verdict"] == FAILS
     # the export-size verdict follows the measured sizes, whatever they are
     sizes = {(r["mode"], r["length"]): r["export_bytes"] for r in result["rows"]}
-    larger = all(sizes["static", n] > sizes["dynamic", n] for n in (4, 8))
+    larger = all(sizes["static", n] > 1.05 * sizes["dynamic", n] for n in (4, 8))
     assert (claims["export_size"]["verdict"] == HOLDS) == larger
 
 
@@ -164,6 +164,9 @@ def test_verdict_rules() -> None:
     assert verdict_larger([(1, 1.0, 2.0), (2, 1.0, 3.0)]) == (FAILS, None)
     assert verdict_larger([(28, 1.0, 2.0), (56, 3.0, 2.0), (112, 9.0, 2.0)]) == ("holds only above length", 28)
     assert verdict_larger([(1, 2.0, 1.0), (2, 1.0, 2.0), (3, 2.0, 1.0)])[0] == "mixed"
+    # a few percent is noise, not evidence: the export of a short static program is as big as the weights
+    assert verdict_larger([(8, 1490.0, 1484.0), (16, 1500.0, 1484.0)]) == (FAILS, None)
+    assert verdict_larger([(8, 1490.0, 1484.0), (112, 2100.0, 1484.0)]) == ("holds only above length", 8)
 
 
 def test_projection_power_law() -> None:

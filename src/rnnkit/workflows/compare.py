@@ -45,8 +45,6 @@ from rnnkit._version import __version__
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
 
-SEED_STREAM = (10, 12, 8)  # the seed's example: each batch may have its own length
-
 
 @dataclass(frozen=True)
 class CompareConfig:
@@ -72,15 +70,16 @@ class CompareConfig:
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> CompareConfig:
-        """Two short lengths, few repeats, the seed's own 10/12/8 stream: well under a minute."""
+        """Two short lengths, few repeats, a stream of the seed's 10- and 12-step batches."""
         base = {
             "lengths": (8, 16),
             "repeats": 3,
             "max_speed_s": 2.0,
-            "stream": SEED_STREAM,
-            "buckets": (16,),
-            "unroll": (1, 4),
+            "stream": (10, 12, 10, 12),
+            "buckets": (12,),
+            "unroll": (1, 2),
             "infer_batch_size": 128,
+            "export_tries": (12, 1000),
             "quick": True,
         }
         return cls(**{**base, **overrides})

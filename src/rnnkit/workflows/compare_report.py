@@ -32,12 +32,16 @@ def compare_lengths(result: dict[str, Any], metric: str) -> list[tuple[int, floa
     ]
 
 
-def verdict_larger(points: list[tuple[int, float, float]]) -> tuple[str, int | None]:
-    """Does static's value exceed dynamic's? "holds" at every length, "does not hold" at
-    none, "holds only above length N" when it holds from some length on, "mixed" otherwise."""
+MARGIN = 0.05  # a difference under 5% is not evidence either way
+
+
+def verdict_larger(points: list[tuple[int, float, float]], margin: float = MARGIN) -> tuple[str, int | None]:
+    """Does static's value exceed dynamic's by more than `margin`? "holds" at every length,
+    "does not hold" at none, "holds only above length N" when it holds from some length on,
+    "mixed" otherwise."""
     if not points:
         return "not measured", None
-    holds = [s > d for _, s, d in points]
+    holds = [s > d * (1 + margin) for _, s, d in points]
     if all(holds):
         return HOLDS, None
     if not any(holds):
@@ -68,6 +72,10 @@ def _claim(key: str, seed: str, verdict: tuple[str, int | None], evidence: str, 
     text, above = verdict
     label = f"{ABOVE} {above}" if text == ABOVE else text
     return {"key": key, "claim": seed, "verdict": label, "evidence": evidence, "note": note}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _sameness(run: dict[str, Any]) -> str:
@@ -153,7 +161,7 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
     def run_text(run: dict[str, Any]) -> str:
         if run.get("status") != "measured":
             return f"skipped ({run.get('reason', 'not run')})"
-        return f"{run['compilations']} compilations, {run['wall_s']:.1f} s"
+        return f"{_count(run['compilations'], 'compilation')}, {run['wall_s']:.1f} s"
 
     distinct = len(set(result["variable_lengths"]["lengths"]))
     claims.append(
@@ -211,13 +219,22 @@ def recommendation(result: dict[str, Any]) -> str:
         s_build, d_build = build[n]
         if s_step < d_step:
             breakeven = max(0.0, (s_build - d_build) / (d_step - s_step))
+            extra = s_build - d_build
             facts.append(
-                f"T={n}: static {d_step / s_step:.2f}x faster per step, builds {s_build - d_build:.1f} s longer, "
-                f"repaid after {breakeven:.0f} steps"
+                f"T={n}: static {d_step / s_step:.2f}x faster per step and builds "
+                + (
+                    f"{extra:.1f} s longer, repaid after {breakeven:.0f} steps"
+                    if extra > 0
+                    else f"{-extra:.1f} s sooner"
+                )
             )
             (static_pays if breakeven < SEED_RUN_STEPS else dynamic_wins).append(n)
         else:
-            facts.append(f"T={n}: dynamic {s_step / d_step:.2f}x faster per step and {s_build - d_build:.1f} s sooner")
+            extra = s_build - d_build
+            facts.append(
+                f"T={n}: dynamic {s_step / d_step:.2f}x faster per step and builds "
+                + (f"{extra:.1f} s sooner" if extra > 0 else f"{-extra:.1f} s later")
+            )
             dynamic_wins.append(n)
     skipped = sorted(r["length"] for r in result["rows"] if r["mode"] == "static" and r["status"] == "skipped")
     dyn_bucket = next((r for r in result["variable_lengths"]["runs"] if r["mode"] == "dynamic" and r["bucketed"]), {})
@@ -236,8 +253,8 @@ def recommendation(result: dict[str, Any]) -> str:
     )
     if dyn_bucket.get("status") == "measured":
         text.append(
-            f"Varying lengths: bucket them ({dyn_bucket['compilations']} compilations for the stream instead of "
-            f"{len(set(result['variable_lengths']['lengths']))}, logits unchanged)."
+            f"Varying lengths: bucket them ({_count(dyn_bucket['compilations'], 'compilation')} for the stream "
+            f"instead of {len(set(result['variable_lengths']['lengths']))}, logits unchanged)."
         )
     return " ".join(text) + (" Evidence: " + "; ".join(facts) + "." if facts else "")
 
@@ -469,7 +486,9 @@ def render_html(result: dict[str, Any], figures: dict[str, Path], command: str) 
         "<p>One process; both modes share weights (same seed), inputs and programs apart from the driver: "
         "<code>static_rnn</code> unrolls the cells in Python, <code>dynamic_rnn</code> runs them in "
         "<code>lax.scan</code>. Times are wall-clock on a machine that may be shared: compare the modes "
-        "within this report, not across machines. Program sizes and op counts are deterministic.</p>",
+        "within this report, not across machines. Program sizes and op counts are deterministic. "
+        f"A claim that static's figure is larger holds at a length when it exceeds dynamic's by more than "
+        f"{MARGIN:.0%}; smaller differences count as none.</p>",
         f"<p>Total time for this report: {result['wall_s']:.0f} s. The raw figures are in compare.json.</p>",
         f"<details><summary>compare.json</summary><pre>{e(json.dumps(result, indent=1))}</pre></details>",
         "</body></html>",

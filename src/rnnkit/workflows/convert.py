@@ -1,0 +1,162 @@
+"""`rnnkit convert`: converted weights into a run directory, and a run directory out to PyTorch.
+
+A converted run directory is an ordinary one that `rnnkit eval`, `predict` and
+`train --resume` accept:
+
+    config.json            TrainConfig: the converted --cells, layout, image_shape, num_classes
+    model.safetensors      the weights by TF1 name, metadata {"step": "0", "converted_from": ...}
+    optimizer.safetensors  a fresh optimizer state at step 0
+
+so `rnnkit train --run-dir DIR --resume` fine-tunes the converted weights with a fresh Adam
+(TF1's Adam slots are not carried over) for the config's schedule, counted from step 0.
+
+The directory appears whole or not at all: it is written under a temporary name beside the
+target and renamed into place. An existing non-empty target is refused unless `force`; with
+`force` the old directory is moved aside, the new one renamed in, and only then the old one
+removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+import safetensors.numpy
+
+from rnnkit._atomic import fsync_dir
+from rnnkit.convert._stack import Conversion
+from rnnkit.data import to_layout
+from rnnkit.errors import ConfigError
+from rnnkit.models.classifier import SequenceClassifier
+from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
+
+
+def _check_target(run_dir: Path, force: bool, flag: str = "--out") -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{flag}: {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(f"{flag}: {run_dir} exists and is not empty; choose another directory or pass --force")
+
+
+def run_config(
+    conversion: Conversion,
+    *,
+    layout: str = "rows",
+    image_shape: tuple[int, int] = (28, 28),
+    mode: str = "dynamic",
+) -> TrainConfig:
+    """The TrainConfig of a converted run, checked against the weights."""
+    if conversion.num_classes is None:
+        raise ConfigError(
+            f"{conversion.source or 'the source'} has no dense head; a run directory needs one "
+            "(a classifier's final layer): convert the cells with the Python API instead"
+        )
+    config = TrainConfig(
+        mode=mode,
+        cells=conversion.cells,
+        layout=layout,
+        image_shape=tuple(image_shape),
+        num_classes=conversion.num_classes,
+    )
+    config.validate()
+    if layout not in ("rows", "pixels", "permuted-pixels"):
+        raise ConfigError(f"--layout must be rows, pixels or permuted-pixels; got {layout!r}")
+    height, width = image_shape
+    _, features = to_layout(np.zeros((1, height, width), np.uint8), layout).shape[1:]
+    if features != conversion.input_size:
+        raise ConfigError(
+            f"--layout {layout} on {height}x{width} images gives {features} features per step, but the first layer "
+            f"reads {conversion.input_size}; pass the --layout / --image-shape it was trained with"
+        )
+    return config
+
+
+def write_run_dir(
+    conversion: Conversion,
+    run_dir: str | os.PathLike[str],
+    *,
+    layout: str = "rows",
+    image_shape: tuple[int, int] = (28, 28),
+    mode: str = "dynamic",
+    force: bool = False,
+) -> Path:
+    """Write `conversion` as a run directory for `rnnkit eval / predict / train --resume`."""
+    run_dir = Path(run_dir)
+    config = run_config(conversion, layout=layout, image_shape=image_shape, mode=mode)
+    _check_target(run_dir, force)
+    model = conversion.classifier(num_steps=config.model_input_shape()[0], mode=mode)
+    params, _ = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = make_optimizer(config).init(params)
+    opt_vars = {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    }
+    meta = {"step": "0", "format": "rnnkit", "converted_from": conversion.source}
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.{secrets.token_hex(6)}.tmp")
+    tmp.mkdir()
+    try:
+        ckpt.atomic_write_text(tmp / ckpt.CONFIG, config.to_json())
+        ckpt.atomic_write_bytes(tmp / ckpt.OPTIMIZER, safetensors.numpy.save(_contiguous(opt_vars), metadata=meta))
+        ckpt.atomic_write_bytes(tmp / ckpt.MODEL, safetensors.numpy.save(_contiguous(model.variables()), metadata=meta))
+        load_model(tmp, TrainConfig.from_dict(ckpt.read_config(tmp)))  # what eval will do, before it is published
+        _publish(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, order="C") for k, v in arrays.items()}
+
+
+def _publish(tmp: Path, run_dir: Path) -> None:
+    """Rename the finished `tmp` to `run_dir`; an old `run_dir` is moved aside first and removed last."""
+    old = None
+    if run_dir.exists():
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        else:
+            old = run_dir.with_name(f".{run_dir.name}.{secrets.token_hex(6)}.old")
+            os.replace(run_dir, old)
+    try:
+        os.replace(tmp, run_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, run_dir)
+        raise
+    fsync_dir(run_dir.parent)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
+
+
+def load_run_model(run_dir: str | os.PathLike[str]) -> SequenceClassifier:
+    """The SequenceClassifier of a run directory with its weights."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(ckpt.read_config(run_dir))
+    return load_model(run_dir, config)[0]
+
+
+def export_torch_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """A run directory's model as a PyTorch state_dict file (.pt needs torch; .safetensors does not)."""
+    from rnnkit.convert._torch import to_torch_state_dict, torch_file_bytes
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"--out: {out} exists; choose another file or pass --force")
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; expected a .pt or .safetensors file")
+    data = torch_file_bytes(to_torch_state_dict(load_run_model(run_dir)), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_bytes(out, data)
+    return out

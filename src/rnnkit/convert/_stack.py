@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,7 +97,10 @@ class Conversion:
         return self._model(num_steps=num_steps, mode=mode, num_classes=self.num_classes, with_head=True)
 
     def _model(self, *, num_steps: int, mode: str, num_classes: int, with_head: bool) -> SequenceClassifier:
-        model = build_classifier(
+        # Only the structure is needed (every weight is replaced), so nothing is initialised:
+        # the skeleton's leaves are shapes and dtypes, which `with_variables` checks against.
+        model = eqx.filter_eval_shape(
+            build_classifier,
             self.specs(),
             input_size=self.input_size,
             num_classes=num_classes,
@@ -107,14 +111,27 @@ class Conversion:
         variables = dict(self.variables)
         if not with_head:
             variables = {k: v for k, v in variables.items() if k not in (HEAD_WEIGHTS, HEAD_BIASES)}
-            variables[HEAD_WEIGHTS] = np.asarray(model.weights)
-            variables[HEAD_BIASES] = np.asarray(model.biases)
+            variables[HEAD_WEIGHTS] = np.zeros(model.weights.shape, model.weights.dtype)
+            variables[HEAD_BIASES] = np.zeros(model.biases.shape, model.biases.dtype)
         try:
             return model.with_variables(variables)
         except ValueError as err:
             raise ConfigError(
                 f"{self.source or 'the converted weights'} do not fit --cells {self.cells}: {err}"
             ) from None
+
+
+def check_chain(layers: list[Layer], source: str) -> None:
+    """Each layer must read what the one before it gives."""
+    if not layers:
+        raise ConfigError(f"{source}: found no recurrent layer to convert")
+    for k in range(1, len(layers)):
+        want = layers[k - 1].spec.output_size
+        if layers[k].input_size != want:
+            raise ConfigError(
+                f"{source}: layer {k} reads {layers[k].input_size} features but layer {k - 1} gives {want}; "
+                "the layers are not one stack in this order"
+            )
 
 
 def conversion_from_layers(
@@ -125,15 +142,7 @@ def conversion_from_layers(
     source: str = "",
 ) -> Conversion:
     """Name the layers' weights as rnnkit does, check the stack chains, and check it builds."""
-    if not layers:
-        raise ConfigError(f"{source}: found no recurrent layer to convert")
-    for k in range(1, len(layers)):
-        want = layers[k - 1].spec.output_size
-        if layers[k].input_size != want:
-            raise ConfigError(
-                f"{source}: layer {k} reads {layers[k].input_size} features but layer {k - 1} gives {want}; "
-                "the layers are not one stack in this order"
-            )
+    check_chain(layers, source)
     variables: dict[str, np.ndarray] = {}
     for k, layer in enumerate(layers):
         scope = cell_scope(k, len(layers), layer.spec.kind)

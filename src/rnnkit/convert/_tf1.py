@@ -32,7 +32,7 @@ import numpy as np
 
 from rnnkit.convert._stack import KIND_OF_CELL_NAME, Conversion, Layer, conversion_from_layers
 from rnnkit.errors import CheckpointError, ConfigError
-from rnnkit.models.classifier import CellSpec, parse_cells
+from rnnkit.models.classifier import CellSpec, format_cells, parse_cells
 
 _HEADS = (("fully_connected", "weights", "biases"), ("dense", "kernel", "bias"))
 _BOOKKEEPING = re.compile(r"^(beta1_power|beta2_power|global_step|_CHECKPOINTABLE_OBJECT_GRAPH)(_\d+)?$")
@@ -199,6 +199,14 @@ def from_tf1_variables(
             # BasicLSTMCell and LSTMCell store the same variables, so either spec takes either cell's.
             if given[k].kind != spec.kind and {given[k].kind, spec.kind} != {"lstm", "basic_lstm"}:
                 raise ConfigError(f"--cells: layer {k} is {given[k].kind} but {where} is a {spec.kind} cell")
+            stored = [(given[k].units, spec.units)] + [
+                (dict(given[k].options).get(name), dict(spec.options).get(name)) for name in ("proj", "peepholes")
+            ]
+            if any(want != have for want, have in stored):
+                raise ConfigError(
+                    f"--cells: layer {k} is {format_cells((given[k],))} but {where} holds {format_cells((spec,))} "
+                    "(units, proj and peepholes are fixed by the weights; only forget_bias and clips are free)"
+                )
             spec = given[k]
         layers.append(Layer(spec, input_size, weights))
     head_arrays, head_names = _find_head(model_vars, head, source)

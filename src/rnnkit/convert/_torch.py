@@ -40,6 +40,7 @@ from rnnkit.convert._stack import (
     Conversion,
     Layer,
     as_numpy_mapping,
+    check_chain,
     conversion_from_layers,
     layers_of,
 )
@@ -285,6 +286,7 @@ def from_torch_state_dict(
             layers.append(Layer(spec, input_size, weights))
     if given is not None and len(given) != len(layers):
         raise ConfigError(f"--cells lists {len(given)} layers but {source} has {len(layers)}")
+    check_chain(layers, source)
     head_arrays, head_names = _find_head(state, used, head, layers[-1].spec.output_size, source)
     used |= head_names
     unused = tuple(name for name in state if name not in used)

@@ -19,6 +19,8 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import os
 import secrets
 import shutil
@@ -32,7 +34,7 @@ import safetensors.numpy
 from rnnkit._atomic import fsync_dir
 from rnnkit.convert._stack import Conversion
 from rnnkit.data import to_layout
-from rnnkit.errors import ConfigError
+from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
@@ -51,15 +53,19 @@ def run_config(
     layout: str = "rows",
     image_shape: tuple[int, int] = (28, 28),
     mode: str = "dynamic",
+    settings: TrainConfig | None = None,
 ) -> TrainConfig:
-    """The TrainConfig of a converted run, checked against the weights."""
+    """The TrainConfig of a converted run, checked against the weights: `settings` (default
+    TrainConfig()) with the converted cells, the layout, image shape, mode and class count."""
     if conversion.num_classes is None:
         raise ConfigError(
             f"{conversion.source or 'the source'} has no dense head; a run directory needs one "
             "(a classifier's final layer): convert the cells with the Python API instead"
         )
-    config = TrainConfig(
+    config = dataclasses.replace(
+        settings or TrainConfig(),
         mode=mode,
+        run_dir=None,
         cells=conversion.cells,
         layout=layout,
         image_shape=tuple(image_shape),
@@ -86,11 +92,15 @@ def write_run_dir(
     image_shape: tuple[int, int] = (28, 28),
     mode: str = "dynamic",
     force: bool = False,
+    settings: TrainConfig | None = None,
 ) -> Path:
-    """Write `conversion` as a run directory for `rnnkit eval / predict / train --resume`."""
+    """Write `conversion` as a run directory for `rnnkit eval / predict / train --resume`.
+    `settings` are the training settings `train --resume` will use (data_dir, batch_size,
+    train_samples, ...; default the seed's); cells, layout, image shape and classes are the
+    conversion's."""
     run_dir = Path(run_dir)
-    config = run_config(conversion, layout=layout, image_shape=image_shape, mode=mode)
     _check_target(run_dir, force)
+    config = run_config(conversion, layout=layout, image_shape=image_shape, mode=mode, settings=settings)
     model = conversion.classifier(num_steps=config.model_input_shape()[0], mode=mode)
     params, _ = eqx.partition(model, eqx.is_inexact_array)
     opt_state = make_optimizer(config).init(params)
@@ -107,7 +117,6 @@ def write_run_dir(
         ckpt.atomic_write_text(tmp / ckpt.CONFIG, config.to_json())
         ckpt.atomic_write_bytes(tmp / ckpt.OPTIMIZER, safetensors.numpy.save(_contiguous(opt_vars), metadata=meta))
         ckpt.atomic_write_bytes(tmp / ckpt.MODEL, safetensors.numpy.save(_contiguous(model.variables()), metadata=meta))
-        load_model(tmp, TrainConfig.from_dict(ckpt.read_config(tmp)))  # what eval will do, before it is published
         _publish(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,6 +161,8 @@ def export_torch_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
     from rnnkit.convert._torch import to_torch_state_dict, torch_file_bytes
 
     out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise ConfigError(f"--out: {out} must end in .pt, .pth or .safetensors")
     if out.exists() and not force:
         raise ConfigError(f"--out: {out} exists; choose another file or pass --force")
     if out.is_dir():
@@ -160,3 +171,36 @@ def export_torch_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_bytes(out, data)
     return out
+
+
+def export_keras_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """A run directory's model as an .npz of Keras `get_weights()` arrays (arr_0, arr_1, ...)."""
+    from rnnkit.convert._keras import to_keras_weights
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ConfigError(f"--out: {out} must end in .npz (np.savez of the get_weights() list)")
+    if out.exists() and not force:
+        raise ConfigError(f"--out: {out} exists; choose another file or pass --force")
+    buffer = io.BytesIO()
+    np.savez(buffer, *to_keras_weights(load_run_model(run_dir)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def load_keras_file(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """The get_weights() list saved as `np.savez(path, *weights)`, in order (never unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            if sorted(names) != sorted(f"arr_{k}" for k in range(len(names))):
+                raise ConfigError(f"{path}: expected arrays arr_0, arr_1, ... (np.savez(path, *weights)); got {names}")
+            return [data[f"arr_{k}"] for k in range(len(names))]
+    except (OSError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise CheckpointError(f"{path}: not a readable .npz file ({err})") from None

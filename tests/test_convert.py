@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,38 +25,20 @@ import rnnkit.convert as rc
 from rnnkit.cli import main
 from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout, write_idx
 from rnnkit.errors import ConfigError
-from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
+from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.evaluate import evaluate_run
 from rnnkit.workflows.train import TrainConfig, train
 
 import peer_formulas as peer
+from convert_cases import random_classifier
 
 TOL = 1e-5
 BATCH, TIME, DEPTH, CLASSES = 3, 5, 4, 3
 
 
 def random_model(cells: str, seed: int = 0, input_size: int = DEPTH, classes: int = CLASSES) -> SequenceClassifier:
-    """A classifier whose every weight is N(0, 0.5^2): non-zero biases, so each bias path counts."""
-    model = eqx.filter_eval_shape(  # shapes only: every weight is replaced below
-        build_classifier,
-        parse_cells(cells),
-        input_size=input_size,
-        num_classes=classes,
-        num_steps=TIME,
-        mode="dynamic",
-        key=jax.random.key(seed),
-    )
-    rng = np.random.default_rng(seed)
-    return model.with_variables(
-        {k: (0.5 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in skeleton_variables(model).items()}
-    )
-
-
-def skeleton_variables(model: SequenceClassifier) -> dict[str, Any]:
-    """A shape-only model's variables (ShapeDtypeStructs) by TF1 name."""
-    head = {"fully_connected/weights": model.weights, "fully_connected/biases": model.biases}
-    return {**{path: get(model.cell) for path, get in model.cell._tf1_leaves("rnn")}, **head}
+    return random_classifier(cells, input_size=input_size, num_classes=classes, num_steps=TIME, seed=seed)
 
 
 def inputs(seed: int = 1, shape: tuple[int, ...] = (BATCH, TIME, DEPTH)) -> np.ndarray:

@@ -8,8 +8,10 @@ test_convert_keras.py and test_convert_tf1.py (skipped when the framework is abs
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -490,6 +492,22 @@ def test_cli_keras_both_ways(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             np.testing.assert_array_equal(back[f"arr_{k}"], want)
 
 
+def test_predict_reads_a_converted_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    model = random_model("lstm:6:forget_bias=0.0,gru:5", input_size=28, classes=10)
+    np.savez(tmp_path / "weights.npz", *rc.to_keras_weights(model))
+    assert main(["convert", "keras", str(tmp_path / "weights.npz"), "--out", str(tmp_path / "run")]) == 0
+    image = np.random.default_rng(6).integers(0, 256, (28, 28)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "digit.png")]) == 0
+    logits = np.asarray(model(jnp.asarray(to_layout(image[None], "rows"))), np.float64)[0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    best = int(probabilities.argmax())
+    assert f"digit.png: class {best} (p={probabilities[best]:.4f})" in capsys.readouterr().out
+
+
 @pytest.fixture
 def gru_run(tmp_path: Path) -> Path:
     return rc.write_run_dir(rc.from_tf1_variables(random_model("gru:6", input_size=28).variables()), tmp_path / "gru")
@@ -534,3 +552,37 @@ def test_cli_mistakes_exit_2_with_one_line_and_touch_nothing(
         assert "Traceback" not in err
     assert {p.name: p.read_bytes() for p in gru_run.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gru", "two.safetensors"]
+
+
+# --- the public surface -----------------------------------------------------------------------------
+
+CONVERT_PUBLIC = {
+    "Conversion",
+    "export_torch_file",
+    "from_keras_weights",
+    "from_tf1_checkpoint",
+    "from_tf1_variables",
+    "from_torch_file",
+    "from_torch_state_dict",
+    "keras_layers",
+    "load_torch_file",
+    "read_tf1_checkpoint",
+    "to_keras_weights",
+    "to_torch_state_dict",
+    "torch_modules",
+    "write_run_dir",
+}
+
+
+def test_convert_public_names_are_pinned() -> None:
+    assert set(rc.__all__) == CONVERT_PUBLIC
+    assert {name for name in vars(rc) if not name.startswith("_") and not inspect.ismodule(vars(rc)[name])} - {
+        "annotations"
+    } == CONVERT_PUBLIC
+
+
+def test_importing_rnnkit_convert_imports_no_peer_framework() -> None:
+    """torch, tensorflow and keras are optional: only the functions that need one import it."""
+    code = "import sys, rnnkit, rnnkit.convert, rnnkit.cli; print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -326,7 +326,7 @@ def _data(args: argparse.Namespace) -> int:
 CONVERT_EPILOG = """examples:
   rnnkit convert tf1 ckpt/model.ckpt-781 --out runs/from-tf1      # the seed's TF1 checkpoint
   rnnkit convert tf1 ckpt/ --cells lstm:128:forget_bias=0,gru:256 --out runs/x   # what names can't show
-  rnnkit convert torch runs/seed3 --out seed3.pt                   # a run directory to a state_dict
+  rnnkit convert torch runs/ra --out ra.pt    # a run trained with --cells lstm:128,gru_reset_after:256
   rnnkit convert torch model.safetensors --modules lstm,gru --out runs/from-torch
   rnnkit convert keras runs/seed3 --out seed3.npz                  # np.savez of get_weights() order
   rnnkit eval runs/from-tf1                                        # then use it like any run

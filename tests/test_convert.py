@@ -171,6 +171,8 @@ def test_torch_import_orders_modules_by_number_or_as_told() -> None:
         rc.from_torch_state_dict(backwards)
     told = rc.from_torch_state_dict(backwards, modules=["lstm", "gru"])
     assert_same_variables(told.variables, in_dict_order.variables)
+    numbered_backwards = dict(reversed(list(state.items())))  # rnn.1. first, as a sorted file might list it
+    assert_same_variables(rc.from_torch_state_dict(numbered_backwards).variables, in_dict_order.variables)
 
 
 @pytest.mark.parametrize(

@@ -157,13 +157,13 @@ def _module_order(found: list[str], modules: Sequence[str] | None, source: str) 
         missing = [m for m in wanted if m not in found]
         if missing or len(set(wanted)) != len(wanted):
             raise ConfigError(
-                f"--modules: {', '.join(repr(m) for m in modules)} must name each recurrent module of {source} once; "
+                f"--modules: {', '.join(repr(m) for m in modules)} must name recurrent modules of {source}, each once; "
                 f"it has {', '.join(repr(m) for m in found)}"
             )
         return wanted
-    numbered = [re.search(r"(\d+)\.$", m) for m in found]
-    if len(found) > 1 and all(numbered):
-        return sorted(found, key=lambda m: int(re.search(r"(\d+)\.$", m).group(1)))  # type: ignore[union-attr]
+    numbers = {m: int(match.group(1)) for m in found if (match := re.search(r"(\d+)\.$", m))}
+    if len(found) > 1 and len(numbers) == len(found):
+        return sorted(found, key=numbers.__getitem__)
     return list(found)
 
 

@@ -379,7 +379,7 @@ def _convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import rnnkit.convert as rc
-    from rnnkit.workflows.convert import export_keras_file, export_torch_file
+    from rnnkit.workflows.convert import check_target, export_keras_file, export_torch_file
 
     source = Path(args.source)
     if args.convert_source in ("torch", "keras") and source.is_dir():
@@ -387,6 +387,7 @@ def _convert(args: argparse.Namespace) -> int:
         out = export(source, args.out, force=args.force)
         print(f"{source} -> {out}")
         return 0
+    check_target(Path(args.out), args.force)  # before reading a source that may be large
     if args.convert_source == "tf1":
         conversion = rc.from_tf1_checkpoint(
             source, cells=args.cells, scope=args.scope, head=args.head, allow_unused=args.allow_unused

@@ -40,7 +40,8 @@ from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
 
 
-def _check_target(run_dir: Path, force: bool, flag: str = "--out") -> None:
+def check_target(run_dir: Path, force: bool, flag: str = "--out") -> None:
+    """Refuse a target that is a file, or a non-empty directory unless `force`."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{flag}: {run_dir} exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
@@ -99,7 +100,7 @@ def write_run_dir(
     train_samples, ...; default the seed's); cells, layout, image shape and classes are the
     conversion's."""
     run_dir = Path(run_dir)
-    _check_target(run_dir, force)
+    check_target(run_dir, force)
     config = run_config(conversion, layout=layout, image_shape=image_shape, mode=mode, settings=settings)
     model = conversion.classifier(num_steps=config.model_input_shape()[0], mode=mode)
     params, _ = eqx.partition(model, eqx.is_inexact_array)

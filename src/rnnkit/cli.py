@@ -413,6 +413,10 @@ def _convert(args: argparse.Namespace) -> int:
     )
     print(f"{source} -> {run_dir}")
     print(f"  cells {conversion.cells}, reading {conversion.input_size} features, {conversion.num_classes} classes")
+    if conversion.adam is not None:
+        print(f"  optimizer: TF1's Adam state after {conversion.adam.step} updates (train --resume continues it)")
+    else:
+        print("  optimizer: fresh (train --resume fine-tunes with a new Adam)")
     if conversion.skipped:
         print(f"  not converted ({len(conversion.skipped)}): {', '.join(conversion.skipped)}")
     print(f"  next: rnnkit eval {run_dir}")

@@ -61,6 +61,17 @@ def cell_scope(index: int, num_layers: int, kind: str) -> str:
 
 
 @dataclass(frozen=True)
+class AdamState:
+    """TF1 `AdamOptimizer` state carried over from a checkpoint: the first (`<var>/Adam`) and
+    second (`<var>/Adam_1`) moments by rnnkit variable name, and how many updates were made
+    (from `beta1_power` = beta1^(step + 1))."""
+
+    m: dict[str, np.ndarray]
+    v: dict[str, np.ndarray]
+    step: int
+
+
+@dataclass(frozen=True)
 class Conversion:
     """Weights brought into rnnkit from another framework.
 
@@ -69,7 +80,9 @@ class Conversion:
     (TF1) name: the cells under `rnn/...` and, when the source had a dense head,
     `fully_connected/weights` [units, classes] and `fully_connected/biases`. `skipped` lists
     every source name that was not converted (optimizer slots, step counters, or anything
-    else that was allowed to stay behind): nothing is dropped without being named.
+    else that was allowed to stay behind): nothing is dropped without being named. `adam`
+    holds a TF1 checkpoint's Adam state when it has one for every variable; `write_run_dir`
+    then saves it, so `rnnkit train --resume` continues TF1's training.
     """
 
     cells: str
@@ -78,6 +91,7 @@ class Conversion:
     num_classes: int | None = None
     skipped: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
+    adam: AdamState | None = field(default=None, compare=False)  # TF1 checkpoints with Adam slots
 
     def specs(self) -> tuple[CellSpec, ...]:
         from rnnkit.models.classifier import parse_cells
@@ -140,6 +154,7 @@ def conversion_from_layers(
     *,
     skipped: tuple[str, ...] = (),
     source: str = "",
+    adam: AdamState | None = None,
 ) -> Conversion:
     """Name the layers' weights as rnnkit does, check the stack chains, and check it builds."""
     check_chain(layers, source)
@@ -164,6 +179,7 @@ def conversion_from_layers(
         num_classes,
         tuple(skipped),
         source,
+        adam,
     )
     conversion.cell()  # every name, shape and dtype checked against the cells the spec builds
     return conversion

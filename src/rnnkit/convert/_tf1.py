@@ -17,12 +17,17 @@ store cannot be inferred: forget_bias (TF1's default 1.0 is assumed), cell_clip,
 and the activation; pass them in `cells` when the TF1 program set them.
 
 Optimizer slots (`<variable>/Adam`, `/Adam_1`, `/Momentum`, ...), `beta1_power`,
-`beta2_power` and `global_step` are training state: they are not converted and are listed in
-`Conversion.skipped`. Any other variable is an error that names it, unless `allow_unused`.
+`beta2_power` and `global_step` are training state. When the checkpoint holds TF1 Adam's
+moments for every variable (and beta powers of Adam's default betas), they become
+`Conversion.adam`, which `write_run_dir` saves as the run's optimizer state, so
+`rnnkit train --resume` continues TF1's training; every other piece of training state is
+listed in `Conversion.skipped`. Any other variable is an error that names it, unless
+`allow_unused`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit.convert._stack import KIND_OF_CELL_NAME, Conversion, Layer, conversion_from_layers
+from rnnkit.convert._stack import KIND_OF_CELL_NAME, AdamState, Conversion, Layer, cell_scope, conversion_from_layers
 from rnnkit.errors import CheckpointError, ConfigError
-from rnnkit.models.classifier import CellSpec, format_cells, parse_cells
+from rnnkit.models.classifier import HEAD_BIASES, HEAD_WEIGHTS, CellSpec, format_cells, parse_cells
 
 _HEADS = (("fully_connected", "weights", "biases"), ("dense", "kernel", "bias"))
 _BOOKKEEPING = re.compile(r"^(beta1_power|beta2_power|global_step|_CHECKPOINTABLE_OBJECT_GRAPH)(_\d+)?$")
@@ -141,7 +146,8 @@ def _infer_spec(cell_name: str, weights: dict[str, np.ndarray], where: str) -> t
 
 def _find_head(
     variables: Mapping[str, np.ndarray], head: str | None, source: str
-) -> tuple[tuple[np.ndarray, np.ndarray] | None, set[str]]:
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, str]]:
+    """The head's (weights, biases) and {checkpoint name: rnnkit name} for them."""
     scopes = [head] if head is not None else [scope for scope, _, _ in _HEADS]
     found = []
     for scope in scopes:
@@ -151,14 +157,16 @@ def _find_head(
     if head is not None and not found:
         raise ConfigError(f"--head: {source} has no {head}/weights or {head}/kernel")
     if not found:
-        return None, set()
+        return None, {}
     if len(found) > 1:
         names = ", ".join(f"{s}/{w}" for s, w, _ in found)
         raise ConfigError(f"{source}: several dense heads ({names}); choose one with --head")
     scope, w_name, b_name = found[0]
     weights = variables[f"{scope}/{w_name}"]
     biases = variables.get(f"{scope}/{b_name}", np.zeros(weights.shape[-1], weights.dtype))
-    names = {f"{scope}/{w_name}"} | ({f"{scope}/{b_name}"} if f"{scope}/{b_name}" in variables else set())
+    names = {f"{scope}/{w_name}": HEAD_WEIGHTS}
+    if f"{scope}/{b_name}" in variables:
+        names[f"{scope}/{b_name}"] = HEAD_BIASES
     return (weights, biases), names
 
 
@@ -192,8 +200,10 @@ def from_tf1_variables(
     if given is not None and len(given) != len(groups):
         raise ConfigError(f"--cells lists {len(given)} layers but {source} has {len(groups)} under {scope}/")
     layers: list[Layer] = []
+    rnnkit_names: dict[str, str] = {}  # checkpoint name -> rnnkit name
     for k, (cell_name, weights) in enumerate(groups):
-        where = f"{source}: {scope}/" + ("" if len(groups) == 1 else f"multi_rnn_cell/cell_{k}/") + cell_name
+        cell_path = f"{scope}/" + ("" if len(groups) == 1 else f"multi_rnn_cell/cell_{k}/") + cell_name
+        where = f"{source}: {cell_path}"
         spec, input_size = _infer_spec(cell_name, weights, where)
         if given is not None:
             # BasicLSTMCell and LSTMCell store the same variables, so either spec takes either cell's.
@@ -209,11 +219,39 @@ def from_tf1_variables(
                 )
             spec = given[k]
         layers.append(Layer(spec, input_size, weights))
+        target = cell_scope(k, len(groups), spec.kind)
+        rnnkit_names.update({f"{cell_path}/{local}": f"{target}/{local}" for local in weights})
     head_arrays, head_names = _find_head(model_vars, head, source)
+    rnnkit_names.update(head_names)
     unused = [name for name in model_vars if not name.startswith(scope + "/") and name not in head_names]
     if unused and not allow_unused:
         raise ConfigError(
             f"{source}: these variables are neither the RNN under {scope}/, a dense head nor optimizer state: "
             f"{', '.join(unused)} (pass --allow-unused to convert the rest anyway)"
         )
-    return conversion_from_layers(layers, head_arrays, skipped=tuple(training_state + unused), source=source)
+    adam = _adam_state(variables, rnnkit_names)
+    carried = set() if adam is None else _ADAM_NAMES | {f"{n}/{s}" for n in rnnkit_names for s in ("Adam", "Adam_1")}
+    skipped = tuple(name for name in training_state + unused if name not in carried)
+    return conversion_from_layers(layers, head_arrays, skipped=skipped, source=source, adam=adam)
+
+
+_ADAM_NAMES = {"beta1_power", "beta2_power"}
+
+
+def _adam_state(variables: dict[str, np.ndarray], rnnkit_names: dict[str, str]) -> AdamState | None:
+    """TF1 AdamOptimizer's slots for every variable, if the checkpoint has all of them and
+    beta powers of Adam's defaults (beta1 0.9, beta2 0.999, as rnnkit train uses); else None."""
+    slots = [f"{name}/{slot}" for name in rnnkit_names for slot in ("Adam", "Adam_1")]
+    if not all(name in variables for name in [*slots, *_ADAM_NAMES]):
+        return None
+    beta1_power, beta2_power = float(variables["beta1_power"]), float(variables["beta2_power"])
+    if not 0.0 < beta1_power < 1.0:
+        return None
+    # TF1 multiplies beta1_power by beta1 after each update: after t updates it is beta1^(t + 1).
+    step = round(math.log(beta1_power) / math.log(0.9)) - 1
+    expected = (0.9 ** (step + 1), 0.999 ** (step + 1))
+    if step < 0 or not np.allclose((beta1_power, beta2_power), expected, rtol=1e-4, atol=0.0):
+        return None
+    m = {rk: variables[f"{name}/Adam"] for name, rk in rnnkit_names.items()}
+    v = {rk: variables[f"{name}/Adam_1"] for name, rk in rnnkit_names.items()}
+    return AdamState(m, v, step)

@@ -5,10 +5,12 @@ A converted run directory is an ordinary one that `rnnkit eval`, `predict` and
 
     config.json            TrainConfig: the converted --cells, layout, image_shape, num_classes
     model.safetensors      the weights by TF1 name, metadata {"step": "0", "converted_from": ...}
-    optimizer.safetensors  a fresh optimizer state at step 0
+    optimizer.safetensors  TF1's Adam state when the checkpoint has it (moments of every
+                           variable, update count from beta1_power), else a fresh one at step 0
 
-so `rnnkit train --run-dir DIR --resume` fine-tunes the converted weights with a fresh Adam
-(TF1's Adam slots are not carried over) for the config's schedule, counted from step 0.
+so `rnnkit train --run-dir DIR --resume` continues a TF1 training run where its checkpoint
+left it (same Adam update, moments and step count), or fine-tunes converted weights with a
+fresh Adam, for the config's schedule.
 
 The directory appears whole or not at all: it is written under a temporary name beside the
 target and renamed into place. An existing non-empty target is refused unless `force`; with
@@ -25,10 +27,13 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import safetensors.numpy
 
 from rnnkit._atomic import fsync_dir
@@ -103,13 +108,10 @@ def write_run_dir(
     check_target(run_dir, force)
     config = run_config(conversion, layout=layout, image_shape=image_shape, mode=mode, settings=settings)
     model = conversion.classifier(num_steps=config.model_input_shape()[0], mode=mode)
-    params, _ = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = make_optimizer(config).init(params)
-    opt_vars = {
-        jax.tree_util.keystr(path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
-    }
-    meta = {"step": "0", "format": "rnnkit", "converted_from": conversion.source}
+    opt_state, step = optimizer_state(conversion, model, config)
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    opt_vars = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+    meta = {"step": str(step), "format": "rnnkit", "converted_from": conversion.source}
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = run_dir.with_name(f".{run_dir.name}.{secrets.token_hex(6)}.tmp")
@@ -123,6 +125,21 @@ def write_run_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return run_dir
+
+
+def optimizer_state(conversion: Conversion, model: SequenceClassifier, config: TrainConfig) -> tuple[Any, int]:
+    """The optimizer state a converted run starts from, and its step: TF1's Adam moments and
+    update count when the conversion carries them (rnnkit's optimizer is TF1's Adam unless
+    gradients are clipped), else a fresh state at step 0."""
+    params, _ = eqx.partition(model, eqx.is_inexact_array)
+    fresh = make_optimizer(config).init(params)
+    if conversion.adam is None or not isinstance(fresh, optax.ScaleByAdamState):
+        return fresh, 0
+    # Each moment dict, put where its variable sits in the model, is a pytree shaped like params.
+    mu, _ = eqx.partition(model.with_variables(conversion.adam.m), eqx.is_inexact_array)
+    nu, _ = eqx.partition(model.with_variables(conversion.adam.v), eqx.is_inexact_array)
+    count = jnp.asarray(conversion.adam.step, fresh.count.dtype)
+    return optax.ScaleByAdamState(count=count, mu=mu, nu=nu), conversion.adam.step
 
 
 def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -621,6 +621,7 @@ def test_cli_mistakes_exit_2_with_one_line_and_touch_nothing(
 # --- the public surface -----------------------------------------------------------------------------
 
 CONVERT_PUBLIC = {
+    "AdamState",
     "Conversion",
     "export_torch_file",
     "from_keras_weights",

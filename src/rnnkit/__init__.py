@@ -24,7 +24,7 @@ from rnnkit._wrappers import DropoutWrapper as DropoutWrapper
 from rnnkit._wrappers import MultiRNNCell as MultiRNNCell
 from rnnkit._wrappers import ResidualWrapper as ResidualWrapper
 
-_SUBMODULES = ("export",)  # loaded on first use: `import rnnkit` stays light
+_SUBMODULES = ("convert", "export")  # loaded on first use: `import rnnkit` stays light
 
 
 def __getattr__(name: str) -> object:

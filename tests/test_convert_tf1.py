@@ -1,0 +1,213 @@
+"""TF1 checkpoints into rnnkit, against TensorFlow 1 itself: a graph built with tf.compat.v1
+(the seed's MultiRNNCell([LSTMCell, GRUCell]) with Adam, and other cells), every variable
+set from a seeded generator, saved with tf.compat.v1.train.Saver, converted by name, and the
+logits compared with the TF1 graph's on random inputs (float32, 1e-5).
+
+Needs tensorflow and tf-keras (TF_USE_LEGACY_KERAS=1 before tensorflow is imported); skipped
+without them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+tf = pytest.importorskip("tensorflow")
+
+import jax.numpy as jnp  # noqa: E402
+
+import rnnkit.convert as rc  # noqa: E402
+from rnnkit.cli import main  # noqa: E402
+from rnnkit.errors import CheckpointError  # noqa: E402
+from rnnkit.workflows.convert import load_run_model  # noqa: E402
+
+v1 = tf.compat.v1
+try:
+    _cells = v1.nn.rnn_cell
+    _cells.MultiRNNCell  # noqa: B018  (raises under Keras 3)
+except AttributeError as err:
+    pytest.skip(
+        f"tf.compat.v1 RNN cells unavailable ({err}); install tf-keras, set TF_USE_LEGACY_KERAS=1",
+        allow_module_level=True,
+    )
+
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.filterwarnings(r"ignore:`tf\.nn\.rnn_cell\.\w+` is deprecated:UserWarning"),
+    pytest.mark.filterwarnings(r"ignore:`tf\.layers\.dense` is deprecated:UserWarning"),
+]
+
+TOL = 1e-5
+BATCH, TIME, DEPTH, CLASSES = 4, 7, 28, 10
+
+
+def seed_cells() -> Any:
+    return _cells.MultiRNNCell([_cells.LSTMCell(16), _cells.GRUCell(32)])
+
+
+def save_tf1(make_cell: Any, path: Path, *, head: str = "fully_connected", static: bool = False) -> tuple[str, Any]:
+    """Build the seed's graph around `make_cell()`, train it one Adam step (so slots exist), set
+    every variable from a seeded generator, save; returns (prefix, logits on random inputs)."""
+    rng = np.random.default_rng(0)
+    x_val = rng.standard_normal((BATCH, TIME, DEPTH)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        v1.set_random_seed(0)
+        x = v1.placeholder(tf.float32, [None, TIME, DEPTH])
+        y = v1.placeholder(tf.int32, [None])
+        if static:
+            outputs, _ = v1.nn.static_rnn(make_cell(), tf.unstack(x, TIME, 1), dtype=tf.float32)
+            last = outputs[-1]
+        else:
+            outputs, _ = v1.nn.dynamic_rnn(make_cell(), x, dtype=tf.float32)
+            last = outputs[:, -1]
+        if head == "dense":
+            logits = v1.layers.dense(last, CLASSES)
+        else:
+            with v1.variable_scope("fully_connected"):
+                w = v1.get_variable("weights", [last.shape[-1], CLASSES])
+                b = v1.get_variable("biases", [CLASSES], initializer=v1.zeros_initializer())
+            logits = tf.matmul(last, w) + b
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        train_op = v1.train.AdamOptimizer(0.001).minimize(loss, global_step=v1.train.get_or_create_global_step())
+        sess.run(v1.global_variables_initializer())
+        for var in v1.trainable_variables():
+            var.load(rng.uniform(-0.5, 0.5, var.shape.as_list()).astype(np.float32), sess)
+        sess.run(train_op, {x: x_val, y: rng.integers(0, CLASSES, BATCH)})
+        want = sess.run(logits, {x: x_val})
+        prefix = v1.train.Saver().save(sess, str(path / "model.ckpt"), global_step=1)
+    return prefix, (x_val, want)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic_rnn", "static_rnn"])
+def test_the_seeds_checkpoint_converts_by_name_alone(tmp_path: Path, static: bool) -> None:
+    prefix, (x, want) = save_tf1(seed_cells, tmp_path, static=static)
+    conversion = rc.from_tf1_checkpoint(prefix)
+    assert (conversion.cells, conversion.input_size, conversion.num_classes) == ("lstm:16,gru:32", DEPTH, CLASSES)
+    assert conversion.skipped == ("global_step",)  # Adam's slots and beta powers are carried
+    got = conversion.classifier(num_steps=TIME)(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+    reader = tf.train.load_checkpoint(prefix)
+    assert conversion.adam is not None
+    assert conversion.adam.step == 1
+    for name, value in conversion.variables.items():
+        np.testing.assert_array_equal(value, reader.get_tensor(name), err_msg=name)
+        np.testing.assert_array_equal(conversion.adam.m[name], reader.get_tensor(f"{name}/Adam"), err_msg=name)
+        np.testing.assert_array_equal(conversion.adam.v[name], reader.get_tensor(f"{name}/Adam_1"), err_msg=name)
+
+
+def test_cli_converts_a_checkpoint_into_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prefix, (x, want) = save_tf1(seed_cells, tmp_path, head="dense")
+    image_shape = f"{TIME}x{DEPTH}"
+    assert main(["convert", "tf1", prefix, "--out", str(tmp_path / "run"), "--image-shape", image_shape]) == 0
+    out = capsys.readouterr().out
+    assert "cells lstm:16,gru:32, reading 28 features, 10 classes" in out
+    assert "optimizer: TF1's Adam state after 1 updates" in out
+    assert "not converted (1): global_step" in out
+    model = load_run_model(tmp_path / "run")
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), want, rtol=TOL, atol=TOL)
+    # the directory and the .index file name the same checkpoint
+    for source in (str(tmp_path), prefix + ".index"):
+        assert rc.from_tf1_checkpoint(source).cells == "lstm:16,gru:32"
+
+
+def every_kind() -> Any:
+    return _cells.MultiRNNCell(
+        [
+            _cells.BasicRNNCell(8),
+            _cells.BasicLSTMCell(8),
+            _cells.LSTMCell(8, use_peepholes=True, num_proj=5),
+            _cells.GRUCell(6),
+        ]
+    )
+
+
+def test_every_cell_kind_is_inferred(tmp_path: Path) -> None:
+    prefix, (x, want) = save_tf1(every_kind, tmp_path)
+    conversion = rc.from_tf1_checkpoint(prefix)
+    assert conversion.cells == "rnn:8,basic_lstm:8,lstm:8:peepholes:proj=5,gru:6"
+    np.testing.assert_allclose(
+        np.asarray(conversion.classifier(num_steps=TIME)(jnp.asarray(x))), want, rtol=TOL, atol=TOL
+    )
+
+
+def clipped() -> Any:
+    return _cells.LSTMCell(8, cell_clip=0.2, forget_bias=0.3, num_proj=4, proj_clip=0.1)
+
+
+def test_what_a_checkpoint_does_not_store_comes_from_cells(tmp_path: Path) -> None:
+    prefix, (x, want) = save_tf1(clipped, tmp_path)
+    inferred = rc.from_tf1_checkpoint(prefix)
+    assert inferred.cells == "lstm:8:proj=4"  # TF1's defaults for what names cannot show
+    assert not np.allclose(np.asarray(inferred.classifier(num_steps=TIME)(jnp.asarray(x))), want, atol=1e-3)
+    told = rc.from_tf1_checkpoint(prefix, cells="lstm:8:proj=4:cell_clip=0.2:forget_bias=0.3:proj_clip=0.1")
+    np.testing.assert_allclose(np.asarray(told.classifier(num_steps=TIME)(jnp.asarray(x))), want, rtol=TOL, atol=TOL)
+
+
+def test_a_path_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a TF1 checkpoint prefix"):
+        rc.read_tf1_checkpoint(tmp_path / "model.ckpt")
+    (tmp_path / "bad.index").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable TF1 checkpoint"):
+        rc.read_tf1_checkpoint(tmp_path / "bad")
+
+
+def test_resume_continues_tf1s_training(tmp_path: Path) -> None:
+    """TF1 trains two Adam steps and saves; rnnkit converts and resumes for a third on the same
+    batch TF1 then trains on: the weights after it must agree with TF1's."""
+    import jax
+
+    from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout, write_idx
+    from rnnkit.workflows import checkpoint as ckpt
+    from rnnkit.workflows.train import TrainConfig, train
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "idx"
+    data.mkdir()
+    for split, n in (("train", 64), ("t10k", 16)):
+        write_idx(data / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, TIME, DEPTH)).astype(np.uint8))
+        write_idx(data / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % CLASSES).astype(np.uint8))
+    settings = TrainConfig(data_dir=str(data), batch_size=16, validation_size=16, train_samples=3 * 16 + 1)
+    splits = load_mnist(str(data))
+    (train_x, train_y), _ = split_validation(splits.train_images, splits.train_labels, 16, settings.seed)
+    batches = []
+    for step in range(3):
+        idx = batch_indices(len(train_x), 16, settings.seed, step)
+        batches.append((to_layout(train_x[idx], "rows"), train_y[idx].astype(np.int32)))
+
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        v1.set_random_seed(0)
+        x = v1.placeholder(tf.float32, [None, TIME, DEPTH])
+        y = v1.placeholder(tf.int32, [None])
+        outputs, _ = v1.nn.dynamic_rnn(seed_cells(), x, dtype=tf.float32)
+        with v1.variable_scope("fully_connected"):
+            w = v1.get_variable("weights", [32, CLASSES])
+            b = v1.get_variable("biases", [CLASSES], initializer=v1.zeros_initializer())
+        logits = tf.matmul(outputs[:, -1], w) + b
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        train_op = v1.train.AdamOptimizer(0.001).minimize(loss)
+        sess.run(v1.global_variables_initializer())
+        for bx, by in batches[:2]:
+            sess.run(train_op, {x: bx, y: by})
+        prefix = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"), global_step=2)
+        sess.run(train_op, {x: batches[2][0], y: batches[2][1]})
+        trainables = v1.trainable_variables()
+        want = {v.name.removesuffix(":0"): value for v, value in zip(trainables, sess.run(trainables), strict=True)}
+
+    conversion = rc.from_tf1_checkpoint(prefix)
+    assert conversion.adam is not None
+    assert conversion.adam.step == 2
+    run = rc.write_run_dir(conversion, tmp_path / "run", image_shape=(TIME, DEPTH), settings=settings)
+    with jax.numpy_dtype_promotion("standard"):
+        train(TrainConfig(run_dir=str(run)), resume=True)
+    got, step = ckpt.load_model_variables(run)
+    assert step == 3
+    for name, value in want.items():
+        assert np.abs(value - conversion.variables[name]).max() > 1e-4, f"{name}: TF1's third step barely moved it"
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=2e-6, err_msg=name)

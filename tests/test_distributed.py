@@ -240,6 +240,37 @@ def test_killed_process_stops_the_other_and_the_run_resumes(
     assert_same_run(run, reference, steps=STEPS)
 
 
+def test_a_slurm_launch_is_detected_from_its_environment() -> None:
+    """What srun sets for two tasks on one node: rnnkit joins them with no process flags."""
+    for port in range(65535 - 2**12 + 1, 65536):  # JAX derives the port from the job id, in this range
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    job_id = port - (65535 - 2**12 + 1) + 2**12 * 7
+    procs = []
+    for i in (1, 0):
+        env = subprocess_env()
+        env.update(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2")
+        env.update(SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "rnnkit.cli", "env"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    (out1, err1), (out0, err0) = (p.communicate(timeout=120) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], err0 + err1
+    assert "process: 0 of 2" in out0
+    assert "process: 1 of 2" in out1
+    assert "training mesh: mesh ('batch': 2) over 2 processes" in out0
+
+
 def test_device_and_process_mistakes_are_one_line_errors(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

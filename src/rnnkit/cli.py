@@ -302,6 +302,8 @@ def _train(args: argparse.Namespace) -> int:
             f"rnnkit train --run-dir {stop.run_dir} --resume",
             file=sys.stderr,
         )
+        if distributed.several_processes():  # the others may be gone: skip JAX's shutdown barrier
+            distributed.abandon(130)
         return 130
     if not writer:
         return 0

@@ -151,6 +151,10 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def several_processes() -> bool:
+    return jax.process_count() > 1
+
+
 def abandon(code: int) -> NoReturn:
     """Exit now, without JAX's shutdown barrier: after a peer is lost the barrier would wait
     for it, then abort with a fatal log. Flushes Python's streams first."""

@@ -298,7 +298,7 @@ def peer_lost(err: BaseException, step: int, last_checkpoint: int | None, run_di
         else "no checkpoint was saved yet"
     )
     return PeerLost(
-        f"process {me} of {count} lost contact with {who} after step {step} ({_first_line(err)}); {saved}",
+        f"process {me} of {count} lost contact with {who} at step {step} ({_first_line(err)}); {saved}",
         step,
         last_checkpoint,
     )

@@ -65,6 +65,8 @@ TRAIN_EPILOG = """examples:
   rnnkit train --run-dir runs/seed3 --resume     # continue an interrupted run (Ctrl-C saves a checkpoint)
   rnnkit train --cells lstm:64:peepholes:proj=32,gru_reset_after:128 --layout pixels --dropout 0.2
   rnnkit train --data-dir ~/fashion-mnist        # any MNIST-format IDX directory
+  rnnkit train --devices all --batch-size 512    # data parallel over every local device
+  rnnkit train --run-dir /shared/r1 --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   # and 1
 """
 
 EVAL_EPILOG = """examples:
@@ -192,6 +194,45 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--validation-size", type=_non_negative_int, default=d.validation_size)
     p.add_argument("--seed", type=_non_negative_int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    _add_distributed_flags(p)
+
+
+ENV_EPILOG = """examples:
+  rnnkit env                      # versions, processes, devices
+  rnnkit env --devices all        # the mesh rnnkit train --devices all would use
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 rnnkit env --devices 4   # try meshes on a CPU
+"""
+
+
+def _devices_count(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all'; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all'; got {value}")
+    return value
+
+
+def _add_distributed_flags(p: Any) -> None:
+    """Devices and processes: the same flags for `train` and `env`."""
+    group = p.add_argument_group(
+        "devices and processes",
+        "data parallel: the batch is split over a 1-D mesh of devices, parameters replicated. Several "
+        "processes (machines) join through jax.distributed; srun / mpirun set the three process flags themselves.",
+    )
+    group.add_argument(
+        "--devices",
+        type=_devices_count,
+        default=None,
+        metavar="N|all",
+        help="devices to train on (default: 1; all of them with several processes); the batch must divide by N",
+    )
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address, for all")
+    group.add_argument("--num-processes", type=_positive_int, default=None, metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=_non_negative_int, default=None, metavar="I", help="this process, 0..N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="seed for weights and inputs (default 0)")
     _add_train(commands)
     _add_convert(commands)
+    env = commands.add_parser(
+        "env",
+        help="versions, processes, devices and the device mesh training would use",
+        epilog=ENV_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_distributed_flags(env)
     ev = commands.add_parser(
         "eval",
         help="loss, accuracy, per-class accuracy and confusion matrix of a run on the test set",
@@ -281,9 +329,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
+def _join_processes(args: argparse.Namespace) -> None:
+    """With several processes asked for, join them (jax.distributed) before any JAX computation.
+    If they cannot start together, one line on stderr and exit status 1."""
+    from rnnkit.workflows import distributed
 
+    cluster = distributed.Cluster(args.coordinator, args.num_processes, args.process_id)
+    cluster.validate()
+    if cluster.wanted():
+        try:
+            distributed.initialize(cluster)
+        except distributed.DistributedError as err:
+            _lost(err)
+
+
+def _lost(err: Exception) -> NoReturn:
+    """The processes of a run could not start together or lost each other: one line, exit 1,
+    without JAX's shutdown (it would wait for the missing process, then abort with a fatal log)."""
+    from rnnkit.workflows import distributed
+
+    print(f"rnnkit: error: {err}", file=sys.stderr)
+    distributed.abandon(1)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rnnkit.workflows import distributed
+    from rnnkit.workflows.train import SilentReporter, TrainConfig, TrainingInterrupted, train
+
+    _join_processes(args)
     config = TrainConfig(
         mode=args.mode,
         cells=args.cells,
@@ -301,15 +374,24 @@ def _train(args: argparse.Namespace) -> int:
         validation_size=args.validation_size,
         seed=args.seed,
     )
+    writer = distributed.is_writer()  # only process 0 reports; the others train quietly
     try:
-        result = train(config, resume=args.resume, reporter=_RichReporter())
+        result = train(
+            config, resume=args.resume, reporter=_RichReporter() if writer else SilentReporter(), devices=args.devices
+        )
+    except distributed.PeerLost as lost:
+        _lost(lost)
     except TrainingInterrupted as stop:
         print(
             f"rnnkit: interrupted at step {stop.step}; checkpoint saved. Continue with: "
             f"rnnkit train --run-dir {stop.run_dir} --resume",
             file=sys.stderr,
         )
+        if distributed.several_processes():  # the others may be gone: skip JAX's shutdown barrier
+            distributed.abandon(INTERRUPTED)
         return INTERRUPTED
+    if not writer:
+        return 0
     print(f"Testing Accuracy (first 100 images): {result.test_accuracy_first_100:.4f}")
     print(f"Testing Accuracy (10000 images): {result.test_accuracy:.4f}")
     print(
@@ -357,6 +439,23 @@ class _RichReporter:
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _env(args: argparse.Namespace) -> int:
+    from rnnkit.workflows import distributed
+
+    _join_processes(args)
+    env = distributed.describe_environment(args.devices)
+    print(f"rnnkit {env.rnnkit_version}, jax {env.jax_version} (jaxlib {env.jaxlib_version})", end="")
+    print(f", python {env.python_version}")
+    print(f"backend: {env.backend}")
+    print(f"process: {env.process_index} of {env.process_count}")
+    print(f"local devices ({len(env.local_devices)}): {', '.join(env.local_devices)}")
+    print(f"global devices: {len(env.global_devices)}")
+    flag = "" if args.devices is None else f" (--devices {args.devices})"
+    print(f"training mesh{flag}: {env.mesh}")
+    print(f"--batch-size must be a multiple of {env.batch_multiple}")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -453,7 +552,10 @@ def _compare(args: argparse.Namespace) -> int:
     console = _console()
     console.print(f"rnnkit compare: {config.cells}, lengths {list(config.lengths)} -> {out}")
     result = run_compare(config, log=lambda line: console.print(line, highlight=False, markup=False))
-    table = Table(title=f"static_rnn vs dynamic_rnn ({result['environment']['device']})")
+    table = Table(
+        title=f"static_rnn vs dynamic_rnn ({result['environment']['device']})",
+        caption="~N: projected compile seconds of a static point over the budget, not run",
+    )
     for _, label, _ in ROW_COLUMNS:
         table.add_column(label, justify="left" if label == "mode" else "right")
     for row in result["rows"]:
@@ -590,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "compare": _compare,
         "convert": _convert,
+        "env": _env,
         "data": _data,
     }
     from rnnkit.data import DataError

@@ -244,9 +244,9 @@ def recommendation(result: dict[str, Any]) -> str:
             f"Fixed-length training at T in {static_pays}: static_rnn, whose faster steps repay its longer build "
             f"within a run of the seed's {SEED_RUN_STEPS} steps."
         )
-    others = "Everything else" if static_pays else "Use dynamic_rnn"
+    others = "Everything else: dynamic_rnn" if static_pays else "Use dynamic_rnn"
     text.append(
-        f"{others}: dynamic_rnn (unroll={unroll['fastest']}, the fastest at T={unroll['length']}), one program for "
+        f"{others} (unroll={unroll['fastest']}, the fastest at T={unroll['length']}), one program for "
         "any length that builds in about the same time at every length"
         + (f"; static was not even built at T >= {skipped[0]} (over the compile budget)" if skipped else "")
         + "."
@@ -341,7 +341,7 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     """A sweep row as display strings (terminal table and HTML)."""
     if row["status"] == "skipped":
         proj = row.get("projected_compile_s")
-        cells = [row["mode"], str(row["length"]), "", f"~{proj:.0f} (projected)" if proj else "skipped"]
+        cells = [row["mode"], str(row["length"]), "", f"~{proj:.0f}" if proj else "?"]
         return cells + ["skipped"] + [""] * (len(ROW_COLUMNS) - len(cells) - 1)
     out = []
     for key, _, fmt in ROW_COLUMNS:

@@ -28,12 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from rnnkit._version import __version__
-from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
 from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.workflows import distributed
+from rnnkit.workflows.distributed import DataParallel
 from rnnkit.workflows.plots import pyplot, save_png
 
 
@@ -197,7 +200,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_train_step(static: Any, optimizer: optax.GradientTransformation) -> Any:
     """One jitted step: loss, gradients, the optimizer update. Params and optimizer state are
     donated: their buffers are reused for the new values."""
+    return jax.jit(_train_step_fn(static, optimizer), donate_argnums=(0, 1))
 
+
+def _train_step_fn(static: Any, optimizer: optax.GradientTransformation) -> Any:
     def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Any, ...]:
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
             model = eqx.combine(p, static).with_dropout_key(key)
@@ -210,16 +216,31 @@ def make_train_step(static: Any, optimizer: optax.GradientTransformation) -> Any
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
         return params, opt_state, loss, accuracy
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return step
 
 
-def make_predict(static: Any) -> Any:
-    """Jitted inference: dropout off."""
+def make_parallel_train_step(
+    static: Any, optimizer: optax.GradientTransformation, parallel: DataParallel, dropout_key: jax.Array
+) -> Any:
+    """The train step over a device mesh: x and y sharded over the batch, the rest replicated;
+    takes the step number (the dropout key is derived inside, as the single-device loop does
+    outside, so both draw the same masks)."""
+    step_fn = _train_step_fn(static, optimizer)
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, at: jax.Array) -> tuple[Any, ...]:
+        return step_fn(params, opt_state, x, y, jax.random.fold_in(dropout_key, at))
+
+    return parallel.jit(step, batch_args=(2, 3), num_args=5, donate_argnums=(0, 1))
+
+
+def make_predict(static: Any, parallel: DataParallel | None = None) -> Any:
+    """Jitted inference: dropout off. Over `parallel`'s mesh, x is sharded over the batch and
+    the logits gathered on every device."""
 
     def predict(params: Any, x: jax.Array) -> jax.Array:
         return eqx.nn.inference_mode(eqx.combine(params, static))(x)
 
-    return jax.jit(predict)
+    return jax.jit(predict) if parallel is None else parallel.jit(predict, batch_args=(1,), num_args=2)
 
 
 def predict_logits(predict: Any, params: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -281,8 +302,11 @@ class TrainingInterrupted(Exception):
         self.run_dir, self.step = run_dir, step
 
 
-def _batches(data: Data, config: TrainConfig, first: int, last: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches first..last-1 (0-based), cut ahead in a thread so the device never waits."""
+def _batches(
+    data: Data, config: TrainConfig, first: int, last: int, rows: slice = slice(None)
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches first..last-1 (0-based), cut ahead in a thread so the device never waits; with
+    `rows`, only those rows of each batch (a process's share of a global batch)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=4)
     stop = threading.Event()
 
@@ -290,7 +314,7 @@ def _batches(data: Data, config: TrainConfig, first: int, last: int) -> Iterator
         for step in range(first, last):
             if stop.is_set():
                 return
-            idx = batch_indices(len(data.train_x), config.batch_size, config.seed, step)
+            idx = batch_indices(len(data.train_x), config.batch_size, config.seed, step)[rows]
             q.put((data.train_x[idx], data.train_y[idx]))
         q.put(None)
 
@@ -372,7 +396,7 @@ def _resolve_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Pa
 
 
 def _with_data_facts(
-    config: TrainConfig, data: Data, image_shape: tuple[int, int], run_dir: Path, resume: bool
+    config: TrainConfig, data: Data, image_shape: tuple[int, int], run_dir: Path, resume: bool, write: bool = True
 ) -> TrainConfig:
     """Record the image shape and class count in the config (written to config.json for a new
     run); on resume, refuse data that no longer matches the run."""
@@ -385,19 +409,66 @@ def _with_data_facts(
                 )
         return config
     config = dataclasses.replace(config, **facts)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config.to_json())
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config.to_json())
     return config
 
 
-def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
+@dataclass
+class _Progress:
+    """Where a run is, for the message when a peer process is lost."""
+
+    run_dir: Path | None = None
+    step: int = 0
+    saved: int | None = None  # the step of the last checkpoint on disk
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    devices: int | str | None = None,
+) -> TrainResult:
     """Train (or, with `resume`, continue) a run; returns the test figures. Raises
-    `TrainingInterrupted` on Ctrl-C after saving a checkpoint."""
+    `TrainingInterrupted` on Ctrl-C after saving a checkpoint.
+
+    `devices` (a count or "all") trains data-parallel over that many devices, the global batch
+    `config.batch_size` split over them (see `rnnkit.workflows.distributed`); None is one
+    device, or every device when this process is one of several (`distributed.initialize`).
+    Several processes all call `train` with the same arguments; only process 0 writes the run
+    directory. A lost peer process raises `distributed.PeerLost`."""
     reporter = reporter or SilentReporter()
     config.validate()
+    chosen = distributed.select_devices(devices)
+    parallel = None if chosen is None else DataParallel(chosen)
+    progress = _Progress()
+    try:
+        return _train(config, resume, reporter, parallel, progress)
+    except (ConfigError, CheckpointError, DataError):
+        raise
+    except Exception as err:
+        if distributed.lost_peer(err):
+            raise distributed.peer_lost(err, progress.step, progress.saved, progress.run_dir) from None
+        raise
+
+
+def _train(
+    config: TrainConfig, resume: bool, reporter: Reporter, parallel: DataParallel | None, progress: _Progress
+) -> TrainResult:
+    several = jax.process_count() > 1
+    writer = distributed.is_writer()
+    if several and config.run_dir is None:
+        raise ConfigError("several processes need --run-dir: one directory that every process sees (shared storage)")
     config, run_dir = _resolve_run_dir(config, resume)
+    progress.run_dir = run_dir
+    if parallel is not None:
+        distributed.check_batch_size(config.batch_size, parallel.num_devices)
     data, image_shape = load_data(config)
-    config = _with_data_facts(config, data, image_shape, run_dir, resume)
+    if several:  # every process has checked the run directory before process 0 writes into it
+        multihost_utils.sync_global_devices("rnnkit train: run directory checked")
+    config = _with_data_facts(config, data, image_shape, run_dir, resume, write=writer)
     if config.batch_size > len(data.train_x):
         raise ConfigError(
             f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
@@ -413,30 +484,60 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
         restored = _with_checkpoint_weights(model, model_vars, run_dir, config)
         params, _ = eqx.partition(restored, eqx.is_inexact_array)
         opt_state = _restore_opt_state(opt_state, opt_vars, run_dir)
-        ckpt.truncate_metrics(run_dir, step)
+        progress.saved = step
+        if writer:
+            ckpt.truncate_metrics(run_dir, step)
 
     total = total_steps(config, len(data.train_x))
     steps_per_epoch = len(data.train_x) // config.batch_size
     num_params = sum(int(np.prod(v.shape)) for v in model.variables().values())
-    train_step = make_train_step(static, optimizer)
-    predict = make_predict(static)
     dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    predict = make_predict(static, parallel)
+    if parallel is None:
+        train_step = make_train_step(static, optimizer)
+        rows = slice(None)
+
+        def step_inputs(x: np.ndarray, y: np.ndarray, at_step: int) -> tuple[Any, ...]:
+            return x, y, jax.random.fold_in(dropout_key, at_step)
+
+        def logits_of(x: np.ndarray) -> np.ndarray:
+            return predict_logits(predict, params, x, config.eval_batch_size)
+    else:
+        train_step = make_parallel_train_step(static, optimizer, parallel, dropout_key)
+        params, opt_state = parallel.replicate((params, opt_state))
+        rows = parallel.local_rows(config.batch_size)  # this process reads only its rows of each batch
+
+        def step_inputs(x: np.ndarray, y: np.ndarray, at_step: int) -> tuple[Any, ...]:
+            batch = config.batch_size
+            return parallel.global_batch(x, batch), parallel.global_batch(y, batch), np.int32(at_step)
+
+        def logits_of(x: np.ndarray) -> np.ndarray:
+            return parallel.predict_logits(predict, params, x, config.eval_batch_size)
 
     def save(at_step: int) -> None:
-        current = eqx.combine(params, static)
-        ckpt.save_checkpoint(run_dir, current.variables(), _opt_variables(opt_state), at_step)
+        if writer:  # parameters are replicated: process 0's copy is the whole model
+            current = eqx.combine(params, static)
+            ckpt.save_checkpoint(run_dir, current.variables(), _opt_variables(opt_state), at_step)
+        progress.saved = at_step
+
+    def append_metrics(record: dict[str, Any]) -> None:
+        if writer:
+            ckpt.append_metrics(run_dir, record)
 
     def validate(at_step: int) -> None:
         if not len(data.valid_x):
             return
-        loss, acc = loss_and_accuracy(
-            predict_logits(predict, params, data.valid_x, config.eval_batch_size), data.valid_y
-        )
-        ckpt.append_metrics(run_dir, {"step": at_step, "val_loss": loss, "val_accuracy": acc})
+        loss, acc = loss_and_accuracy(logits_of(data.valid_x), data.valid_y)
+        append_metrics({"step": at_step, "val_loss": loss, "val_accuracy": acc})
         epoch = at_step / steps_per_epoch
         reporter.line(f"Step {at_step} (epoch {epoch:.2f}): validation loss= {loss:.6f}, accuracy= {acc:.5f}")
 
     reporter.start(config, total, step, run_dir, num_params)
+    if parallel is not None:
+        per_device = config.batch_size // parallel.num_devices
+        reporter.line(
+            f"data parallel: {parallel.describe()}, global batch {config.batch_size}, {per_device} per device"
+        )
     t_start = time.perf_counter()
     first_step_s, t_steady, steady_steps = 0.0, None, 0
     logged = step  # the last step whose minibatch record is in metrics.jsonl
@@ -445,19 +546,20 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
         nonlocal logged
         loss_v, acc_v = float(loss), float(acc)
         record = {"step": at_step, "samples": at_step * config.batch_size, "loss": loss_v, "accuracy": acc_v}
-        ckpt.append_metrics(run_dir, record)
+        append_metrics(record)
         logged = at_step
         return loss_v, acc_v
 
     def is_display_step(at_step: int) -> bool:
         return at_step % config.display_step == 0 or at_step == total
 
-    batches = _batches(data, config, step, total)
+    batches = _batches(data, config, step, total, rows)
     try:
         for x, y in batches:
             t0 = time.perf_counter()
-            params, opt_state, loss, acc = train_step(params, opt_state, x, y, jax.random.fold_in(dropout_key, step))
+            params, opt_state, loss, acc = train_step(params, opt_state, *step_inputs(x, y, step))
             step += 1
+            progress.step = step
             if t_steady is None:  # the first step includes tracing and compiling
                 jax.block_until_ready(loss)
                 first_step_s, t_steady = time.perf_counter() - t0, time.perf_counter()
@@ -491,16 +593,16 @@ def train(config: TrainConfig, *, resume: bool = False, reporter: Reporter | Non
     reporter.stop()
     reporter.line(" Finished!")
 
-    logits = predict_logits(predict, params, data.test_x, config.eval_batch_size)
+    logits = logits_of(data.test_x)
     test_loss, test_acc = loss_and_accuracy(logits, data.test_y)
     first_100 = float(np.mean(logits[:100].argmax(-1) == data.test_y[:100]))
     wall = time.perf_counter() - t_start
     speed = steady_steps * config.batch_size / train_s if steady_steps and train_s > 0 else 0.0
-    ckpt.append_metrics(
-        run_dir,
-        {"step": step, "test_loss": test_loss, "test_accuracy": test_acc, "test_accuracy_first_100": first_100},
+    append_metrics(
+        {"step": step, "test_loss": test_loss, "test_accuracy": test_acc, "test_accuracy_first_100": first_100}
     )
-    _plot_curves(run_dir)
+    if writer:
+        _plot_curves(run_dir)
     return TrainResult(run_dir, step, first_100, test_acc, test_loss, wall, speed, first_step_s)
 
 

@@ -27,7 +27,7 @@ demo: install
 test: install
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(MAKE) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist load
 
 lint:
 	$(BIN)/ruff check .

@@ -40,7 +40,7 @@ TINY = CompareConfig(
     max_speed_s=0.05,
     stream=(5, 3, 5, 3),
     buckets=(8,),
-    unroll=(1, 2),
+    unroll=(1,),
     export_tries=(4, 9),  # tests/test_export.py feeds 8 ... 1000 steps to a dynamic artifact
     export_platforms=("cpu",),
 )

@@ -252,7 +252,8 @@ class ExportedModel:
     def __call__(self, x: Any) -> Any:
         x = self.check_inputs(x)
         platform = jax.default_backend()
-        if platform not in self.exported.platforms and not (platform == "gpu" and "cuda" in self.exported.platforms):
+        gpu_lowering = {"cuda", "rocm"} & set(self.exported.platforms)
+        if platform not in self.exported.platforms and not (platform == "gpu" and gpu_lowering):
             raise ConfigError(
                 f"{self.path.name} was exported for {', '.join(self.exported.platforms)}; this JAX runs on {platform}"
             )

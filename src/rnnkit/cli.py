@@ -153,7 +153,7 @@ def _add_compare(commands: Any) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="report directory (default runs/compare-<time>)")
     p.add_argument("--cells", default=d.cells, help=f"layers, kind:units[:options] (default {d.cells})")
     p.add_argument("--lengths", type=_int_list, default=None, help="sequence lengths (default 28,56,...,896)")
-    p.add_argument("--quick", action="store_true", help="lengths 8,16, few repeats, a short stream: about a minute")
+    p.add_argument("--quick", action="store_true", help="lengths 6,12, few repeats, a short stream: under a minute")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"training batch (default {d.batch_size})")
     p.add_argument("--features", type=_positive_int, default=d.features, help="input depth per step (default 28)")
     p.add_argument("--repeats", type=_positive_int, default=None, help=f"timed calls per figure (default {d.repeats})")

@@ -178,6 +178,7 @@ def export_run(
 
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(ckpt.read_config(run_dir))
+    trained_mode = config.mode
     if mode is not None:
         if mode not in ("static", "dynamic"):
             raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {mode!r}")
@@ -197,15 +198,9 @@ def export_run(
             "cells": config.cells,
             "parameters": num_params,
             "state_names": sorted(_state_names(model.cell.zero_state(1))) if with_state else [],
-            "source": {"run_dir": str(run_dir), "step": step, "trained_mode": _trained_mode(run_dir)},
+            "source": {"run_dir": str(run_dir), "step": step, "trained_mode": trained_mode},
         },
     )
-
-
-def _trained_mode(run_dir: Path) -> str | None:
-    from rnnkit.workflows import checkpoint as ckpt
-
-    return ckpt.read_config(run_dir).get("mode")
 
 
 class ExportedModel:

@@ -601,10 +601,11 @@ def export_lengths_section(config: CompareConfig) -> dict[str, Any]:
     for mode in ("static", "dynamic"):
         model = build_model(config, mode, length)
         data = artifact_bytes(export_model(model, platforms=(jax.default_backend(),)))
-        in_aval = jax_export.deserialize(bytearray(data)).in_avals[0]
+        exported = jax_export.deserialize(bytearray(data))  # from bytes, as a user's load would
+        in_aval = exported.in_avals[0]
         time_steps = in_aval.shape[1] if isinstance(in_aval.shape[1], int) else None
         meta = {"mode": mode, "time_steps": time_steps, "input": {"shape": ["batch", time_steps, config.features]}}
-        loaded = ExportedModel(jax_export.deserialize(bytearray(data)), meta, Path(f"{mode}.rnnx"))
+        loaded = ExportedModel(exported, meta, Path(f"{mode}.rnnx"))
         # weights closed over, as in the export: the same program, so the same bits
         reference = jax.jit(lambda v, m=model: m(v))
         results = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import jax
@@ -10,9 +11,26 @@ import pytest
 # Any silent float32 -> float64 or bfloat16 -> float32 promotion inside rnnkit is a bug.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
+# The CLI's host settings (rnnkit/_host.py) stay out of the test processes: no compilation
+# cache in the user's home, glibc's allocator as it is. tests/test_host.py turns them on where
+# it tests them, in subprocesses.
+os.environ.setdefault("RNNKIT_NO_COMPILE_CACHE", "1")
+os.environ.setdefault("RNNKIT_KEEP_ALLOCATOR", "1")
+
 
 @pytest.fixture
 def x64() -> Iterator[None]:
     """Run the test in JAX's 64-bit mode (float64 arrays), restored afterwards."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def per_step_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dynamic_rnn without its fast path (rnnkit/_fused.py), for tests that compare it bit for
+    bit with a path the fast one doesn't take (wrappers, return_all_states): the fast path adds
+    x @ W_x + h @ W_h where the per-step cells multiply [x, h] @ W, equal up to float rounding
+    (tests/test_fused.py checks that)."""
+    from rnnkit import _fused
+
+    monkeypatch.setattr(_fused, "supports", lambda cell: False)

@@ -22,7 +22,7 @@ def identity_rnn(size: int) -> rk.BasicRNNCell:
     )
 
 
-def test_keep_probabilities_of_one_and_inference_mode_are_the_plain_cell() -> None:
+def test_keep_probabilities_of_one_and_inference_mode_are_the_plain_cell(per_step_path: None) -> None:
     cell = make_cell("lstm")
     x = random_inputs((5, 6, INPUT_SIZE))
     plain = rk.dynamic_rnn(cell, x)
@@ -33,7 +33,7 @@ def test_keep_probabilities_of_one_and_inference_mode_are_the_plain_cell() -> No
 
 
 @pytest.mark.parametrize("variational", [False, True])
-def test_output_dropout_zeroes_or_scales_by_one_over_keep(variational: bool) -> None:
+def test_output_dropout_zeroes_or_scales_by_one_over_keep(variational: bool, per_step_path: None) -> None:
     cell = make_cell("gru")
     x = random_inputs((64, 6, INPUT_SIZE))
     plain, plain_state = rk.dynamic_rnn(cell, x)
@@ -106,7 +106,7 @@ def test_dropout_gradients_flow_with_filter_grad() -> None:
     assert np.abs(np.asarray(grads.cell.gates_kernel)).max() > 0
 
 
-def test_residual_wrapper_adds_the_input() -> None:
+def test_residual_wrapper_adds_the_input(per_step_path: None) -> None:
     cell = make_cell("gru", input_size=7)
     x = random_inputs((5, 6, 7))
     out, state = rk.dynamic_rnn(rk.ResidualWrapper(cell), x)

@@ -135,7 +135,7 @@ def test_unroll_gives_the_same_numbers(unroll: int | bool) -> None:
     assert_close(rk.dynamic_rnn(cell, x, LENGTHS, unroll=unroll), rk.dynamic_rnn(cell, x, LENGTHS), 1e-6)
 
 
-def test_return_all_states_gives_the_state_after_every_step() -> None:
+def test_return_all_states_gives_the_state_after_every_step(per_step_path: None) -> None:
     cell = make_cell("multi_lstm_gru")
     x = random_inputs((5, 6, INPUT_SIZE))
     outputs, final, states = rk.dynamic_rnn(cell, x, LENGTHS, return_all_states=True)

@@ -1,0 +1,319 @@
+"""The fast path of `dynamic_rnn`: a layer at a time, with a hand-written backward pass.
+
+Same formulas as the cells in `_cells.py` (TF1's), arranged the way cuDNN and oneDNN arrange
+them rather than the way autodiff of a per-step cell would:
+
+- The input half of every kernel is applied to the whole sequence at once, before the loop:
+  TF1's `[x, h] @ kernel` is `x @ kernel[:input_size] + h @ kernel[input_size:]`, and the first
+  term does not depend on the recurrence. One [time * batch, input] x [input, gates] matmul
+  replaces `time` small ones, and its gradient is again one large matmul (autodiff's).
+- A `MultiRNNCell` runs layer by layer: layer k's whole output sequence is layer k + 1's
+  input, so layer k + 1's input projection is hoisted too. Masking (`sequence_length`) is
+  per step and per layer, which gives the stack's numbers exactly (a padded step leaves every
+  layer's state alone and zeroes every output).
+- The recurrence has a custom VJP. Autodiff of `lax.scan` computes each step's weight
+  gradient inside the backward loop (`time` small matmuls accumulated into a carry); here the
+  backward loop computes only the gradients that flow through time, and the weight gradient
+  is one [hidden, time * batch] x [time * batch, gates] matmul after it. The loop's matmul
+  work halves and the large matmul runs near the machine's peak.
+
+The results equal the per-step cells' up to float rounding: `x @ Wx + h @ Wh` adds the same
+products as `[x, h] @ W` in another order (differences of a few ulp; tests/test_fused.py
+checks values and gradients against the plain path and a NumPy reference).
+
+Cells it takes: BasicRNNCell, BasicLSTMCell, LSTMCell without peepholes, clipping or
+projection, GRUCell (both formulas), all with tanh, and MultiRNNCell stacks of them. Anything
+else (dropout and residual wrappers, peepholes, other activations) takes the plain path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, LSTMStateTuple, RNNCell
+from rnnkit._wrappers import MultiRNNCell
+
+
+def _is_tanh(fn: Any) -> bool:
+    return fn is jnp.tanh or fn is jax.numpy.tanh or fn is jax.lax.tanh
+
+
+def _leaf_kind(cell: RNNCell) -> str | None:
+    """Which fused recurrence runs this cell, or None when it needs the plain path."""
+    if type(cell) is BasicRNNCell and _is_tanh(cell.activation):
+        return "rnn"
+    if type(cell) is BasicLSTMCell and _is_tanh(cell.activation):
+        return "lstm"
+    if (
+        type(cell) is LSTMCell
+        and _is_tanh(cell.activation)
+        and not cell.use_peepholes
+        and cell.cell_clip is None
+        and cell.num_proj is None
+    ):
+        return "lstm"
+    if type(cell) is GRUCell and _is_tanh(cell.activation):
+        return "gru_reset_after" if cell.reset_after else "gru"
+    return None
+
+
+def supports(cell: RNNCell) -> bool:
+    """True when `dynamic_rnn` runs `cell` through this module."""
+    cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
+    return all(_leaf_kind(c) is not None for c in cells)
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer's recurrence. Each kind defines the loop's weights, a forward step that also
+# returns what its backward step needs, the backward step, and the weights' gradients from
+# the whole sequence. States are tuples (c, h) or (h,); the output is always the last entry.
+
+
+class _Kind(NamedTuple):
+    step: Callable[..., tuple[tuple[Array, ...], tuple[Array, ...]]]  # (ws, xp_t, state) -> (state', saved)
+    # (ws_t, state_prev, saved, d_state') -> (d_state_prev, d_xp_t, d_loop_t); ws_t holds the loop
+    # matrices transposed once, outside the loop; d_loop_t (the gradient of the loop's matmul
+    # output) is None where it equals d_xp_t, so it is stored once.
+    step_bwd: Callable[..., tuple[tuple[Array, ...], Array, Array | None]]
+    weight_grads: Callable[..., tuple[Array, ...]]  # (ws, prev_h [T,B,H], saved, d_loop [T,B,*]) -> d_ws
+
+
+def _mm(precision: Any) -> Callable[[Array, Array], Array]:
+    return functools.partial(jnp.matmul, precision=precision)
+
+
+def _outer_sum(a: Array, b: Array, precision: Any) -> Array:
+    """sum over time and batch of a[t, b]^T b[t, b]: [T, B, m] x [T, B, n] -> [m, n], one matmul."""
+    return jnp.einsum("tbm,tbn->mn", a, b, precision=precision)
+
+
+def _rnn_kind(precision: Any, forget_bias: float) -> _Kind:
+    del forget_bias
+    mm = _mm(precision)
+
+    def step(ws, xp, state):
+        (wh,) = ws
+        h = jnp.tanh(xp + mm(state[0], wh))
+        return (h,), (h,)
+
+    def step_bwd(ws_t, state, saved, d_new):
+        (wh_t,), (h,) = ws_t, saved
+        dz = d_new[0] * (1 - h * h)
+        return (mm(dz, wh_t),), dz, None
+
+    def weight_grads(ws, prev_h, saved, d_loop):
+        return (_outer_sum(prev_h, d_loop, precision),)
+
+    return _Kind(step, step_bwd, weight_grads)
+
+
+def _lstm_kind(precision: Any, forget_bias: float) -> _Kind:
+    mm = _mm(precision)
+
+    def step(ws, xp, state):
+        (wh,) = ws
+        c, h = state
+        i, j, f, o = jnp.split(xp + mm(h, wh), 4, axis=-1)
+        si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + forget_bias), jax.nn.sigmoid(o)
+        new_c = c * sf + si * tj
+        tc = jnp.tanh(new_c)
+        return (new_c, tc * so), (si, tj, sf, so, tc)
+
+    def step_bwd(ws_t, state, saved, d_new):
+        (wh_t,) = ws_t
+        c, _ = state
+        si, tj, sf, so, tc = saved
+        dc, dh = d_new
+        dso = dh * tc
+        dc = dc + dh * so * (1 - tc * tc)
+        dz = jnp.concatenate(
+            [dc * tj * si * (1 - si), dc * si * (1 - tj * tj), dc * c * sf * (1 - sf), dso * so * (1 - so)], axis=-1
+        )
+        return (dc * sf, mm(dz, wh_t)), dz, None
+
+    def weight_grads(ws, prev_h, saved, d_loop):
+        return (_outer_sum(prev_h, d_loop, precision),)
+
+    return _Kind(step, step_bwd, weight_grads)
+
+
+def _gru_kind(precision: Any, forget_bias: float) -> _Kind:
+    """TF1's GRUCell: the reset gate scales h before the candidate's matmul, so each step has
+    two dependent matmuls; xp holds [x @ gates (2H) + bias, x @ candidate (H) + bias]."""
+    del forget_bias
+    mm = _mm(precision)
+
+    def step(ws, xp, state):
+        w_gates, w_cand = ws
+        (h,) = state
+        n = h.shape[-1]
+        r, u = jnp.split(jax.nn.sigmoid(xp[..., : 2 * n] + mm(h, w_gates)), 2, axis=-1)
+        c = jnp.tanh(xp[..., 2 * n :] + mm(r * h, w_cand))
+        return (u * h + (1 - u) * c,), (r, u, c)
+
+    def step_bwd(ws_t, state, saved, d_new):
+        w_gates_t, w_cand_t = ws_t
+        (h,), (r, u, c), (dh,) = state, saved, d_new
+        dcz = dh * (1 - u) * (1 - c * c)
+        drh = mm(dcz, w_cand_t)
+        dgz = jnp.concatenate([drh * h * r * (1 - r), dh * (h - c) * u * (1 - u)], axis=-1)
+        dh_prev = dh * u + drh * r + mm(dgz, w_gates_t)
+        return (dh_prev,), jnp.concatenate([dgz, dcz], axis=-1), None
+
+    def weight_grads(ws, prev_h, saved, d_loop):
+        r = saved[0]
+        n = prev_h.shape[-1]
+        return (
+            _outer_sum(prev_h, d_loop[..., : 2 * n], precision),
+            _outer_sum(r * prev_h, d_loop[..., 2 * n :], precision),
+        )
+
+    return _Kind(step, step_bwd, weight_grads)
+
+
+def _gru_reset_after_kind(precision: Any, forget_bias: float) -> _Kind:
+    """The cuDNN formula: one matmul per step, h @ [gates | hidden projection] (3H columns);
+    xp holds [x @ gates (2H) + bias, x @ input projection (H) + bias]."""
+    del forget_bias
+    mm = _mm(precision)
+
+    def step(ws, xp, state):
+        w_hidden, b_hidden = ws
+        (h,) = state
+        n = h.shape[-1]
+        zh = mm(h, w_hidden)
+        r, u = jnp.split(jax.nn.sigmoid(xp[..., : 2 * n] + zh[..., : 2 * n]), 2, axis=-1)
+        hidden = zh[..., 2 * n :] + b_hidden
+        c = jnp.tanh(xp[..., 2 * n :] + r * hidden)
+        return ((1 - u) * c + u * h,), (r, u, c, hidden)
+
+    def step_bwd(ws_t, state, saved, d_new):
+        w_hidden_t, _ = ws_t
+        (h,), (r, u, c, hidden), (dh,) = state, saved, d_new
+        dcz = dh * (1 - u) * (1 - c * c)
+        dgz = jnp.concatenate([dcz * hidden * r * (1 - r), dh * (h - c) * u * (1 - u)], axis=-1)
+        d_loop = jnp.concatenate([dgz, dcz * r], axis=-1)  # d(h @ w_hidden), before the bias
+        return (dh * u + mm(d_loop, w_hidden_t),), jnp.concatenate([dgz, dcz], axis=-1), d_loop
+
+    def weight_grads(ws, prev_h, saved, d_loop):
+        n = prev_h.shape[-1]
+        return (_outer_sum(prev_h, d_loop, precision), jnp.sum(d_loop[..., 2 * n :], axis=(0, 1)))
+
+    return _Kind(step, step_bwd, weight_grads)
+
+
+_KINDS = {"rnn": _rnn_kind, "lstm": _lstm_kind, "gru": _gru_kind, "gru_reset_after": _gru_reset_after_kind}
+
+
+@functools.cache
+def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int | bool, masked: bool) -> Callable:
+    """recurrence(ws, xp [T,B,G], state0, valid [T,B,1] or None) -> (outputs [T,B,H], final state),
+    differentiable in ws, xp and state0 through the hand-written backward pass."""
+    kind = _KINDS[kind_name](precision, forget_bias)
+
+    def masked_step(ws, xp_t, valid_t, state):
+        new_state, saved = kind.step(ws, xp_t, state)
+        out = new_state[-1]
+        if masked:
+            out = jnp.where(valid_t, out, jnp.zeros_like(out))
+            new_state = tuple(jnp.where(valid_t, new, old) for new, old in zip(new_state, state, strict=True))
+        return new_state, out, saved
+
+    def run(ws, xp, state0, valid):
+        def body(state, xs):
+            xp_t, valid_t = xs
+            new_state, out, _ = masked_step(ws, xp_t, valid_t, state)
+            return new_state, out
+
+        final, outs = jax.lax.scan(body, state0, (xp, valid), unroll=unroll)
+        return outs, final
+
+    def run_fwd(ws, xp, state0, valid):
+        def body(state, xs):
+            xp_t, valid_t = xs
+            new_state, out, saved = masked_step(ws, xp_t, valid_t, state)
+            return new_state, (out, state, saved)
+
+        final, (outs, prev_states, saved) = jax.lax.scan(body, state0, (xp, valid), unroll=unroll)
+        return (outs, final), (ws, prev_states, saved, valid)
+
+    def run_bwd(residuals, cotangents):
+        ws, prev_states, saved, valid = residuals
+        d_outs, d_final = cotangents
+        ws_t = tuple(w.T if w.ndim == 2 else w for w in ws)
+
+        def body(d_state, xs):
+            state, saved_t, d_out, valid_t = xs
+            d_new = (*d_state[:-1], d_state[-1] + d_out)
+            if masked:
+                d_new = tuple(jnp.where(valid_t, d, jnp.zeros_like(d)) for d in d_new)
+            d_prev, d_xp, d_loop = kind.step_bwd(ws_t, state, saved_t, d_new)
+            if masked:  # a padded step passed the state through unchanged
+                passed = (jnp.where(valid_t, jnp.zeros_like(d), d) for d in d_state)
+                d_prev = tuple(p + q for p, q in zip(d_prev, passed, strict=True))
+            return d_prev, (d_xp, d_loop)
+
+        d_state0, (d_xp, d_loop) = jax.lax.scan(
+            body, tuple(d_final), (prev_states, saved, d_outs, valid), reverse=True, unroll=unroll
+        )
+        d_ws = kind.weight_grads(ws, prev_states[-1], saved, d_xp if d_loop is None else d_loop)
+        d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)  # a mask has no gradient
+        return d_ws, d_xp, d_state0, d_valid
+
+    fn = jax.custom_vjp(run)
+    fn.defvjp(run_fwd, run_bwd)
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# From a cell to (input projection, loop weights), and the layer and stack drivers.
+
+
+def _split_weights(cell: RNNCell, kind: str) -> tuple[Array, Array, tuple[Array, ...]]:
+    """(input kernel [input, G], input-side bias [G], loop weights) in the fused layout."""
+    n_in = cell.input_size
+    if kind in ("rnn", "lstm"):
+        return cell.kernel[:n_in], cell.bias, (cell.kernel[n_in:],)
+    if kind == "gru":
+        w_in = jnp.concatenate([cell.gates_kernel[:n_in], cell.candidate_kernel[:n_in]], axis=1)
+        b_in = jnp.concatenate([cell.gates_bias, cell.candidate_bias])
+        return w_in, b_in, (cell.gates_kernel[n_in:], cell.candidate_kernel[n_in:])
+    w_in = jnp.concatenate([cell.gates_kernel[:n_in], cell.candidate_input_kernel], axis=1)
+    b_in = jnp.concatenate([cell.gates_bias, cell.candidate_input_bias])
+    w_hidden = jnp.concatenate([cell.gates_kernel[n_in:], cell.candidate_hidden_kernel], axis=1)
+    return w_in, b_in, (w_hidden, cell.candidate_hidden_bias)
+
+
+def _layer(cell: RNNCell, x: Array, state: Any, valid: Array | None, unroll: int | bool) -> tuple[Array, Any]:
+    """One cell over time-major x [T, B, input]: (outputs [T, B, output], final state)."""
+    kind = _leaf_kind(cell)
+    assert kind is not None
+    w_in, b_in, ws = _split_weights(cell, kind)
+    xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
+    forget_bias = getattr(cell, "forget_bias", 0.0)
+    run = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)
+    state0 = (state.c, state.h) if kind == "lstm" else (state,)
+    outputs, final = run(ws, xp, state0, valid)
+    return outputs, (LSTMStateTuple(*final) if kind == "lstm" else final[0])
+
+
+def run_time_major(cell: RNNCell, x: Array, state: Any, lengths: Array | None, unroll: int | bool) -> tuple[Array, Any]:
+    """`dynamic_rnn` on time-major x [T, B, input] for a cell `supports` accepts: the top
+    layer's outputs [T, B, output] (zero past each length) and the final state."""
+    valid = None
+    if lengths is not None:
+        valid = (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
+    if type(cell) is not MultiRNNCell:
+        return _layer(cell, x, state, valid, unroll)
+    finals = []
+    for layer, layer_state in zip(cell.cells, state, strict=True):
+        x, final = _layer(layer, x, layer_state, valid, unroll)
+        finals.append(final)
+    return x, tuple(finals)

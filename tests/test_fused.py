@@ -1,0 +1,127 @@
+"""dynamic_rnn's fast path (rnnkit/_fused.py) against the plain per-step path: values and
+gradients, with and without sequence_length, for every cell kind it takes. The plain path is
+itself checked against the NumPy reference and finite differences (test_rnn, test_gradients),
+so equality here ties the fast path to TF1's formulas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnkit as rk
+from rnnkit import _fused
+
+from cases import INPUT_SIZE, make_cell, random_inputs
+
+FUSED_KINDS = ["basic_rnn", "basic_lstm", "basic_lstm_forget_bias_0.5", "lstm", "gru", "gru_reset_after"]
+LENGTHS = np.array([6, 2, 0, 4, 6])
+
+
+def _stack(dtype: Any) -> rk.RNNCell:
+    """Every fused kind in one stack, sizes chaining."""
+    key = jax.random.key(11)
+    k = jax.random.split(key, 4)
+    cells = [
+        rk.LSTMCell(6, input_size=INPUT_SIZE, key=k[0], dtype=dtype),
+        rk.GRUCell(5, input_size=6, key=k[1], dtype=dtype),
+        rk.GRUCell(4, input_size=5, key=k[2], dtype=dtype, reset_after=True),
+        rk.BasicRNNCell(3, input_size=4, key=k[3], dtype=dtype),
+    ]
+
+    # Non-default biases, so a bias the fast path dropped or doubled would show.
+    def shifted(a: jax.Array) -> jax.Array:
+        return a + 0.3 * jnp.sin(jnp.arange(a.shape[0], dtype=a.dtype)) if a.ndim == 1 else a
+
+    cells = [jax.tree_util.tree_map(shifted, c) for c in cells]
+    return rk.MultiRNNCell(cells)
+
+
+def _make(name: str, dtype: Any) -> rk.RNNCell:
+    return _stack(dtype) if name == "stack" else make_cell(name, dtype=dtype, seed=3)
+
+
+def _loss(cell: rk.RNNCell, x: jax.Array, state0: Any, lengths: Any, time_major: bool) -> jax.Array:
+    """Reads every output and every leaf of the final state through fixed random weights."""
+    outputs, state = rk.dynamic_rnn(cell, x, lengths, initial_state=state0, time_major=time_major)
+    rng = np.random.default_rng(7)
+    total = jnp.sum(outputs * jnp.asarray(rng.standard_normal(outputs.shape), outputs.dtype))
+    for leaf in jax.tree_util.tree_leaves(state):
+        total = total + jnp.sum(jnp.tanh(leaf) * jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype))
+    return total
+
+
+def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: bool, fused: bool) -> Any:
+    state0 = jax.tree_util.tree_map(
+        lambda z: z + 0.1, cell.zero_state(x.shape[1] if time_major else x.shape[0])
+    )  # a non-zero initial state, so its gradient is exercised
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def f(p: Any, x: jax.Array, s: Any) -> jax.Array:
+        return _loss(eqx.combine(p, static), x, s, lengths, time_major)
+
+    original = _fused.supports
+    _fused.supports = original if fused else (lambda c: False)  # type: ignore[assignment]
+    try:
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2))).lower(params, x, state0).compile()(params, x, state0)
+    finally:
+        _fused.supports = original  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("name", [*FUSED_KINDS, "multi_lstm_gru", "stack"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+def test_fast_path_equals_plain_path_values_and_gradients(name: str, masked: bool, x64: None) -> None:
+    cell = _make(name, jnp.float64)
+    assert _fused.supports(cell)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
+    lengths = LENGTHS if masked else None
+    fast = _value_and_grads(cell, x, lengths, False, fused=True)
+    plain = _value_and_grads(cell, x, lengths, False, fused=False)
+    leaves_fast, leaves_plain = jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)
+    assert len(leaves_fast) == len(leaves_plain)
+    for a, b in zip(leaves_fast, leaves_plain, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
+
+
+def test_fast_path_time_major_and_float32() -> None:
+    """Time-major inputs, float32: the fast path equals the plain one to float32 rounding."""
+    cell = _stack(jnp.float32)
+    x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
+    fast = _value_and_grads(cell, x, LENGTHS, True, fused=True)
+    plain = _value_and_grads(cell, x, LENGTHS, True, fused=False)
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
+    cell = _stack(jnp.float32)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
+    outputs, state = rk.dynamic_rnn(cell, x, LENGTHS)
+    for b, length in enumerate(LENGTHS):
+        assert np.all(np.asarray(outputs)[b, length:] == 0)
+        if length:
+            short, short_state = rk.dynamic_rnn(cell, x[b : b + 1, :length])
+            np.testing.assert_allclose(np.asarray(outputs)[b, :length], np.asarray(short)[0], rtol=1e-6, atol=1e-6)
+            for got, want in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(short_state), strict=True):
+                np.testing.assert_allclose(np.asarray(got)[b], np.asarray(want)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["lstm_peephole_clip_proj", "residual_gru", "dropout_wrapper_keep_all", "basic_rnn_relu"]
+)
+def test_cells_outside_the_fast_path_take_the_plain_one(name: str) -> None:
+    if name == "basic_rnn_relu":
+        cell = rk.BasicRNNCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), activation=jax.nn.relu)
+    else:
+        cell = make_cell(name)
+    assert not _fused.supports(cell)
+    fusable = rk.GRUCell(INPUT_SIZE, input_size=INPUT_SIZE, key=jax.random.key(1))
+    assert _fused.supports(fusable)
+    assert not _fused.supports(rk.MultiRNNCell([fusable, cell]))  # one layer outside it: the stack is too
+    x = random_inputs((2, 3, INPUT_SIZE), jnp.float32)
+    outputs, _ = rk.dynamic_rnn(cell, x)  # runs, through the plain path
+    assert outputs.shape == (2, 3, cell.output_size)

@@ -94,6 +94,14 @@ COMPARE_EPILOG = """examples:
 Open DIR/report.html in a browser: each of the seed's claims with its evidence and verdict.
 """
 
+BENCH_EPILOG = """examples:
+  rnnkit bench --quick --out bench-quick              # training b128 and inference b1024 at T=28, ~2 minutes
+  rnnkit bench --out bench                            # every row, batch 128/1024, T=28 and T=784
+  rnnkit bench --rows rnnkit-dynamic,torch-eager,tf1-dynamic --workloads train:128:28:28
+Rows for peers that are not installed are reported as skipped: pip install -e '.[bench]' adds them.
+Writes DIR/bench.json, DIR/bench.md (the table) and DIR/bench.png.
+"""
+
 DATA_EPILOG = """examples:
   rnnkit data download --data-dir ~/mnist-idx     # then: rnnkit train --data-dir ~/mnist-idx
 """
@@ -163,6 +171,42 @@ def _add_compare(commands: Any) -> None:
     p.add_argument("--bucket", type=_int_list, default=None, help="bucket sizes the stream's lengths round up to")
     p.add_argument("--unroll", type=_int_list, default=None, help="dynamic_rnn unroll factors (default 1,2,4,8)")
     p.add_argument("--seed", type=_non_negative_int, default=d.seed)
+
+
+def _workload_list(text: str) -> tuple[Any, ...]:
+    from rnnkit.workflows.bench_rows import TASKS, Workload
+
+    workloads = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        ok = len(parts) == 4 and parts[0] in TASKS and all(p.isdigit() and int(p) >= 1 for p in parts[1:])
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated task:batch:steps:features with task train or infer, "
+                f"e.g. train:128:28:28; got {item!r}"
+            )
+        workloads.append(Workload(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+    return tuple(workloads)
+
+
+def _add_bench(commands: Any) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="training and inference speed of the seed's model: rnnkit against every peer installed",
+        description="The seed's LSTM(128) -> GRU(256) -> dense(10), trained (TF1's Adam) and run by rnnkit "
+        "(dynamic and static) and by PyTorch, TensorFlow 1, Keras 3 and Flax where installed; each row in its "
+        "own process. Time to first step, median samples/s, share of this machine's matmul peak.",
+        epilog=BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="results directory (default runs/bench-<time>)")
+    p.add_argument("--quick", action="store_true", help="training b128 and inference b1024 at T=28, few repeats")
+    p.add_argument("--full", action="store_true", help="add training at batch 1024 over 784 steps (slow on CPU)")
+    p.add_argument("--rows", type=_name_list, default=None, help="only these rows (default: all)")
+    p.add_argument("--workloads", type=_workload_list, default=None, metavar="TASK:B:T:F,...")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="at least this many timed steps (default 5)")
+    p.add_argument("--min-time", type=_positive_float, default=None, help="and at least this many seconds (default 2)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
 
 
 def _add_train(commands: Any) -> None:
@@ -251,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--time-steps", type=_positive_int, default=28, help="sequence length (default 28)")
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="seed for weights and inputs (default 0)")
     _add_train(commands)
+    _add_bench(commands)
     _add_convert(commands)
     env = commands.add_parser(
         "env",
@@ -570,6 +615,47 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from rnnkit.errors import ConfigError
+    from rnnkit.workflows.bench import BenchConfig, default_workloads, run_bench, with_overrides, write_results
+
+    if args.quick and args.full:
+        raise ConfigError("--quick and --full contradict each other: pick one")
+    base = BenchConfig.quick_preset() if args.quick else BenchConfig(workloads=default_workloads(args.full))
+    config = with_overrides(
+        base, workloads=args.workloads, rows=args.rows, repeats=args.repeats, min_time_s=args.min_time, seed=args.seed
+    )
+    config.validate()
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    console = _console()
+    result = run_bench(config, log=lambda line: console.print(line, highlight=False, markup=False))
+    keys = [w.key for w in config.workloads]
+    table = Table(title=f"samples/s, the seed's model ({result['environment']['device']})")
+    table.add_column("row")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for row in result["rows"]:
+        cells = []
+        for key in keys:
+            r = row["workloads"][key]
+            cells.append(f"{r['samples_per_s']:,.0f}" if r["status"] == "ok" else r["status"])
+        table.add_row(row["row"], *cells)
+    console.print(table)
+    for key, versus in result["ratios"].items():
+        if versus:
+            said = ", ".join(f"{v:.2f}x {name}" for name, v in versus.items())
+            console.print(f"rnnkit-dynamic, {key}: {said}", highlight=False, markup=False)
+    command = "rnnkit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "rnnkit bench"
+    files = write_results(result, out, command)
+    console.print(f"results: {files['json']}, {files['markdown']}, {files['png']}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from rnnkit.data import MNIST_MIRRORS, download_mnist
 
@@ -691,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _predict,
         "export": _export,
         "compare": _compare,
+        "bench": _bench,
         "convert": _convert,
         "env": _env,
         "data": _data,
@@ -698,6 +785,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnnkit.data import DataError
     from rnnkit.errors import CheckpointError, ConfigError
 
+    if args.command in ("train", "bench"):
+        from rnnkit._host import tune_allocator
+
+        tune_allocator()  # before JAX starts its threads; see rnnkit/_host.py
+    if args.command in ("train", "eval", "predict"):
+        from rnnkit._host import enable_compile_cache
+
+        enable_compile_cache()  # a static model compiles once, not in every process
     try:
         return handlers[args.command](args)
     except (ConfigError, CheckpointError, DataError) as err:

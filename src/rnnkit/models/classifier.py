@@ -149,6 +149,7 @@ class SequenceClassifier(eqx.Module):
     mode: str = eqx.field(static=True)
     num_steps: int = eqx.field(static=True)
     unroll: int = eqx.field(static=True, default=1)  # dynamic mode: steps per lax.scan iteration
+    implementation: str = eqx.field(static=True, default="auto")  # dynamic mode: see dynamic_rnn
 
     def _run(
         self, inputs: Float[Array, "batch time depth"], sequence_length: Int[Array, " batch"] | None
@@ -157,7 +158,9 @@ class SequenceClassifier(eqx.Module):
         if self.mode == "static":
             outputs, state = static_rnn(self.cell, inputs, sequence_length=sequence_length, num_steps=self.num_steps)
             return jnp.stack(outputs, axis=1), state
-        return dynamic_rnn(self.cell, inputs, sequence_length=sequence_length, unroll=self.unroll)
+        return dynamic_rnn(
+            self.cell, inputs, sequence_length=sequence_length, unroll=self.unroll, implementation=self.implementation
+        )
 
     def _last(self, outputs: Array, sequence_length: Int[Array, " batch"] | None) -> Array:
         if sequence_length is None:
@@ -241,6 +244,7 @@ def build_classifier(
     key: PRNGKeyArray,
     dropout: float = 0.0,
     unroll: int = 1,
+    implementation: str = "auto",
 ) -> SequenceClassifier:
     """The model for a parsed `--cells` spec. `dropout` > 0 wraps every layer in a
     `DropoutWrapper(output_keep_prob=1 - dropout)`, the usual TF1 recipe."""
@@ -260,4 +264,5 @@ def build_classifier(
     stack = cells[0] if len(cells) == 1 else MultiRNNCell(cells)
     # tf.contrib.layers.fully_connected: xavier (glorot-uniform) weights, zero biases.
     weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
-    return SequenceClassifier(stack, weights, jnp.zeros((num_classes,), jnp.float32), mode, num_steps, unroll)
+    biases = jnp.zeros((num_classes,), jnp.float32)
+    return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation)

@@ -1,0 +1,139 @@
+"""`rnnkit bench`'s harness: what it counts, how it runs a row, what it writes. No speed is
+asserted here (benchmarks/RESULTS.md holds the measurements); these check the bookkeeping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import pytest
+
+from rnnkit.cli import main
+from rnnkit.workflows import bench
+from rnnkit.workflows.bench import BenchConfig, flops_per_sample, markdown_table, ratios, run_bench, run_row
+from rnnkit.workflows.bench_rows import Workload
+
+TINY = Workload("train", 4, 3, 28)
+
+
+@pytest.fixture(autouse=True)
+def standard_promotion() -> Any:
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes Python floats and int32
+        yield
+
+
+def test_flop_count_is_the_seed_models_matmuls() -> None:
+    """Counted independently: every matmul of one step as (rows in, columns out), 2 FLOPs per
+    multiply-add, the backward pass twice the forward."""
+    step_matmuls = [(28 + 128, 4 * 128), (128 + 256, 2 * 256), (128 + 256, 256)]  # LSTM; GRU gates, candidate
+    forward = 28 * sum(2 * k * n for k, n in step_matmuls) + 2 * 256 * 10
+    assert flops_per_sample(Workload("infer", 128, 28, 28)) == forward
+    assert flops_per_sample(Workload("train", 1024, 28, 28)) == 3 * forward
+    assert 62e6 < 3 * forward < 64e6  # the issue's "~63 MFLOP per training sample"
+    pixels = 784 * (2 * (1 + 128) * 512 + 2 * 384 * 768) + 2 * 256 * 10
+    assert flops_per_sample(Workload("infer", 8, 784, 1)) == pixels
+
+
+def test_a_row_in_this_process_measures_first_step_and_steady_steps() -> None:
+    config = BenchConfig(workloads=(TINY, Workload("infer", 4, 3, 28)), repeats=3, min_time_s=0.0)
+    result = run_row(bench.find_row("rnnkit-dynamic"), config)
+    assert result["versions"]["rnnkit"]
+    for key in (TINY.key, "infer b4 T3 F28"):
+        r = result["workloads"][key]
+        assert r["status"] == "ok", r
+        assert r["steps_timed"] >= 3
+        assert r["step_s_min"] <= r["step_s"]
+        assert r["samples_per_s"] == pytest.approx(4 / r["step_s"])
+        assert r["first_step_s"] > r["step_s_min"]  # the first step includes the compile
+        assert r["first_step_warm_cache_s"] > 0
+
+
+def test_static_row_skips_long_sequences_with_the_reason() -> None:
+    config = BenchConfig(workloads=(Workload("infer", 2, 784, 1),), repeats=1, min_time_s=0.0)
+    r = run_row(bench.find_row("rnnkit-static"), config)["workloads"]["infer b2 T784 F1"]
+    assert r["status"] == "skipped"
+    assert "built up to 56 steps" in r["reason"]
+
+
+def test_whole_run_in_subprocesses_writes_json_table_and_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rnnkit-dynamic for real, in its own process (the child protocol), and a peer reported as
+    not installed."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name))
+    monkeypatch.setattr(bench, "matmul_peak", lambda: {"gflops": 100.0, "by": "xla", "size": 8, "rates": {}})
+    config = BenchConfig(workloads=(TINY,), rows=("rnnkit-dynamic", "torch-eager"), repeats=2, min_time_s=0.0)
+    result = run_bench(config)
+    rows = {r["row"]: r for r in result["rows"]}
+    ours = rows["rnnkit-dynamic"]["workloads"][TINY.key]
+    assert ours["status"] == "ok", ours
+    assert ours["fraction_of_peak"] == pytest.approx(ours["samples_per_s"] * flops_per_sample(TINY) / 100e9)
+    assert rows["torch-eager"]["workloads"][TINY.key] == {"status": "skipped", "reason": "torch is not installed"}
+    assert result["ratios"] == {TINY.key: {}}
+
+    files = bench.write_results(result, tmp_path / "out", "rnnkit bench --test")
+    saved = json.loads(files["json"].read_text())
+    assert saved["command"] == "rnnkit bench --test"
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    table = files["markdown"].read_text()
+    assert "| rnnkit-dynamic | " in table
+    assert "| torch-eager | skipped |" in table
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratios_are_rnnkit_dynamic_over_each_peer_that_ran() -> None:
+    w = Workload("train", 128, 28, 28)
+    results = [
+        {"row": "rnnkit-dynamic", "workloads": {w.key: {"status": "ok", "samples_per_s": 1500.0}}},
+        {"row": "torch-eager", "workloads": {w.key: {"status": "ok", "samples_per_s": 1000.0}}},
+        {"row": "tf1-dynamic", "workloads": {w.key: {"status": "error", "reason": "boom"}}},
+    ]
+    assert ratios(results, (w,)) == {w.key: {"torch-eager": 1.5}}
+
+
+def test_markdown_table_marks_errors_and_skips() -> None:
+    w = Workload("train", 128, 28, 28)
+    result = {
+        "flops_per_sample": {w.key: flops_per_sample(w)},
+        "peak": {"gflops": 200.0, "by": "numpy"},
+        "rows": [
+            {
+                "row": "rnnkit-dynamic",
+                "workloads": {
+                    w.key: {
+                        "status": "ok",
+                        "samples_per_s": 1234.4,
+                        "first_step_s": 2.04,
+                        "first_step_warm_cache_s": 0.51,
+                        "fraction_of_peak": 0.389,
+                    }
+                },
+            },
+            {"row": "tf1-static", "workloads": {w.key: {"status": "error", "reason": "boom"}}},
+        ],
+    }
+    table = markdown_table(result)
+    assert "| rnnkit-dynamic | 1,234 | 2.0 | 0.5 |" in table
+    assert "| tf1-static | error |  |  |" in table
+    assert "rnnkit-dynamic 39%" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--rows", "rnnkit-dynamic,nope"], "--rows: unknown row 'nope'"),
+        (["bench", "--workloads", "train:128:28"], "expected comma-separated task:batch:steps:features"),
+        (["bench", "--workloads", "fit:128:28:28"], "expected comma-separated task:batch:steps:features"),
+        (["bench", "--quick", "--full"], "--quick and --full contradict each other"),
+        (["bench", "--repeats", "0"], "argument --repeats: expected a positive integer; got 0"),
+    ],
+)
+def test_bench_mistakes_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert message in err[0]

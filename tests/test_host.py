@@ -1,0 +1,89 @@
+"""rnnkit/_host.py: the allocator setting and the compilation cache rnnkit's CLI turns on, each
+in a fresh subprocess (they change process-wide state), and each leaving the user's choice alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = """
+import json, resource, sys
+from rnnkit import _host
+tuned = _host.tune_allocator()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+a = jnp.ones((3000, 3000), jnp.float32)  # 36 MB per temporary: above glibc's mmap threshold
+f(a).block_until_ready(); f(a).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    f(a).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+print(json.dumps({"tuned": tuned, "faults_per_call": faults}))
+"""
+
+
+def _probe(env: dict[str, str]) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RNNKIT_KEEP_ALLOCATOR", "GLIBC_TUNABLES")}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True, check=True, timeout=300
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_tuned_allocator_stops_page_faulting_xla_temporaries() -> None:
+    plain = _probe({"RNNKIT_KEEP_ALLOCATOR": "1"})
+    tuned = _probe({})
+    assert plain["tuned"] is False
+    assert tuned["tuned"] is True
+    # Untuned, each call maps its large temporaries afresh and faults them in (thousands of pages).
+    assert plain["faults_per_call"] > 1000
+    assert tuned["faults_per_call"] < plain["faults_per_call"] / 20
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_allocator_is_left_alone_when_the_user_tuned_malloc() -> None:
+    assert _probe({"MALLOC_ARENA_MAX": "4"})["tuned"] is False
+
+
+CACHE_PROBE = """
+import json, sys
+from rnnkit import _host
+path = _host.enable_compile_cache(sys.argv[1] if len(sys.argv) > 1 else None)
+import jax
+print(json.dumps({"returned": path, "config": jax.config.jax_compilation_cache_dir}))
+"""
+
+
+def _cache_probe(env: dict[str, str], *args: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RNNKIT_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    out = subprocess.run(
+        [sys.executable, "-c", CACHE_PROBE, *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_compile_cache_goes_under_xdg_cache_home(tmp_path: Path) -> None:
+    got = _cache_probe({"XDG_CACHE_HOME": str(tmp_path)})
+    want = str(tmp_path / "rnnkit" / "xla")
+    assert got == {"returned": want, "config": want}
+    assert (tmp_path / "rnnkit" / "xla").is_dir()
+
+
+def test_compile_cache_respects_the_users_choice_and_the_opt_out(tmp_path: Path) -> None:
+    theirs = str(tmp_path / "theirs")
+    got = _cache_probe({"XDG_CACHE_HOME": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": theirs})
+    assert got == {"returned": None, "config": theirs}
+    got = _cache_probe({"XDG_CACHE_HOME": str(tmp_path), "RNNKIT_NO_COMPILE_CACHE": "1"})
+    assert got == {"returned": None, "config": None}
+    assert not (tmp_path / "rnnkit").exists()

@@ -151,6 +151,17 @@ def _rnnkit_versions() -> dict[str, str]:
     return {"rnnkit": __version__, "jax": jax.__version__}
 
 
+def _same_as_auto(implementation: str) -> str | None:
+    """The forced-implementation rows run only where auto picks the other one."""
+    import jax
+
+    backend = jax.default_backend()
+    auto = "per_step" if backend == "cpu" else "fused"
+    if implementation == auto:
+        return f"the same program as rnnkit-dynamic here (auto is {auto} on {backend})"
+    return None
+
+
 def _static_skip(w: Workload) -> str | None:
     if w.steps > UNROLLED_MAX_STEPS:
         return (
@@ -214,7 +225,18 @@ RNNKIT_ROWS = (
         requires=("jax",),
         build=lambda w, seed: _RnnkitRunner(w, seed, "dynamic", "fused"),
         versions=_rnnkit_versions,
-        note="hoisted input projections, hand-written backward pass (auto picks it on GPUs, per_step on CPU)",
+        skip=lambda w: _same_as_auto("fused"),
+        note="hoisted input projections, hand-written backward pass",
+        forget_compiled=_forget_compiled,
+    ),
+    Row(
+        name="rnnkit-dynamic-per-step",
+        label="rnnkit dynamic_rnn, implementation='per_step'",
+        requires=("jax",),
+        build=lambda w, seed: _RnnkitRunner(w, seed, "dynamic", "per_step"),
+        versions=_rnnkit_versions,
+        skip=lambda w: _same_as_auto("per_step"),
+        note="the cell's own step in lax.scan, autodiff's backward pass",
         forget_compiled=_forget_compiled,
     ),
     Row(

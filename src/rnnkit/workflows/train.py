@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -294,6 +296,36 @@ class TrainResult:
     first_step_s: float  # the first step: trace + compile + run
 
 
+class _StopRequest:
+    """Ctrl-C during training, deferred to the end of the step in flight.
+
+    A KeyboardInterrupt raised inside a train-step call can land after JAX has taken the
+    donated params and optimizer state and before the new ones are returned: the arrays are
+    deleted and there is nothing left to checkpoint. So while the loop runs, the first SIGINT
+    only sets `requested` and the loop stops after the step; a second one interrupts at once
+    (the default behaviour), for a step that hangs."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers live in the main thread; elsewhere KeyboardInterrupt stays as it is
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C during training; the checkpoint at `step` was saved before this was raised."""
 
@@ -554,30 +586,33 @@ def _train(
         return at_step % config.display_step == 0 or at_step == total
 
     batches = _batches(data, config, step, total, rows)
+    stop = _StopRequest()
     try:
-        for x, y in batches:
-            t0 = time.perf_counter()
-            params, opt_state, loss, acc = train_step(params, opt_state, *step_inputs(x, y, step))
-            step += 1
-            progress.step = step
-            if t_steady is None:  # the first step includes tracing and compiling
-                jax.block_until_ready(loss)
-                first_step_s, t_steady = time.perf_counter() - t0, time.perf_counter()
-            else:
-                steady_steps += 1
-            if is_display_step(step):
-                loss_v, acc_v = log(step, loss, acc)  # the record first: Ctrl-C may come during reporting
-                elapsed = time.perf_counter() - t_steady
-                speed = steady_steps * config.batch_size / elapsed if steady_steps and elapsed > 0 else 0.0
-                reporter.step(step, loss_v, acc_v, speed)
-                if step % config.display_step == 0:
-                    reporter.line(
-                        f"Iter {step * config.batch_size}, Minibatch Loss= {loss_v:.6f}, Training Accuracy= {acc_v:.5f}"
-                    )
-            if step % steps_per_epoch == 0:
-                validate(step)
-            if step % config.checkpoint_every == 0:
-                save(step)
+        with stop.installed():
+            for x, y in batches:
+                t0 = time.perf_counter()
+                params, opt_state, loss, acc = train_step(params, opt_state, *step_inputs(x, y, step))
+                step += 1
+                progress.step = step
+                if t_steady is None:  # the first step includes tracing and compiling
+                    jax.block_until_ready(loss)
+                    first_step_s, t_steady = time.perf_counter() - t0, time.perf_counter()
+                else:
+                    steady_steps += 1
+                if is_display_step(step):
+                    loss_v, acc_v = log(step, loss, acc)  # the record first: Ctrl-C may come during reporting
+                    elapsed = time.perf_counter() - t_steady
+                    speed = steady_steps * config.batch_size / elapsed if steady_steps and elapsed > 0 else 0.0
+                    reporter.step(step, loss_v, acc_v, speed)
+                    if step % config.display_step == 0:
+                        samples = step * config.batch_size
+                        reporter.line(f"Iter {samples}, Minibatch Loss= {loss_v:.6f}, Training Accuracy= {acc_v:.5f}")
+                if step % steps_per_epoch == 0:
+                    validate(step)
+                if step % config.checkpoint_every == 0:
+                    save(step)
+                if stop.requested:
+                    raise KeyboardInterrupt  # after the step: params and optimizer state are whole
     except KeyboardInterrupt:
         batches.close()  # stop the prefetch thread now, not whenever the generator is collected
         if logged != step and is_display_step(step):

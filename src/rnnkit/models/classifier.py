@@ -252,6 +252,24 @@ def build_classifier(
         raise ConfigError(f"mode must be 'static' or 'dynamic'; got {mode!r}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1) (the fraction of outputs dropped); got {dropout}")
+    return _initialised(specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, key)
+
+
+# One compiled program draws every initial weight. Run op by op, the same draws compile a small
+# program per distinct op and shape: 2.6 s for the seed's model on two CPU cores, against
+# 0.3 s here (the values are the same).
+@eqx.filter_jit
+def _initialised(
+    specs: tuple[CellSpec, ...],
+    input_size: int,
+    num_classes: int,
+    num_steps: int,
+    mode: str,
+    dropout: float,
+    unroll: int,
+    implementation: str,
+    key: PRNGKeyArray,
+) -> SequenceClassifier:
     keys = jax.random.split(key, len(specs) + 1)
     cells: list[RNNCell] = []
     size = input_size

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run demo test lint format clean
+.PHONY: install run demo test peers bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ test: install
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(MAKE) lint
 	$(BIN)/python -m pytest -n auto --dist load
+
+# Optional: the peers `rnnkit bench` measures against (about 1 GB): PyTorch (CPU build),
+# TensorFlow 1 through tf.compat.v1 (tf-keras with --no-deps: its requirements would pull a
+# second TensorFlow), Keras 3 and Flax, with JAX and jaxlib held at the installed version.
+peers: install
+	JAX=$$($(BIN)/python -c 'import jax; print(jax.__version__)'); \
+	$(BIN)/python -m pip install --quiet torch==2.13.0 tensorflow-cpu==2.21.0 keras flax "jax==$$JAX" "jaxlib==$$JAX"
+	$(BIN)/python -m pip install --quiet --no-deps tf-keras==2.21.0
+
+# The speed table of benchmarks/RESULTS.md (about 35 minutes on two CPU cores).
+bench: peers
+	$(BIN)/rnnkit bench --out benchmarks/results/bench-cpu --repeats 3 --min-time 1
 
 lint:
 	$(BIN)/ruff check .

@@ -38,10 +38,10 @@ def test_flop_count_is_the_seed_models_matmuls() -> None:
 
 
 def test_a_row_in_this_process_measures_first_step_and_steady_steps() -> None:
-    config = BenchConfig(workloads=(TINY, Workload("infer", 4, 3, 28)), repeats=3, min_time_s=0.0)
+    config = BenchConfig(workloads=(TINY,), repeats=3, min_time_s=0.0)
     result = run_row(bench.find_row("rnnkit-dynamic"), config)
     assert result["versions"]["rnnkit"]
-    for key in (TINY.key, "infer b4 T3 F28"):
+    for key in (TINY.key,):  # inference runs through the same code: test_whole_run... covers the child
         r = result["workloads"][key]
         assert r["status"] == "ok", r
         assert r["steps_timed"] >= 3

@@ -67,27 +67,27 @@ def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: b
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, x, state0)
 
 
+# Every kind with sequence_length (the masked backward is the harder one); without it, the
+# float32 test below.
 @pytest.mark.parametrize("name", [*FUSED_KINDS, "multi_lstm_gru", "stack"])
-@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
-def test_fast_path_equals_plain_path_values_and_gradients(name: str, masked: bool, x64: None) -> None:
+def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) -> None:
     cell = _make(name, jnp.float64)
     assert _fused.supports(cell)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
-    lengths = LENGTHS if masked else None
-    fast = _value_and_grads(cell, x, lengths, False, fused=True)
-    plain = _value_and_grads(cell, x, lengths, False, fused=False)
+    fast = _value_and_grads(cell, x, LENGTHS, False, fused=True)
+    plain = _value_and_grads(cell, x, LENGTHS, False, fused=False)
     leaves_fast, leaves_plain = jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)
     assert len(leaves_fast) == len(leaves_plain)
     for a, b in zip(leaves_fast, leaves_plain, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
 
 
-def test_fast_path_time_major_and_float32() -> None:
-    """Time-major inputs, float32: the fast path equals the plain one to float32 rounding."""
+def test_fast_path_time_major_float32_no_lengths() -> None:
+    """Time-major inputs, float32, no sequence_length: equal to float32 rounding."""
     cell = _stack(jnp.float32)
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
-    fast = _value_and_grads(cell, x, LENGTHS, True, fused=True)
-    plain = _value_and_grads(cell, x, LENGTHS, True, fused=False)
+    fast = _value_and_grads(cell, x, None, True, fused=True)
+    plain = _value_and_grads(cell, x, None, True, fused=False)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
 
@@ -98,7 +98,7 @@ def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
     outputs, state = rk.dynamic_rnn(cell, x, LENGTHS, implementation="fused")
     for b, length in enumerate(LENGTHS):
         assert np.all(np.asarray(outputs)[b, length:] == 0)
-        if length:
+        if length in (2, 4):  # two padded examples, each run alone at its own length
             short, short_state = rk.dynamic_rnn(cell, x[b : b + 1, :length], implementation="fused")
             np.testing.assert_allclose(np.asarray(outputs)[b, :length], np.asarray(short)[0], rtol=1e-6, atol=1e-6)
             for got, want in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(short_state), strict=True):

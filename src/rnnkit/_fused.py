@@ -15,7 +15,13 @@ them rather than the way autodiff of a per-step cell would:
   gradient inside the backward loop (`time` small matmuls accumulated into a carry); here the
   backward loop computes only the gradients that flow through time, and the weight gradient
   is one [hidden, time * batch] x [time * batch, gates] matmul after it. The loop's matmul
-  work halves and the large matmul runs near the machine's peak.
+  work halves.
+
+Whether that wins depends on the machine. On two CPU cores it measured 0.66x-1.11x the
+per-step path (XLA:CPU ran the large matmuls well below their standalone speed, with
+transposing copies around them, and the hoisted projections cost memory: several GB at
+batch 1024 x 784 steps), so `dynamic_rnn(implementation="auto")` uses it only on GPUs, where
+hoisting the input projection measured faster (benchmarks/RESULTS.md).
 
 The results equal the per-step cells' up to float rounding: `x @ Wx + h @ Wh` adds the same
 products as `[x, h] @ W` in another order (differences of a few ulp; tests/test_fused.py

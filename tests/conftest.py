@@ -34,3 +34,15 @@ def per_step_path(monkeypatch: pytest.MonkeyPatch) -> None:
     from rnnkit import _fused
 
     monkeypatch.setattr(_fused, "supports", lambda cell: False)
+
+
+@pytest.fixture
+def native_kernel() -> None:
+    """For tests of the native CPU kernel (rnnkit/_native): skipped where no C++ compiler
+    could have built it; where one is, `make install` builds it, and the test fails saying
+    why the kernel can't be used."""
+    from rnnkit import _native
+
+    if not _native.available() and _native.compiler() is None:
+        pytest.skip("no C++ compiler here, so no native CPU kernel")
+    _native.require()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from rnnkit.cli import main
 from rnnkit.errors import CheckpointError, ConfigError
-from rnnkit.export import export_run, load, sidecar_path
+from rnnkit.export import export_run, load, portable, sidecar_path
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.train import TrainConfig, load_model, train
 from test_train import SIDE, config, make_idx_dir
@@ -41,9 +41,23 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def in_process(run: Path, mode: str) -> Any:
+    """The run's model as an export writes it: dynamic models with the per-step loop (the
+    native kernel's custom calls can't be serialised; test_native_model_equals_its_export
+    checks the native path against the artifact)."""
     saved = TrainConfig.from_dict(ckpt.read_config(run))
     model, _ = load_model(run, dataclasses.replace(saved, mode=mode))
-    return model
+    return portable(model)
+
+
+def test_native_model_equals_its_export_to_float32_rounding(run_dir: Path, tmp_path: Path, native_kernel: None) -> None:
+    export_run(run_dir, tmp_path / "model.rnnx", mode="dynamic")
+    saved = TrainConfig.from_dict(ckpt.read_config(run_dir))
+    model, _ = load_model(run_dir, saved)
+    native = dataclasses.replace(model, implementation="native")
+    assert portable(native).implementation == "per_step"
+    x = inputs(13)
+    want = load(tmp_path / "model.rnnx")(x)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: native(v))(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
 
 
 def inputs(length: int, batch: int = 3, seed: int = 0) -> np.ndarray:

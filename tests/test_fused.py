@@ -1,7 +1,8 @@
-"""dynamic_rnn's fast path (rnnkit/_fused.py) against the plain per-step path: values and
-gradients, with and without sequence_length, for every cell kind it takes. The plain path is
-itself checked against the NumPy reference and finite differences (test_rnn, test_gradients),
-so equality here ties the fast path to TF1's formulas."""
+"""dynamic_rnn's fast paths, fused (rnnkit/_fused.py) and native (rnnkit/_native), against
+the plain per-step path: values and gradients, with and without sequence_length, for every
+cell kind they take. The plain path is itself checked against the NumPy reference and finite
+differences (test_rnn, test_gradients), so equality here ties the fast paths to TF1's
+formulas."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import rnnkit as rk
-from rnnkit import _fused
+from rnnkit import _fused, _native
 
 from cases import INPUT_SIZE, make_cell, random_inputs
 
@@ -55,14 +56,14 @@ def _loss(cell: rk.RNNCell, x: jax.Array, state0: Any, lengths: Any, time_major:
     return total
 
 
-def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: bool, fused: bool) -> Any:
+def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: bool, how: str) -> Any:
     state0 = jax.tree_util.tree_map(
         lambda z: z + 0.1, cell.zero_state(x.shape[1] if time_major else x.shape[0])
     )  # a non-zero initial state, so its gradient is exercised
     params, static = eqx.partition(cell, eqx.is_array)
 
     def f(p: Any, x: jax.Array, s: Any) -> jax.Array:
-        return _loss(eqx.combine(p, static), x, s, lengths, time_major, "fused" if fused else "per_step")
+        return _loss(eqx.combine(p, static), x, s, lengths, time_major, how)
 
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, x, state0)
 
@@ -80,8 +81,8 @@ def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) 
     cell = _make(name, jnp.float64)
     assert _fused.supports(cell)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
-    fast = _value_and_grads(cell, x, LENGTHS, False, fused=True)
-    plain = _value_and_grads(cell, x, LENGTHS, False, fused=False)
+    fast = _value_and_grads(cell, x, LENGTHS, False, "fused")
+    plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
     leaves_fast, leaves_plain = jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)
     assert len(leaves_fast) == len(leaves_plain)
     for a, b in zip(leaves_fast, leaves_plain, strict=True):
@@ -92,8 +93,8 @@ def test_fast_path_time_major_float32_no_lengths() -> None:
     """Time-major inputs, float32, no sequence_length: equal to float32 rounding."""
     cell = _stack(jnp.float32)
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
-    fast = _value_and_grads(cell, x, None, True, fused=True)
-    plain = _value_and_grads(cell, x, None, True, fused=False)
+    fast = _value_and_grads(cell, x, None, True, "fused")
+    plain = _value_and_grads(cell, x, None, True, "per_step")
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
 
@@ -129,20 +130,59 @@ def test_cells_outside_the_fast_path_take_the_plain_one(name: str) -> None:
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation="fused"))(x))
 
 
-def _uses_fast_path(how: str) -> bool:
-    cell = _stack(jnp.float32)
-    x = random_inputs((2, 3, INPUT_SIZE), jnp.float32)
-    return "custom_vjp" in str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation=how))(x))
+def _path_taken(how: str, dtype: Any = jnp.float32) -> str:
+    cell = _stack(dtype)
+    x = random_inputs((2, 3, INPUT_SIZE), dtype)
+    jaxpr = str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation=how))(x))
+    if "rnnkit_lstm_fwd" in jaxpr:
+        return "native"
+    return "fused" if "custom_vjp" in jaxpr else "per_step"
 
 
 def test_implementation_picks_the_path() -> None:
-    assert _uses_fast_path("fused")
-    assert not _uses_fast_path("per_step")
-    # auto: per-step on CPU (the two measured the same there), fused on accelerators
-    assert _uses_fast_path("auto") == (jax.default_backend() != "cpu")
+    assert _path_taken("fused") == "fused"
+    assert _path_taken("per_step") == "per_step"
+    # auto: on CPU the native kernel where it is built, else per-step; fused on accelerators
+    if jax.default_backend() != "cpu":
+        assert _path_taken("auto") == "fused"
+    else:
+        assert _path_taken("auto") == ("native" if _native.available() else "per_step")
+
+
+def test_native_takes_float32_only(native_kernel: None, x64: None) -> None:
+    assert _path_taken("native") == "native"
+    assert _path_taken("native", jnp.float64) == "per_step"
+    assert _path_taken("auto", jnp.float64) == "per_step"
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, None], ids=["lengths", "no_lengths"])
+@pytest.mark.parametrize("name", ["stack", "basic_lstm_forget_bias_0.5"])
+def test_native_equals_plain_path_values_and_gradients(name: str, lengths: Any, native_kernel: None) -> None:
+    """float32 (the kernel's type): equal to float32 rounding, with the stack covering every
+    kind the kernel has (LSTM, both GRUs, basic RNN) and BasicLSTMCell's forget bias."""
+    cell = _make(name, jnp.float32)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
+    native = _value_and_grads(cell, x, lengths, False, "native")
+    plain = _value_and_grads(cell, x, lengths, False, "per_step")
+    leaves_native, leaves_plain = jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain)
+    assert len(leaves_native) == len(leaves_plain)
+    for a, b in zip(leaves_native, leaves_plain, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
+    """The kernel projects inputs and sums weight gradients a block of about 4096 rows at a
+    time: 300 examples x 31 steps is three blocks of 14 steps, the last one short."""
+    cell = _stack(jnp.float32)
+    x = random_inputs((300, 31, INPUT_SIZE), jnp.float32)
+    lengths = np.random.default_rng(5).integers(0, 32, size=300)
+    native = _value_and_grads(cell, x, lengths, False, "native")
+    plain = _value_and_grads(cell, x, lengths, False, "per_step")
+    for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
-    with pytest.raises(ValueError, match=r"implementation must be one of auto, per_step, fused; got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"implementation must be one of auto, per_step, fused, native; got 'cudnn'"):
         rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)), implementation="cudnn")

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from rnnkit import _native
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, LSTMStateTuple, RNNCell
 from rnnkit._wrappers import MultiRNNCell
 
@@ -74,6 +75,12 @@ def supports(cell: RNNCell) -> bool:
     """True when `dynamic_rnn` runs `cell` through this module."""
     cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
     return all(_leaf_kind(c) is not None for c in cells)
+
+
+def native_supports(cell: RNNCell) -> bool:
+    """True when the native CPU kernel can run `cell`: a cell `supports` takes, in float32."""
+    cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
+    return supports(cell) and all(jnp.dtype(c.dtype) == jnp.float32 for c in cells)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +285,33 @@ def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int 
     return fn
 
 
+@functools.cache
+def _native_layer(kind_name: str, forget_bias: float) -> Callable:
+    """One layer in rnnkit's native CPU kernel (rnnkit/_native), input projection, loop and
+    gradients: layer(w_in, b_in, ws, x [T,B,I], state0, lengths [B] int32) -> (outputs
+    [T,B,H], final state), differentiable in all but the lengths."""
+
+    def run(w_in, b_in, ws, x, state0, lengths):
+        outs, final, _ = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=False)
+        return outs, final
+
+    def run_fwd(w_in, b_in, ws, x, state0, lengths):
+        outs, final, saved = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=True)
+        return (outs, final), (w_in, ws, x, saved, lengths)
+
+    def run_bwd(residuals, cotangents):
+        w_in, ws, x, saved, lengths = residuals
+        d_outs, d_final = cotangents
+        d_x, d_w_in, d_b_in, d_ws, d_state0 = _native.backward(
+            kind_name, x, w_in, ws, saved, d_outs, tuple(d_final), lengths
+        )
+        return d_w_in, d_b_in, d_ws, d_x, d_state0, np.zeros(lengths.shape, jax.dtypes.float0)
+
+    fn = jax.custom_vjp(run)
+    fn.defvjp(run_fwd, run_bwd)
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # From a cell to (input projection, loop weights), and the layer and stack drivers.
 
@@ -297,29 +331,40 @@ def _split_weights(cell: RNNCell, kind: str) -> tuple[Array, Array, tuple[Array,
     return w_in, b_in, (w_hidden, cell.candidate_hidden_bias)
 
 
-def _layer(cell: RNNCell, x: Array, state: Any, valid: Array | None, unroll: int | bool) -> tuple[Array, Any]:
-    """One cell over time-major x [T, B, input]: (outputs [T, B, output], final state)."""
+def _layer(
+    cell: RNNCell, x: Array, state: Any, valid: Array | None, lengths: Array | None, unroll: int | bool
+) -> tuple[Array, Any]:
+    """One cell over time-major x [T, B, input]: (outputs [T, B, output], final state). With
+    `lengths` (int32 [B]) the loop runs in the native kernel, else in XLA with mask `valid`."""
     kind = _leaf_kind(cell)
     assert kind is not None
     w_in, b_in, ws = _split_weights(cell, kind)
-    xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
     forget_bias = getattr(cell, "forget_bias", 0.0)
-    run = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)
     state0 = (state.c, state.h) if kind == "lstm" else (state,)
-    outputs, final = run(ws, xp, state0, valid)
+    if lengths is not None:
+        outputs, final = _native_layer(kind, forget_bias)(w_in, b_in, ws, x, state0, lengths)
+    else:
+        xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
+        run = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)
+        outputs, final = run(ws, xp, state0, valid)
     return outputs, (LSTMStateTuple(*final) if kind == "lstm" else final[0])
 
 
-def run_time_major(cell: RNNCell, x: Array, state: Any, lengths: Array | None, unroll: int | bool) -> tuple[Array, Any]:
+def run_time_major(
+    cell: RNNCell, x: Array, state: Any, lengths: Array | None, unroll: int | bool, native: bool = False
+) -> tuple[Array, Any]:
     """`dynamic_rnn` on time-major x [T, B, input] for a cell `supports` accepts: the top
-    layer's outputs [T, B, output] (zero past each length) and the final state."""
-    valid = None
-    if lengths is not None:
+    layer's outputs [T, B, output] (zero past each length) and the final state. `native` runs
+    the loops in rnnkit's native CPU kernel (float32; see `native_supports`)."""
+    valid = native_lengths = None
+    if native:
+        native_lengths = jnp.full(x.shape[1], x.shape[0], jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    elif lengths is not None:
         valid = (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
     if type(cell) is not MultiRNNCell:
-        return _layer(cell, x, state, valid, unroll)
+        return _layer(cell, x, state, valid, native_lengths, unroll)
     finals = []
     for layer, layer_state in zip(cell.cells, state, strict=True):
-        x, final = _layer(layer, x, layer_state, valid, unroll)
+        x, final = _layer(layer, x, layer_state, valid, native_lengths, unroll)
         finals.append(final)
     return x, tuple(finals)

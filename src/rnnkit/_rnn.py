@@ -19,18 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from rnnkit import _fused
+from rnnkit import _fused, _native
 from rnnkit._cells import RNNCell, check_cell
 from rnnkit._checks import check_inputs, check_sequence_length, check_state, dtype_name
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-IMPLEMENTATIONS = ("auto", "per_step", "fused")  # dynamic_rnn's ways of arranging the loop
+IMPLEMENTATIONS = ("auto", "per_step", "fused", "native")  # dynamic_rnn's ways of arranging the loop
 
 
 def auto_implementation() -> str:
-    """What `implementation="auto"` means on JAX's default backend (see `dynamic_rnn`)."""
-    return "per_step" if jax.default_backend() == "cpu" else "fused"
+    """What `implementation="auto"` means on JAX's default backend for the cells the fast
+    paths take (see `dynamic_rnn`): the native kernel on CPU where it is built, else
+    per_step; fused on GPUs."""
+    if jax.default_backend() != "cpu":
+        return "fused"
+    return "native" if _native.available() else "per_step"
 
 
 def _initial_state(cell: RNNCell, initial_state: Any, dtype: Any, batch_size: int, name: str) -> Any:
@@ -163,8 +167,12 @@ def dynamic_rnn(
     cells with tanh, and stacks of them; others fall back to per_step) runs a layer at a time,
     the input projections of the whole sequence hoisted into one matmul, with a hand-written
     backward pass whose weight gradients are one matmul after the loop (see rnnkit/_fused.py).
-    `"auto"` (default) is per_step on CPU, where the two measured the same within noise, and
-    fused on GPUs, where hoisting the input projection measured faster.
+    `"native"` (CPU, float32, the cells fused takes) runs each layer, loop and gradients, in
+    rnnkit's C++ kernel (rnnkit/_native; built by `make install`, or by `python -m
+    rnnkit._native`); it raises `NativeUnavailableError` where the kernel is not built.
+    `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
+    where hoisting the input projection measured faster. Cells the chosen path does not take
+    run per_step.
     """
     del parallel_iterations, swap_memory  # no-ops, see the docstring
     cell = check_cell(cell)
@@ -178,8 +186,13 @@ def dynamic_rnn(
     lengths = check_sequence_length(sequence_length, batch_size=batch_size, max_time=max_time)
     state = _initial_state(cell, initial_state, dtype, batch_size, "initial_state")
 
+    if implementation == "native":
+        _native.require()
     if implementation == "auto":
         implementation = auto_implementation()
+    if implementation == "native" and not return_all_states and _fused.native_supports(cell):
+        outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll, native=True)
+        return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
     if implementation == "fused" and not return_all_states and _fused.supports(cell):
         outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll)
         return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state

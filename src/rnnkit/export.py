@@ -39,6 +39,7 @@ import numpy as np
 from jax import export as jax_export
 
 from rnnkit._atomic import atomic_write
+from rnnkit._rnn import auto_implementation
 from rnnkit._version import __version__
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
@@ -85,7 +86,7 @@ def export_model(
     Input float32 [batch, time, features]; output logits [batch, classes] and, with
     `with_state`, the final state as a dict (see `_state_names`). Dynamic models get a symbolic
     time axis; static ones keep `model.num_steps`. Dropout is switched off."""
-    model = eqx.nn.inference_mode(model)
+    model = eqx.nn.inference_mode(portable(model))
     features = model.cell.input_size
     if model.mode == "dynamic":
         batch, time = jax_export.symbolic_shape("batch, time", constraints=["time >= 1"])
@@ -106,6 +107,15 @@ def export_model(
                 f"--platforms must name JAX platforms (cpu, cuda, rocm, tpu); got {','.join(platforms)}"
             ) from None
         raise ConfigError(f"could not export for platforms {','.join(platforms)}: {err}") from None
+
+
+def portable(model: SequenceClassifier) -> SequenceClassifier:
+    """The model with its loop in plain XLA operations: the native CPU kernel (rnnkit/_native)
+    is a custom call only this process has registered, which jax.export can't serialise, so a
+    model that would run natively is exported with the per-step loop (same numbers up to
+    float32 rounding)."""
+    native = model.implementation == "native" or (model.implementation == "auto" and auto_implementation() == "native")
+    return dataclasses.replace(model, implementation="per_step") if model.mode == "dynamic" and native else model
 
 
 def artifact_bytes(exported: jax_export.Exported) -> bytes:

@@ -163,6 +163,17 @@ def _same_as_auto(implementation: str) -> str | None:
     return None
 
 
+def _native_skip() -> str | None:
+    import jax
+
+    from rnnkit import _native
+
+    if jax.default_backend() != "cpu":
+        return "the native kernel runs on CPU only"
+    reason = _native.unavailable_reason()
+    return f"rnnkit's native CPU kernel can't run: {reason}" if reason else _same_as_auto("native")
+
+
 def _static_skip(w: Workload) -> str | None:
     if w.steps > UNROLLED_MAX_STEPS:
         return (
@@ -225,10 +236,18 @@ def _rnnkit_row(name: str, label: str, mode: str, implementation: str, **more: A
 RNNKIT_ROWS = (
     _rnnkit_row(
         "rnnkit-dynamic",
-        "rnnkit dynamic_rnn (TF1 cells, lax.scan)",
+        "rnnkit dynamic_rnn (TF1 cells, implementation='auto')",
         "dynamic",
         "auto",
-        note="rnnkit train's own step: TF1's Adam, donated buffers",
+        note="rnnkit train's own step: TF1's Adam, donated buffers; auto is native on CPU, fused on GPU",
+    ),
+    _rnnkit_row(
+        "rnnkit-dynamic-native",
+        "rnnkit dynamic_rnn, implementation='native'",
+        "dynamic",
+        "native",
+        skip=lambda w: _native_skip(),
+        note="each layer's loop and gradients in rnnkit's C++ kernel (OpenBLAS sgemm)",
     ),
     _rnnkit_row(
         "rnnkit-dynamic-fused",

@@ -593,7 +593,7 @@ def export_lengths_section(config: CompareConfig) -> dict[str, Any]:
     """Export both modes at the first length, reload from bytes, and feed other lengths."""
     from jax import export as jax_export
 
-    from rnnkit.export import ExportedModel, artifact_bytes, export_model
+    from rnnkit.export import ExportedModel, artifact_bytes, export_model, portable
 
     length = config.lengths[0]
     tries = sorted(set(config.export_tries or (8, 10, 12, length, 2 * length, 1000)) | {length})
@@ -607,7 +607,8 @@ def export_lengths_section(config: CompareConfig) -> dict[str, Any]:
         meta = {"mode": mode, "time_steps": time_steps, "input": {"shape": ["batch", time_steps, config.features]}}
         loaded = ExportedModel(exported, meta, Path(f"{mode}.rnnx"))
         # weights closed over, as in the export: the same program, so the same bits
-        reference = jax.jit(lambda v, m=model: m(v))
+        exported_model = portable(model)
+        reference = jax.jit(lambda v, m=exported_model: m(v))
         results = []
         for n in tries:
             x, _ = _batch(config, 4, n, 3)

@@ -1,0 +1,196 @@
+"""rnnkit's native CPU kernel: each RNN layer's time loop, forward and backward, in C++.
+
+On CPU, XLA runs a `lax.scan` step as a few dozen small operations, each with its own
+dispatch, and the loop's small matrix products well below the machine's matmul speed (see
+benchmarks/RESULTS.md). `rnn_cpu.cc` runs a layer's whole loop in one call instead: per step
+one or two OpenBLAS `sgemm` calls and one vectorised pass over each row for the gates. It
+plugs into `_fused`'s custom VJP (XLA still does the hoisted input projection before the loop
+and the weight gradients after it), so `dynamic_rnn(implementation="native")` computes what
+`"fused"` computes, to float32 rounding.
+
+Built, not shipped: `python -m rnnkit._native` compiles it on the machine that runs it
+(`make install` does), with the C++ compiler found as `$CXX` or `c++`, the XLA FFI headers
+jaxlib ships and the OpenBLAS of the `scipy-openblas32` wheel. Where it is not built (no
+compiler, or the build failed), `implementation="auto"` uses the per-step path, and
+`implementation="native"` raises saying how to build it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jaxtyping import Array
+
+SOURCE = Path(__file__).with_name("rnn_cpu.cc")
+LIBRARY = Path(__file__).with_name("librnnkit_cpu.so")
+# Optimised for the CPU it is built on (it is built where it runs); -fno-math-errno lets the
+# compiler vectorise the row loops.
+CXXFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
+# FFI target name -> symbol in the library.
+TARGETS = {
+    "rnnkit_rnn_fwd": "RnnkitRnnFwd",
+    "rnnkit_rnn_bwd": "RnnkitRnnBwd",
+    "rnnkit_lstm_fwd": "RnnkitLstmFwd",
+    "rnnkit_lstm_bwd": "RnnkitLstmBwd",
+    "rnnkit_gru_fwd": "RnnkitGruFwd",
+    "rnnkit_gru_bwd": "RnnkitGruBwd",
+    "rnnkit_gru_reset_after_fwd": "RnnkitGruAfterFwd",
+    "rnnkit_gru_reset_after_bwd": "RnnkitGruAfterBwd",
+}
+
+
+class NativeUnavailableError(RuntimeError):
+    """The native kernel is not built here, or could not be loaded."""
+
+
+def compiler() -> str | None:
+    """The C++ compiler a build uses: $CXX, else c++ or g++ on the PATH (None: none found)."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def compile_command(output: Path) -> list[str]:
+    """The compiler command line that builds the kernel into `output`."""
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    return [
+        compiler() or "c++",
+        *CXXFLAGS,
+        f"-I{jax.ffi.include_dir()}",
+        f"-I{scipy_openblas32.get_include_dir()}",
+        str(SOURCE),
+        f"-L{lib_dir}",
+        f"-l{scipy_openblas32.get_library()}",
+        f"-Wl,-rpath,{lib_dir}",
+        "-o",
+        str(output),
+    ]
+
+
+def build() -> Path:
+    """Compile the kernel next to this module. The new library replaces the old one only once
+    it is complete (a failed build leaves the previous one in place). Raises
+    NativeUnavailableError with the compiler's message when the build fails."""
+    with tempfile.TemporaryDirectory(dir=LIBRARY.parent) as tmp:
+        partial = Path(tmp) / LIBRARY.name
+        command = compile_command(partial)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as e:
+            raise NativeUnavailableError(f"no C++ compiler: running {command[0]!r} failed ({e})") from e
+        if done.returncode != 0:
+            raise NativeUnavailableError(f"the build failed:\n{' '.join(command)}\n{done.stderr.strip()}")
+        os.replace(partial, LIBRARY)
+    _load.cache_clear()
+    return LIBRARY
+
+
+_registered: list[str] = []
+
+
+@functools.cache
+def _load() -> str | None:
+    """Load the library and register its FFI targets; the reason it can't be used, or None."""
+    if not LIBRARY.exists():
+        return f"it is not built ({LIBRARY} is missing)"
+    if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+        return f"it is out of date ({LIBRARY} is older than {SOURCE.name})"
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+    except OSError as e:
+        return f"it could not be loaded ({e})"
+    if not _registered:  # once per process: a target's handler stays what was first registered
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        _registered.append(str(LIBRARY))
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel can't run here, or None when it can."""
+    return _load()
+
+
+def available() -> bool:
+    return _load() is None
+
+
+def require() -> None:
+    """Raise NativeUnavailableError (saying how to build) unless the kernel is usable."""
+    reason = _load()
+    if reason is not None:
+        raise NativeUnavailableError(
+            f"implementation='native' needs rnnkit's native CPU kernel, but {reason}; "
+            f"build it with `{Path(sys.executable).name} -m rnnkit._native` (needs a C++ compiler)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The calls. States are tuples, (c, h) for LSTMs and (h,) otherwise, as in `_fused`.
+
+
+def _f32(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, np.float32)
+
+
+def _call(target: str, results: list[jax.ShapeDtypeStruct], *args: Array, **attrs: Any) -> Any:
+    require()  # loads the library and registers its targets, once
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*args, **attrs)
+
+
+def forward(
+    kind: str,
+    x: Array,
+    w_in: Array,
+    b_in: Array,
+    ws: tuple[Array, ...],
+    state0: tuple[Array, ...],
+    lengths: Array,
+    forget_bias: float,
+    save: bool,
+) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
+    """One layer over x [T, B, I]: (outputs [T, B, H], final state, what `backward` needs;
+    the last is empty arrays unless `save`). `_fused._split_weights` gives w_in, b_in, ws."""
+    t, b, _ = x.shape
+    g = w_in.shape[1]
+    h = state0[-1].shape[-1]
+    n_saved = {"rnn": h, "lstm": g, "gru": g, "gru_reset_after": 4 * h}[kind]
+    saved = _f32(t, b, n_saved) if save else _f32(0)
+    seq = _f32(t, b, h) if save else _f32(0)
+    states = [_f32(b, h) for _ in state0]
+    extra = [seq, seq] if kind == "lstm" else []  # tanh(c) and the previous c
+    attrs = {"forget_bias": np.float32(forget_bias)} if kind == "lstm" else {}
+    results = [_f32(t, b, h), *states, saved, *extra, seq]
+    outs, *rest = _call(f"rnnkit_{kind}_fwd", results, x, w_in, b_in, *ws, *state0, lengths, **attrs)
+    return outs, tuple(rest[: len(state0)]), tuple(rest[len(state0) :])
+
+
+def backward(
+    kind: str,
+    x: Array,
+    w_in: Array,
+    ws: tuple[Array, ...],
+    saved: tuple[Array, ...],
+    d_outs: Array,
+    d_final: tuple[Array, ...],
+    lengths: Array,
+) -> tuple[Array, Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    """The layer's gradients from its outputs' and final state's: (d_x, d_w_in, d_b_in,
+    d_ws, d_state0)."""
+    results = [_f32(*x.shape), _f32(*w_in.shape), _f32(w_in.shape[1]), *(_f32(*w.shape) for w in ws)]
+    results += [_f32(*d.shape) for d in d_final]
+    loop_weights = ws[:1] if kind == "gru_reset_after" else ws  # its hidden bias is not needed
+    d_x, d_w_in, d_b_in, *rest = _call(
+        f"rnnkit_{kind}_bwd", results, x, w_in, *loop_weights, *saved, d_outs, *d_final, lengths
+    )
+    return d_x, d_w_in, d_b_in, tuple(rest[: len(ws)]), tuple(rest[len(ws) :])

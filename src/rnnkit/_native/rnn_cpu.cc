@@ -1,0 +1,779 @@
+// rnnkit's native CPU kernel: one RNN layer over a whole sequence, forward and backward, as
+// XLA FFI custom calls (rnnkit/_native/__init__.py builds, loads and calls them;
+// rnnkit/_fused.py has the same formulas in JAX).
+//
+// Forward: the input projection x @ W_in + b_in for a block of steps at a time (one large
+// sgemm), then per step one or two small sgemms (h @ W_loop) and one vectorised pass over
+// each row for the gates. Backward: per step the gates' gradient and one or two small sgemms
+// for the state's gradient; per block of steps the weight gradients and the input's
+// gradient as large sgemms that read the operands transposed in place.
+//
+// Layout: time-major, row-major. x [T, B, I], states [B, H], W_in [I, G], W_loop [H, *].
+// Blocks are `block_steps` steps long so that their matrices have about 4096 rows.
+//
+// Masking is TF1's sequence_length: at step t a row b with t >= lengths[b] keeps its state
+// and emits zeros, and in the backward pass that row's state gradient passes through.
+//
+// tanh and exp are the approximations XLA:CPU emits (a rational polynomial; Cephes'
+// polynomial with exponent bits), written so the compiler vectorises the row loops.
+
+#include <cblas.h>  // scipy-openblas32's: its functions carry the scipy_ prefix
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using Arg = ffi::Buffer<ffi::F32>;
+using Lengths = ffi::Buffer<ffi::S32>;
+using Ret = ffi::ResultBuffer<ffi::F32>;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------
+// Elementwise functions.
+
+inline float fast_tanh(float x) {
+  const float clamp = 7.90531110763549805f;
+  const float small = x;
+  x = x > clamp ? clamp : (x < -clamp ? -clamp : x);
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  const float r = p / q;
+  return (small < 0.0004f && small > -0.0004f) ? small : r;
+}
+
+inline float fast_exp(float x) {
+  x = x > 88.3762626647949f ? 88.3762626647949f : (x < -87.3365447504f ? -87.3365447504f : x);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const float n = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+// ------------------------------------------------------------------------------------------
+// Matrix helpers (row-major).
+
+// C [m, n] = op(A) @ op(B) + beta * C, op(A) [m, k], op(B) [k, n]; a_t / b_t: the operand is
+// stored transposed ([k, m] / [n, k]).
+inline void gemm(bool a_t, bool b_t, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                 int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  scipy_cblas_sgemm(CblasRowMajor, a_t ? CblasTrans : CblasNoTrans, b_t ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
+                    a, lda, b, ldb, beta, c, ldc);
+}
+
+// out[j] += sum over rows of a[r, offset + j], j < n, rows of stride lda.
+inline void add_column_sums(const float* a, int64_t rows, int64_t lda, int64_t offset, int64_t n, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = a + r * lda + offset;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] += row[j];
+  }
+}
+
+inline void copy(float* to, const float* from, int64_t n) { std::memcpy(to, from, sizeof(float) * n); }
+inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); }
+
+inline bool valid(const int32_t* lengths, int64_t t, int64_t b) { return t < lengths[b]; }
+
+// After a backward step wrote the previous state's gradient into `prev`, rows past their
+// length take the carried gradient `carried` instead (their state passed through).
+inline void pass_through(float* prev, const float* carried, const int32_t* len, int64_t t, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b)
+    if (!valid(len, t, b)) copy(prev + b * H, carried + b * H, H);
+}
+
+struct Dims {
+  int64_t T, B, I, H, G;
+};
+
+int64_t block_steps(const Dims& d) {
+  const int64_t rows = 4096;
+  return std::max<int64_t>(1, std::min<int64_t>(d.T, (rows + d.B - 1) / std::max<int64_t>(d.B, 1)));
+}
+
+// ------------------------------------------------------------------------------------------
+// The cells. Each kind holds its weights, state and saved values and provides
+//   fwd_step(t, z, out_t): z [B, G] holds the step's input projection; computes the step;
+//   bwd_step(t, dz, dloop): writes the step's gradient of the projection into dz [B, G]
+//       (and, where the loop matmul's output gradient differs, into dloop) and steps the
+//       carried state gradient back;
+//   block_grads(t0, steps, dz, dloop): adds a block's loop weight gradients.
+// Saved values (training) are written only when `save`.
+
+struct Common {
+  Dims d;
+  const int32_t* len;
+  bool save;
+};
+
+// BasicRNNCell: h' = tanh(xp + h @ Wh). Saved: h' [T, B, H] (before masking) and previous h.
+struct RnnKind {
+  Common c;
+  const float* wh;
+  float *saved_h, *prev_h, *d_wh;
+  std::vector<float> h, dh, dh_prev;
+
+  void fwd_step(int64_t t, float* z, float* out) {
+    const int64_t B = c.d.B, H = c.d.H;
+    gemm(false, false, B, H, H, h.data(), H, wh, H, 1.0f, z, H);
+    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      float* zr = z + b * H;
+      float* hb = h.data() + b * H;
+      float* ob = out + b * H;
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float nh = fast_tanh(zr[k]);
+        zr[k] = nh;
+        ob[k] = v ? nh : 0.0f;
+        hb[k] = v ? nh : hb[k];
+      }
+    }
+    if (c.save) copy(saved_h + t * B * H, z, B * H);
+  }
+
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
+    const int64_t B = c.d.B, H = c.d.H;
+    const float* hs = saved_h + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H;
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k)
+        dz[o + k] = v ? (dh[o + k] + d_out[o + k]) * (1.0f - hs[o + k] * hs[o + k]) : 0.0f;
+    }
+    gemm(false, true, B, H, H, dz, H, wh, H, 0.0f, dh_prev.data(), H);
+    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
+    dh.swap(dh_prev);
+  }
+
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
+    const int64_t rows = steps * c.d.B, H = c.d.H;
+    gemm(true, false, H, H, rows, prev_h + t0 * c.d.B * H, H, dz, H, 1.0f, d_wh, H);
+  }
+};
+
+// LSTM (TF1's BasicLSTMCell and LSTMCell, gates i, j, f, o):
+//   i, j, f, o = split(xp + h @ Wh);  c' = c * sig(f + forget_bias) + sig(i) * tanh(j)
+//   h' = tanh(c') * sig(o)
+// Saved: acts [T, B, 4H] = (sig(i), tanh(j), sig(f + fb), sig(o)), tanh(c') [T, B, H], and the
+// previous c and h.
+struct LstmKind {
+  Common c;
+  const float* wh;
+  float forget_bias;
+  float *acts, *tanh_c, *prev_c, *prev_h, *d_wh;
+  std::vector<float> cs, h, dc, dh, dh_prev;
+
+  void fwd_step(int64_t t, float* z, float* out) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    gemm(false, false, B, G, H, h.data(), H, wh, G, 1.0f, z, G);
+    if (c.save) {
+      copy(prev_c + t * B * H, cs.data(), B * H);
+      copy(prev_h + t * B * H, h.data(), B * H);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      float* zi = z + b * G;
+      float *zj = zi + H, *zf = zi + 2 * H, *zo = zi + 3 * H;
+      float* cb = cs.data() + b * H;
+      float* hb = h.data() + b * H;
+      float* ob = out + b * H;
+      float* tc = c.save ? tanh_c + (t * B + b) * H : nullptr;
+      const bool v = valid(c.len, t, b);
+      const float fb = forget_bias;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float si = sigmoid(zi[k]), tj = fast_tanh(zj[k]), sf = sigmoid(zf[k] + fb), so = sigmoid(zo[k]);
+        const float new_c = cb[k] * sf + si * tj;
+        const float tnc = fast_tanh(new_c);
+        const float new_h = tnc * so;
+        zi[k] = si, zj[k] = tj, zf[k] = sf, zo[k] = so;
+        if (tc) tc[k] = tnc;
+        ob[k] = v ? new_h : 0.0f;
+        cb[k] = v ? new_c : cb[k];
+        hb[k] = v ? new_h : hb[k];
+      }
+    }
+    if (c.save) copy(acts + t * B * G, z, B * G);
+  }
+
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    for (int64_t b = 0; b < B; ++b) {
+      float* dzb = dz + b * G;
+      if (!valid(c.len, t, b)) {  // the state passed through, and so does its gradient (dc stays)
+        zero(dzb, G);
+        continue;
+      }
+      const float* a = acts + (t * B + b) * G;
+      const float *si = a, *tj = a + H, *sf = a + 2 * H, *so = a + 3 * H;
+      const float* tc = tanh_c + (t * B + b) * H;
+      const float* cp = prev_c + (t * B + b) * H;
+      const float* dob = d_out + b * H;
+      float* dcb = dc.data() + b * H;
+      const float* dhb = dh.data() + b * H;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float dhk = dhb[k] + dob[k];
+        const float dso = dhk * tc[k];
+        const float dck = dcb[k] + dhk * so[k] * (1.0f - tc[k] * tc[k]);
+        dzb[k] = dck * tj[k] * si[k] * (1.0f - si[k]);
+        dzb[H + k] = dck * si[k] * (1.0f - tj[k] * tj[k]);
+        dzb[2 * H + k] = dck * cp[k] * sf[k] * (1.0f - sf[k]);
+        dzb[3 * H + k] = dso * so[k] * (1.0f - so[k]);
+        dcb[k] = dck * sf[k];
+      }
+    }
+    gemm(false, true, B, H, G, dz, G, wh, G, 0.0f, dh_prev.data(), H);
+    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
+    dh.swap(dh_prev);
+  }
+
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
+    gemm(true, false, H, G, rows, prev_h + t0 * c.d.B * H, H, dz, G, 1.0f, d_wh, G);
+  }
+};
+
+// GRU, TF1's formula (reset before the candidate's matmul); the projection holds
+// (x @ gates + bias (r, u), x @ candidate + bias), G = 3H:
+//   r, u = sig(xp[:2H] + h @ Wg);  c = tanh(xp[2H:] + (r * h) @ Wc);  h' = u * h + (1 - u) * c
+// Saved: (r, u, c) [T, B, 3H] and the previous h.
+struct GruKind {
+  Common c;
+  const float *wg, *wc;
+  float *saved, *prev_h, *d_wg, *d_wc;
+  std::vector<float> h, rh, dh, dh_prev, dhv, drh;
+
+  void fwd_step(int64_t t, float* z, float* out) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    gemm(false, false, B, 2 * H, H, h.data(), H, wg, 2 * H, 1.0f, z, G);
+    for (int64_t b = 0; b < B; ++b) {
+      float* g = z + b * G;
+      const float* hb = h.data() + b * H;
+      float* rhb = rh.data() + b * H;
+#pragma omp simd
+      for (int64_t k = 0; k < 2 * H; ++k) g[k] = sigmoid(g[k]);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) rhb[k] = g[k] * hb[k];
+    }
+    gemm(false, false, B, H, H, rh.data(), H, wc, H, 1.0f, z + 2 * H, G);
+    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      float* g = z + b * G;
+      const float* u = g + H;
+      float* cz = g + 2 * H;
+      float* hb = h.data() + b * H;
+      float* ob = out + b * H;
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float ck = fast_tanh(cz[k]);
+        cz[k] = ck;
+        const float new_h = u[k] * hb[k] + (1.0f - u[k]) * ck;
+        ob[k] = v ? new_h : 0.0f;
+        hb[k] = v ? new_h : hb[k];
+      }
+    }
+    if (c.save) copy(saved + t * B * G, z, B * G);
+  }
+
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    const float* s = saved + t * B * G;
+    const float* hp = prev_h + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {  // the candidate's gradient; dh of valid rows
+      const float *u = s + b * G + H, *cc = s + b * G + 2 * H;
+      float* dcz = dz + b * G + 2 * H;
+      float* dhb = dhv.data() + b * H;
+      const float* carried = dh.data() + b * H;
+      const float* dob = d_out + b * H;
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float dhk = v ? carried[k] + dob[k] : 0.0f;
+        dhb[k] = dhk;
+        dcz[k] = dhk * (1.0f - u[k]) * (1.0f - cc[k] * cc[k]);
+      }
+    }
+    gemm(false, true, B, H, H, dz + 2 * H, G, wc, H, 0.0f, drh.data(), H);
+    for (int64_t b = 0; b < B; ++b) {
+      const float *r = s + b * G, *u = r + H, *cc = r + 2 * H;
+      const float* hb = hp + b * H;
+      const float* dhb = dhv.data() + b * H;
+      const float* drhb = drh.data() + b * H;
+      float* dgz = dz + b * G;
+      float* dprev = dh_prev.data() + b * H;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        dgz[k] = drhb[k] * hb[k] * r[k] * (1.0f - r[k]);
+        dgz[H + k] = dhb[k] * (hb[k] - cc[k]) * u[k] * (1.0f - u[k]);
+        dprev[k] = dhb[k] * u[k] + drhb[k] * r[k];
+      }
+    }
+    gemm(false, true, B, H, 2 * H, dz, G, wg, 2 * H, 1.0f, dh_prev.data(), H);
+    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
+    dh.swap(dh_prev);
+  }
+
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
+    const float* hp = prev_h + t0 * c.d.B * H;
+    const float* s = saved + t0 * c.d.B * G;
+    gemm(true, false, H, 2 * H, rows, hp, H, dz, G, 1.0f, d_wg, 2 * H);
+    std::vector<float> rh_block(rows * H);  // r * h, the candidate matmul's input
+    for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) rh_block[r * H + k] = s[r * G + k] * hp[r * H + k];
+    }
+    gemm(true, false, H, H, rows, rh_block.data(), H, dz + 2 * H, G, 1.0f, d_wc, H);
+  }
+};
+
+// GRU, cuDNN's formula (reset after); the projection holds (x @ gates + bias, x @ input
+// projection + bias), G = 3H; W_hidden [H, 3H], b_hidden [H]:
+//   zh = h @ W_hidden;  r, u = sig(xp[:2H] + zh[:2H]);  hidden = zh[2H:] + b_hidden
+//   c = tanh(xp[2H:] + r * hidden);  h' = (1 - u) * c + u * h
+// Saved: (r, u, c, hidden) [T, B, 4H] and the previous h.
+struct GruAfterKind {
+  Common c;
+  const float *w_hidden, *b_hidden;
+  float *saved, *prev_h, *d_w_hidden, *d_b_hidden;
+  std::vector<float> h, zh, keep, dh, dh_prev;
+
+  void fwd_step(int64_t t, float* z, float* out) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    gemm(false, false, B, G, H, h.data(), H, w_hidden, G, 0.0f, zh.data(), G);
+    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* x = z + b * G;
+      const float* zb = zh.data() + b * G;
+      float* hb = h.data() + b * H;
+      float* ob = out + b * H;
+      float* s = c.save ? saved + (t * B + b) * 4 * H : keep.data();
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float r = sigmoid(x[k] + zb[k]), u = sigmoid(x[H + k] + zb[H + k]);
+        const float hidden = zb[2 * H + k] + b_hidden[k];
+        const float cc = fast_tanh(x[2 * H + k] + r * hidden);
+        s[k] = r, s[H + k] = u, s[2 * H + k] = cc, s[3 * H + k] = hidden;
+        const float new_h = (1.0f - u) * cc + u * hb[k];
+        ob[k] = v ? new_h : 0.0f;
+        hb[k] = v ? new_h : hb[k];
+      }
+    }
+  }
+
+  void bwd_step(int64_t t, const float* d_out, float* dz, float* dloop) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* s = saved + (t * B + b) * 4 * H;
+      const float *r = s, *u = s + H, *cc = s + 2 * H, *hidden = s + 3 * H;
+      const float* hb = prev_h + (t * B + b) * H;
+      const float* dob = d_out + b * H;
+      const float* carried = dh.data() + b * H;
+      float* dx = dz + b * G;
+      float* dl = dloop + b * G;
+      float* dprev = dh_prev.data() + b * H;
+      const bool v = valid(c.len, t, b);
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const float dhk = v ? carried[k] + dob[k] : 0.0f;
+        const float dcz = dhk * (1.0f - u[k]) * (1.0f - cc[k] * cc[k]);
+        const float dr = dcz * hidden[k] * r[k] * (1.0f - r[k]);
+        const float du = dhk * (hb[k] - cc[k]) * u[k] * (1.0f - u[k]);
+        dx[k] = dr, dx[H + k] = du, dx[2 * H + k] = dcz;
+        dl[k] = dr, dl[H + k] = du, dl[2 * H + k] = dcz * r[k];
+        dprev[k] = dhk * u[k];
+      }
+    }
+    gemm(false, true, B, H, G, dloop, G, w_hidden, G, 1.0f, dh_prev.data(), H);
+    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
+    dh.swap(dh_prev);
+  }
+
+  void block_grads(int64_t t0, int64_t steps, const float*, const float* dloop) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
+    gemm(true, false, H, G, rows, prev_h + t0 * c.d.B * H, H, dloop, G, 1.0f, d_w_hidden, G);
+    add_column_sums(dloop, rows, G, 2 * H, H, d_b_hidden);
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// The drivers.
+
+// Forward: outputs [T, B, H] (zeros past each length); the kind keeps the final state.
+template <class Kind>
+void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, float* outs) {
+  const Dims& d = kind.c.d;
+  const int64_t block = block_steps(d);
+  std::vector<float> z(block * d.B * d.G);
+  for (int64_t t0 = 0; t0 < d.T; t0 += block) {
+    const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
+    for (int64_t r = 0; r < rows; ++r) copy(z.data() + r * d.G, b_in, d.G);
+    gemm(false, false, rows, d.G, d.I, x + t0 * d.B * d.I, d.I, w_in, d.G, 1.0f, z.data(), d.G);
+    for (int64_t t = t0; t < t0 + steps; ++t) kind.fwd_step(t, z.data() + (t - t0) * d.B * d.G, outs + t * d.B * d.H);
+  }
+}
+
+// Backward: from the outputs' gradient, the input's [T, B, I] and the input projection's
+// weight and bias gradients; the kind adds its loop weight gradients and keeps the initial
+// state's gradient. `dloop`: whether the kind needs a second gradient buffer.
+template <class Kind>
+void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const float* d_outs, float* dx,
+              float* dw_in, float* db_in) {
+  const Dims& d = kind.c.d;
+  const int64_t block = block_steps(d);
+  std::vector<float> dz(block * d.B * d.G), dl(dloop ? block * d.B * d.G : 0);
+  zero(dw_in, d.I * d.G);
+  zero(db_in, d.G);
+  for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
+    const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t o = (t - t0) * d.B * d.G;
+      kind.bwd_step(t, d_outs + t * d.B * d.H, dz.data() + o, dloop ? dl.data() + o : nullptr);
+    }
+    gemm(true, false, d.I, d.G, rows, x + t0 * d.B * d.I, d.I, dz.data(), d.G, 1.0f, dw_in, d.G);
+    add_column_sums(dz.data(), rows, d.G, 0, d.G, db_in);
+    gemm(false, true, rows, d.I, d.G, dz.data(), d.G, w_in, d.G, 0.0f, dx + t0 * d.B * d.I, d.I);
+    kind.block_grads(t0, steps, dz.data(), dl.data());
+  }
+}
+
+Dims dims(const Arg& x, const Arg& w_in) {
+  const auto xd = x.dimensions();
+  return Dims{xd[0], xd[1], xd[2], 0, w_in.dimensions()[1]};
+}
+
+std::vector<float> from(const Arg& a) { return std::vector<float>(a.typed_data(), a.typed_data() + a.element_count()); }
+
+Common common(Dims d, int64_t H, const Lengths& lengths, bool save) {
+  d.H = H;
+  return Common{d, lengths.typed_data(), save};
+}
+
+// ------------------------------------------------------------------------------------------
+// FFI entry points. Forward: (x, W_in, b_in, loop weights..., initial state..., lengths) ->
+// (outputs, final state..., saved...); saved results have size 0 for inference. Backward:
+// (x, W_in, loop weights..., saved..., d_outputs, d_final state..., lengths) ->
+// (d_x, d_W_in, d_b_in, d_loop weights..., d_initial state...).
+
+ffi::Error RnnFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved_h,
+                  Ret prev_h) {
+  Dims d = dims(x, w_in);
+  RnnKind k{common(d, d.G, len, saved_h->element_count() > 0), wh.typed_data(), saved_h->typed_data(),
+            prev_h->typed_data(), nullptr, from(h0), {}, {}};
+  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  copy(h_t->typed_data(), k.h.data(), k.h.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error RnnBwd(Arg x, Arg w_in, Arg wh, Arg saved_h, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len, Ret dx,
+                  Ret dw_in, Ret db_in, Ret d_wh, Ret d_h0) {
+  Dims d = dims(x, w_in);
+  RnnKind k{common(d, d.G, len, true), wh.typed_data(), saved_h.typed_data(), prev_h.typed_data(),
+            d_wh->typed_data(), {}, from(d_h_t), std::vector<float>(d.B * d.G)};
+  zero(k.d_wh, d.G * d.G);
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+           db_in->typed_data());
+  copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg c0, Arg h0, Lengths len, float forget_bias, Ret outs,
+                   Ret c_t, Ret h_t, Ret acts, Ret tanh_c, Ret prev_c, Ret prev_h) {
+  Dims d = dims(x, w_in);
+  LstmKind k{common(d, d.G / 4, len, acts->element_count() > 0),
+             wh.typed_data(),
+             forget_bias,
+             acts->typed_data(),
+             tanh_c->typed_data(),
+             prev_c->typed_data(),
+             prev_h->typed_data(),
+             nullptr,
+             from(c0),
+             from(h0),
+             {},
+             {},
+             {}};
+  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  copy(c_t->typed_data(), k.cs.data(), k.cs.size());
+  copy(h_t->typed_data(), k.h.data(), k.h.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Arg prev_h, Arg d_outs, Arg d_c_t,
+                   Arg d_h_t, Lengths len, Ret dx, Ret dw_in, Ret db_in, Ret d_wh, Ret d_c0, Ret d_h0) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 4;
+  LstmKind k{common(d, H, len, true),
+             wh.typed_data(),
+             0.0f,
+             acts.typed_data(),
+             tanh_c.typed_data(),
+             prev_c.typed_data(),
+             prev_h.typed_data(),
+             d_wh->typed_data(),
+             {},
+             {},
+             from(d_c_t),
+             from(d_h_t),
+             std::vector<float>(d.B * H)};
+  zero(k.d_wh, H * d.G);
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+           db_in->typed_data());
+  copy(d_c0->typed_data(), k.dc.data(), k.dc.size());
+  copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error GruFwd(Arg x, Arg w_in, Arg b_in, Arg wg, Arg wc, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved,
+                  Ret prev_h) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 3;
+  GruKind k{common(d, H, len, saved->element_count() > 0),
+            wg.typed_data(),
+            wc.typed_data(),
+            saved->typed_data(),
+            prev_h->typed_data(),
+            nullptr,
+            nullptr,
+            from(h0),
+            std::vector<float>(d.B * H),
+            {},
+            {},
+            {},
+            {}};
+  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  copy(h_t->typed_data(), k.h.data(), k.h.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len,
+                  Ret dx, Ret dw_in, Ret db_in, Ret d_wg, Ret d_wc, Ret d_h0) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 3;
+  GruKind k{common(d, H, len, true),
+            wg.typed_data(),
+            wc.typed_data(),
+            saved.typed_data(),
+            prev_h.typed_data(),
+            d_wg->typed_data(),
+            d_wc->typed_data(),
+            {},
+            {},
+            from(d_h_t),
+            std::vector<float>(d.B * H),
+            std::vector<float>(d.B * H),
+            std::vector<float>(d.B * H)};
+  zero(k.d_wg, H * 2 * H);
+  zero(k.d_wc, H * H);
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+           db_in->typed_data());
+  copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error GruAfterFwd(Arg x, Arg w_in, Arg b_in, Arg w_hidden, Arg b_hidden, Arg h0, Lengths len, Ret outs,
+                       Ret h_t, Ret saved, Ret prev_h) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 3;
+  GruAfterKind k{common(d, H, len, saved->element_count() > 0),
+                 w_hidden.typed_data(),
+                 b_hidden.typed_data(),
+                 saved->typed_data(),
+                 prev_h->typed_data(),
+                 nullptr,
+                 nullptr,
+                 from(h0),
+                 std::vector<float>(d.B * d.G),
+                 std::vector<float>(4 * H),
+                 {},
+                 {}};
+  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  copy(h_t->typed_data(), k.h.data(), k.h.size());
+  return ffi::Error::Success();
+}
+
+ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len,
+                       Ret dx, Ret dw_in, Ret db_in, Ret d_w_hidden, Ret d_b_hidden, Ret d_h0) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 3;
+  GruAfterKind k{common(d, H, len, true),
+                 w_hidden.typed_data(),
+                 nullptr,
+                 saved.typed_data(),
+                 prev_h.typed_data(),
+                 d_w_hidden->typed_data(),
+                 d_b_hidden->typed_data(),
+                 {},
+                 {},
+                 {},
+                 from(d_h_t),
+                 std::vector<float>(d.B * H)};
+  zero(k.d_w_hidden, H * d.G);
+  zero(k.d_b_hidden, H);
+  backward(k, true, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+           db_in->typed_data());
+  copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Handler symbols (rnnkit/_native registers them with jax.ffi).
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitRnnFwd, RnnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitRnnBwd, RnnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitLstmFwd, LstmFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Attr<float>("forget_bias")
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitLstmBwd, LstmBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruFwd, GruFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruBwd, GruBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruAfterFwd, GruAfterFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruAfterBwd, GruAfterBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Arg>()
+                                  .Arg<Lengths>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>()
+                                  .Ret<Arg>());

@@ -1,0 +1,76 @@
+"""Building and loading rnnkit's native CPU kernel (rnnkit/_native): what happens when it
+isn't there or its build fails. Its numbers are checked in test_fused.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+import rnnkit as rk
+from rnnkit import _native
+
+from cases import INPUT_SIZE, make_cell, random_inputs
+
+
+@pytest.fixture
+def elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point the module at a library path in tmp_path, and forget what was loaded."""
+    library = tmp_path / "librnnkit_cpu.so"
+    monkeypatch.setattr(_native, "LIBRARY", library)
+    _native._load.cache_clear()
+    yield library
+    _native._load.cache_clear()
+
+
+def test_missing_library_is_reported_and_auto_runs_without_it(elsewhere: Path) -> None:
+    assert _native.unavailable_reason() == f"it is not built ({elsewhere} is missing)"
+    cell = make_cell("gru")
+    x = random_inputs((2, 3, INPUT_SIZE))
+    with pytest.raises(_native.NativeUnavailableError, match=r"implementation='native' needs .*-m rnnkit\._native"):
+        rk.dynamic_rnn(cell, x, implementation="native")
+    if jax.default_backend() == "cpu":
+        jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(x))
+        assert "rnnkit_gru_fwd" not in jaxpr  # auto: the per-step path
+        assert "custom_vjp" not in jaxpr
+
+
+def test_failed_build_raises_with_the_compiler_message_and_keeps_the_old_library(
+    elsewhere: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    elsewhere.write_bytes(b"the previous build")
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'error: no space left' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(
+        _native.NativeUnavailableError, match=r"the build failed:\n.*broken-c\+\+.*\nerror: no space left"
+    ):
+        _native.build()
+    assert elsewhere.read_bytes() == b"the previous build"
+    assert {p.name for p in tmp_path.iterdir()} == {"librnnkit_cpu.so", "broken-c++"}  # no partial file left
+
+
+def test_no_compiler_is_reported(elsewhere: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(_native.NativeUnavailableError, match=r"no C\+\+ compiler: running .*no-such-compiler"):
+        _native.build()
+    assert not elsewhere.exists()
+
+
+def test_library_older_than_its_source_is_not_used(elsewhere: Path) -> None:
+    elsewhere.write_bytes(b"stale")
+    source_time = _native.SOURCE.stat().st_mtime
+    os.utime(elsewhere, (source_time - 10, source_time - 10))
+    assert _native.unavailable_reason() == f"it is out of date ({elsewhere} is older than rnn_cpu.cc)"
+
+
+def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
+    """Where a C++ compiler is, `make install` built the kernel and auto uses it on CPU."""
+    assert _native.available()
+    if jax.default_backend() == "cpu":
+        cell = make_cell("gru")
+        jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE))))
+        assert "rnnkit_gru_fwd" in jaxpr

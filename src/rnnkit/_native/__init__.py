@@ -35,7 +35,7 @@ SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 LIBRARY = Path(__file__).with_name("librnnkit_cpu.so")
 # Optimised for the CPU it is built on (it is built where it runs); -fno-math-errno lets the
 # compiler vectorise the row loops.
-CXXFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
+CXXFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-pthread", "-shared", "-fPIC")
 # FFI target name -> symbol in the library.
 TARGETS = {
     "rnnkit_rnn_fwd": "RnnkitRnnFwd",

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -104,13 +105,6 @@ inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); 
 
 inline bool valid(const int32_t* lengths, int64_t t, int64_t b) { return t < lengths[b]; }
 
-// After a backward step wrote the previous state's gradient into `prev`, rows past their
-// length take the carried gradient `carried` instead (their state passed through).
-inline void pass_through(float* prev, const float* carried, const int32_t* len, int64_t t, int64_t B, int64_t H) {
-  for (int64_t b = 0; b < B; ++b)
-    if (!valid(len, t, b)) copy(prev + b * H, carried + b * H, H);
-}
-
 struct Dims {
   int64_t T, B, I, H, G;
 };
@@ -121,12 +115,42 @@ int64_t block_steps(const Dims& d) {
 }
 
 // ------------------------------------------------------------------------------------------
-// The cells. Each kind holds its weights, state and saved values and provides
-//   fwd_step(t, z, out_t): z [B, G] holds the step's input projection; computes the step;
-//   bwd_step(t, dz, dloop): writes the step's gradient of the projection into dz [B, G]
-//       (and, where the loop matmul's output gradient differs, into dloop) and steps the
-//       carried state gradient back;
-//   block_grads(t0, steps, dz, dloop): adds a block's loop weight gradients.
+// Threads. The kernel does its own: OpenBLAS runs matrices of a few hundred rows (every
+// per-step product here) on one core however many it has, so the steps of different batch
+// rows go to different threads instead, and the large per-block products are split by rows
+// or columns the same way. This OpenBLAS (scipy-openblas32's, used by nothing else in the
+// process) is set to one thread when the library loads, and the kernel uses as many threads
+// as OpenBLAS would have (OPENBLAS_NUM_THREADS, else the cores it may run on).
+const int64_t kThreads = [] {
+  const int n = scipy_openblas_get_num_threads();
+  scipy_openblas_set_num_threads(1);
+  return std::max<int64_t>(1, n);
+}();
+
+// fn(i) for i in [0, n), on the calling thread and n - 1 others.
+template <class Fn>
+void parallel(int64_t n, Fn fn) {
+  std::vector<std::thread> workers;
+  for (int64_t i = 1; i < n; ++i) workers.emplace_back(fn, i);
+  fn(int64_t{0});
+  for (auto& w : workers) w.join();
+}
+
+// The i-th of n near-equal parts of [0, total).
+inline int64_t part(int64_t total, int64_t i, int64_t n) { return total * i / n; }
+
+// Threads for per-step work over B rows: at least 32 rows each.
+inline int64_t row_threads(int64_t B) { return std::max<int64_t>(1, std::min<int64_t>(kThreads, B / 32)); }
+
+// ------------------------------------------------------------------------------------------
+// The cells. Each kind holds its weights, state and saved values and provides, for the rows
+// [b0, b1) of the batch (the rows are independent, so threads take disjoint ranges):
+//   fwd_step(t, z, out_t, b0, b1): z [B, G] holds the step's input projection; computes the step;
+//   bwd_step(t, d_out_t, dz, dloop, b0, b1): writes the step's gradient of the projection into
+//       dz [B, G] (and, where the loop matmul's output gradient differs, into dloop) and steps
+//       the carried state gradient back;
+//   block_grads(t0, steps, dz, dloop, i, n): adds a block's loop weight gradients, the i-th of
+//       n column ranges of each.
 // Saved values (training) are written only when `save`.
 
 struct Common {
@@ -135,18 +159,26 @@ struct Common {
   bool save;
 };
 
+// Rows past their length keep the carried gradient (their state passed through); the others
+// take the step's; then the step's becomes the carried one.
+inline void step_back(float* carried, const float* stepped, const int32_t* len, int64_t t, int64_t b0, int64_t b1,
+                      int64_t H) {
+  for (int64_t b = b0; b < b1; ++b)
+    if (valid(len, t, b)) copy(carried + b * H, stepped + b * H, H);
+}
+
 // BasicRNNCell: h' = tanh(xp + h @ Wh). Saved: h' [T, B, H] (before masking) and previous h.
 struct RnnKind {
   Common c;
   const float* wh;
   float *saved_h, *prev_h, *d_wh;
-  std::vector<float> h, dh, dh_prev;
+  std::vector<float> h, dh, dh_step;
 
-  void fwd_step(int64_t t, float* z, float* out) {
-    const int64_t B = c.d.B, H = c.d.H;
-    gemm(false, false, B, H, H, h.data(), H, wh, H, 1.0f, z, H);
-    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
-    for (int64_t b = 0; b < B; ++b) {
+  void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, n = b1 - b0;
+    gemm(false, false, n, H, H, h.data() + b0 * H, H, wh, H, 1.0f, z + b0 * H, H);
+    if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
+    for (int64_t b = b0; b < b1; ++b) {
       float* zr = z + b * H;
       float* hb = h.data() + b * H;
       float* ob = out + b * H;
@@ -159,27 +191,26 @@ struct RnnKind {
         hb[k] = v ? nh : hb[k];
       }
     }
-    if (c.save) copy(saved_h + t * B * H, z, B * H);
+    if (c.save) copy(saved_h + (t * B + b0) * H, z + b0 * H, n * H);
   }
 
-  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
-    const int64_t B = c.d.B, H = c.d.H;
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, n = b1 - b0;
     const float* hs = saved_h + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       const int64_t o = b * H;
       const bool v = valid(c.len, t, b);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k)
         dz[o + k] = v ? (dh[o + k] + d_out[o + k]) * (1.0f - hs[o + k] * hs[o + k]) : 0.0f;
     }
-    gemm(false, true, B, H, H, dz, H, wh, H, 0.0f, dh_prev.data(), H);
-    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
-    dh.swap(dh_prev);
+    gemm(false, true, n, H, H, dz + b0 * H, H, wh, H, 0.0f, dh_step.data() + b0 * H, H);
+    step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
-  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
-    const int64_t rows = steps * c.d.B, H = c.d.H;
-    gemm(true, false, H, H, rows, prev_h + t0 * c.d.B * H, H, dz, H, 1.0f, d_wh, H);
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, j0 = part(H, i, n), j1 = part(H, i + 1, n);
+    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dz + j0, H, 1.0f, d_wh + j0, H);
   }
 };
 
@@ -193,16 +224,16 @@ struct LstmKind {
   const float* wh;
   float forget_bias;
   float *acts, *tanh_c, *prev_c, *prev_h, *d_wh;
-  std::vector<float> cs, h, dc, dh, dh_prev;
+  std::vector<float> cs, h, dc, dh, dh_step;
 
-  void fwd_step(int64_t t, float* z, float* out) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
-    gemm(false, false, B, G, H, h.data(), H, wh, G, 1.0f, z, G);
+  void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
+    gemm(false, false, n, G, H, h.data() + b0 * H, H, wh, G, 1.0f, z + b0 * G, G);
     if (c.save) {
-      copy(prev_c + t * B * H, cs.data(), B * H);
-      copy(prev_h + t * B * H, h.data(), B * H);
+      copy(prev_c + (t * B + b0) * H, cs.data() + b0 * H, n * H);
+      copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
     }
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       float* zi = z + b * G;
       float *zj = zi + H, *zf = zi + 2 * H, *zo = zi + 3 * H;
       float* cb = cs.data() + b * H;
@@ -224,12 +255,12 @@ struct LstmKind {
         hb[k] = v ? new_h : hb[k];
       }
     }
-    if (c.save) copy(acts + t * B * G, z, B * G);
+    if (c.save) copy(acts + (t * B + b0) * G, z + b0 * G, n * G);
   }
 
-  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
-    for (int64_t b = 0; b < B; ++b) {
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
+    for (int64_t b = b0; b < b1; ++b) {
       float* dzb = dz + b * G;
       if (!valid(c.len, t, b)) {  // the state passed through, and so does its gradient (dc stays)
         zero(dzb, G);
@@ -254,14 +285,13 @@ struct LstmKind {
         dcb[k] = dck * sf[k];
       }
     }
-    gemm(false, true, B, H, G, dz, G, wh, G, 0.0f, dh_prev.data(), H);
-    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
-    dh.swap(dh_prev);
+    gemm(false, true, n, H, G, dz + b0 * G, G, wh, G, 0.0f, dh_step.data() + b0 * H, H);
+    step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
-  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
-    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
-    gemm(true, false, H, G, rows, prev_h + t0 * c.d.B * H, H, dz, G, 1.0f, d_wh, G);
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G, j0 = part(G, i, n), j1 = part(G, i + 1, n);
+    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dz + j0, G, 1.0f, d_wh + j0, G);
   }
 };
 
@@ -273,12 +303,12 @@ struct GruKind {
   Common c;
   const float *wg, *wc;
   float *saved, *prev_h, *d_wg, *d_wc;
-  std::vector<float> h, rh, dh, dh_prev, dhv, drh;
+  std::vector<float> h, rh, dh, dh_step, dhv, drh;
 
-  void fwd_step(int64_t t, float* z, float* out) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
-    gemm(false, false, B, 2 * H, H, h.data(), H, wg, 2 * H, 1.0f, z, G);
-    for (int64_t b = 0; b < B; ++b) {
+  void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
+    gemm(false, false, n, 2 * H, H, h.data() + b0 * H, H, wg, 2 * H, 1.0f, z + b0 * G, G);
+    for (int64_t b = b0; b < b1; ++b) {
       float* g = z + b * G;
       const float* hb = h.data() + b * H;
       float* rhb = rh.data() + b * H;
@@ -287,9 +317,9 @@ struct GruKind {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) rhb[k] = g[k] * hb[k];
     }
-    gemm(false, false, B, H, H, rh.data(), H, wc, H, 1.0f, z + 2 * H, G);
-    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
-    for (int64_t b = 0; b < B; ++b) {
+    gemm(false, false, n, H, H, rh.data() + b0 * H, H, wc, H, 1.0f, z + b0 * G + 2 * H, G);
+    if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
+    for (int64_t b = b0; b < b1; ++b) {
       float* g = z + b * G;
       const float* u = g + H;
       float* cz = g + 2 * H;
@@ -305,14 +335,14 @@ struct GruKind {
         hb[k] = v ? new_h : hb[k];
       }
     }
-    if (c.save) copy(saved + t * B * G, z, B * G);
+    if (c.save) copy(saved + (t * B + b0) * G, z + b0 * G, n * G);
   }
 
-  void bwd_step(int64_t t, const float* d_out, float* dz, float*) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
+  void bwd_step(int64_t t, const float* d_out, float* dz, float*, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
     const float* s = saved + t * B * G;
     const float* hp = prev_h + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {  // the candidate's gradient; dh of valid rows
+    for (int64_t b = b0; b < b1; ++b) {  // the candidate's gradient; dh of valid rows
       const float *u = s + b * G + H, *cc = s + b * G + 2 * H;
       float* dcz = dz + b * G + 2 * H;
       float* dhb = dhv.data() + b * H;
@@ -326,14 +356,14 @@ struct GruKind {
         dcz[k] = dhk * (1.0f - u[k]) * (1.0f - cc[k] * cc[k]);
       }
     }
-    gemm(false, true, B, H, H, dz + 2 * H, G, wc, H, 0.0f, drh.data(), H);
-    for (int64_t b = 0; b < B; ++b) {
+    gemm(false, true, n, H, H, dz + b0 * G + 2 * H, G, wc, H, 0.0f, drh.data() + b0 * H, H);
+    for (int64_t b = b0; b < b1; ++b) {
       const float *r = s + b * G, *u = r + H, *cc = r + 2 * H;
       const float* hb = hp + b * H;
       const float* dhb = dhv.data() + b * H;
       const float* drhb = drh.data() + b * H;
       float* dgz = dz + b * G;
-      float* dprev = dh_prev.data() + b * H;
+      float* dprev = dh_step.data() + b * H;
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) {
         dgz[k] = drhb[k] * hb[k] * r[k] * (1.0f - r[k]);
@@ -341,22 +371,23 @@ struct GruKind {
         dprev[k] = dhb[k] * u[k] + drhb[k] * r[k];
       }
     }
-    gemm(false, true, B, H, 2 * H, dz, G, wg, 2 * H, 1.0f, dh_prev.data(), H);
-    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
-    dh.swap(dh_prev);
+    gemm(false, true, n, H, 2 * H, dz + b0 * G, G, wg, 2 * H, 1.0f, dh_step.data() + b0 * H, H);
+    step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
-  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*) {
+  void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
     const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
     const float* hp = prev_h + t0 * c.d.B * H;
     const float* s = saved + t0 * c.d.B * G;
-    gemm(true, false, H, 2 * H, rows, hp, H, dz, G, 1.0f, d_wg, 2 * H);
-    std::vector<float> rh_block(rows * H);  // r * h, the candidate matmul's input
+    const int64_t j0 = part(2 * H, i, n), j1 = part(2 * H, i + 1, n);
+    gemm(true, false, H, j1 - j0, rows, hp, H, dz + j0, G, 1.0f, d_wg + j0, 2 * H);
+    std::vector<float> rh_block(rows * H);  // r * h, the candidate matmul's input (each thread its own)
     for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) rh_block[r * H + k] = s[r * G + k] * hp[r * H + k];
     }
-    gemm(true, false, H, H, rows, rh_block.data(), H, dz + 2 * H, G, 1.0f, d_wc, H);
+    const int64_t k0 = part(H, i, n), k1 = part(H, i + 1, n);
+    gemm(true, false, H, k1 - k0, rows, rh_block.data(), H, dz + 2 * H + k0, G, 1.0f, d_wc + k0, H);
   }
 };
 
@@ -369,13 +400,14 @@ struct GruAfterKind {
   Common c;
   const float *w_hidden, *b_hidden;
   float *saved, *prev_h, *d_w_hidden, *d_b_hidden;
-  std::vector<float> h, zh, keep, dh, dh_prev;
+  std::vector<float> h, zh, dh, dh_step;
 
-  void fwd_step(int64_t t, float* z, float* out) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
-    gemm(false, false, B, G, H, h.data(), H, w_hidden, G, 0.0f, zh.data(), G);
-    if (c.save) copy(prev_h + t * B * H, h.data(), B * H);
-    for (int64_t b = 0; b < B; ++b) {
+  void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
+    gemm(false, false, n, G, H, h.data() + b0 * H, H, w_hidden, G, 0.0f, zh.data() + b0 * G, G);
+    if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
+    std::vector<float> keep(c.save ? 0 : 4 * H);  // the gates, when not saved
+    for (int64_t b = b0; b < b1; ++b) {
       const float* x = z + b * G;
       const float* zb = zh.data() + b * G;
       float* hb = h.data() + b * H;
@@ -395,9 +427,9 @@ struct GruAfterKind {
     }
   }
 
-  void bwd_step(int64_t t, const float* d_out, float* dz, float* dloop) {
-    const int64_t B = c.d.B, H = c.d.H, G = c.d.G;
-    for (int64_t b = 0; b < B; ++b) {
+  void bwd_step(int64_t t, const float* d_out, float* dz, float* dloop, int64_t b0, int64_t b1) {
+    const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
+    for (int64_t b = b0; b < b1; ++b) {
       const float* s = saved + (t * B + b) * 4 * H;
       const float *r = s, *u = s + H, *cc = s + 2 * H, *hidden = s + 3 * H;
       const float* hb = prev_h + (t * B + b) * H;
@@ -405,7 +437,7 @@ struct GruAfterKind {
       const float* carried = dh.data() + b * H;
       float* dx = dz + b * G;
       float* dl = dloop + b * G;
-      float* dprev = dh_prev.data() + b * H;
+      float* dprev = dh_step.data() + b * H;
       const bool v = valid(c.len, t, b);
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) {
@@ -418,15 +450,15 @@ struct GruAfterKind {
         dprev[k] = dhk * u[k];
       }
     }
-    gemm(false, true, B, H, G, dloop, G, w_hidden, G, 1.0f, dh_prev.data(), H);
-    pass_through(dh_prev.data(), dh.data(), c.len, t, B, H);
-    dh.swap(dh_prev);
+    gemm(false, true, n, H, G, dloop + b0 * G, G, w_hidden, G, 1.0f, dh_step.data() + b0 * H, H);
+    step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
-  void block_grads(int64_t t0, int64_t steps, const float*, const float* dloop) {
-    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
-    gemm(true, false, H, G, rows, prev_h + t0 * c.d.B * H, H, dloop, G, 1.0f, d_w_hidden, G);
-    add_column_sums(dloop, rows, G, 2 * H, H, d_b_hidden);
+  void block_grads(int64_t t0, int64_t steps, const float*, const float* dloop, int64_t i, int64_t n) {
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G, j0 = part(G, i, n), j1 = part(G, i + 1, n);
+    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dloop + j0, G, 1.0f, d_w_hidden + j0, G);
+    const int64_t k0 = part(H, i, n), k1 = part(H, i + 1, n);
+    add_column_sums(dloop, rows, G, 2 * H + k0, k1 - k0, d_b_hidden + k0);
   }
 };
 
@@ -441,9 +473,17 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   std::vector<float> z(block * d.B * d.G);
   for (int64_t t0 = 0; t0 < d.T; t0 += block) {
     const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
-    for (int64_t r = 0; r < rows; ++r) copy(z.data() + r * d.G, b_in, d.G);
-    gemm(false, false, rows, d.G, d.I, x + t0 * d.B * d.I, d.I, w_in, d.G, 1.0f, z.data(), d.G);
-    for (int64_t t = t0; t < t0 + steps; ++t) kind.fwd_step(t, z.data() + (t - t0) * d.B * d.G, outs + t * d.B * d.H);
+    parallel(kThreads, [&](int64_t i) {  // the input projection of the block, by rows
+      const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
+      for (int64_t r = r0; r < r1; ++r) copy(z.data() + r * d.G, b_in, d.G);
+      gemm(false, false, r1 - r0, d.G, d.I, x + (t0 * d.B + r0) * d.I, d.I, w_in, d.G, 1.0f, z.data() + r0 * d.G,
+           d.G);
+    });
+    const int64_t n = row_threads(d.B);
+    parallel(n, [&](int64_t i) {  // the steps, by batch rows
+      for (int64_t t = t0; t < t0 + steps; ++t)
+        kind.fwd_step(t, z.data() + (t - t0) * d.B * d.G, outs + t * d.B * d.H, part(d.B, i, n), part(d.B, i + 1, n));
+    });
   }
 }
 
@@ -460,14 +500,23 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
   zero(db_in, d.G);
   for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
     const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t o = (t - t0) * d.B * d.G;
-      kind.bwd_step(t, d_outs + t * d.B * d.H, dz.data() + o, dloop ? dl.data() + o : nullptr);
-    }
-    gemm(true, false, d.I, d.G, rows, x + t0 * d.B * d.I, d.I, dz.data(), d.G, 1.0f, dw_in, d.G);
-    add_column_sums(dz.data(), rows, d.G, 0, d.G, db_in);
-    gemm(false, true, rows, d.I, d.G, dz.data(), d.G, w_in, d.G, 0.0f, dx + t0 * d.B * d.I, d.I);
-    kind.block_grads(t0, steps, dz.data(), dl.data());
+    const int64_t n = row_threads(d.B);
+    parallel(n, [&](int64_t i) {  // the steps, by batch rows
+      const int64_t b0 = part(d.B, i, n), b1 = part(d.B, i + 1, n);
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t o = (t - t0) * d.B * d.G;
+        kind.bwd_step(t, d_outs + t * d.B * d.H, dz.data() + o, dloop ? dl.data() + o : nullptr, b0, b1);
+      }
+    });
+    parallel(kThreads, [&](int64_t i) {  // weight gradients by columns, the input's by rows
+      const int64_t g0 = part(d.G, i, kThreads), g1 = part(d.G, i + 1, kThreads);
+      gemm(true, false, d.I, g1 - g0, rows, x + t0 * d.B * d.I, d.I, dz.data() + g0, d.G, 1.0f, dw_in + g0, d.G);
+      add_column_sums(dz.data(), rows, d.G, g0, g1 - g0, db_in + g0);
+      const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
+      gemm(false, true, r1 - r0, d.I, d.G, dz.data() + r0 * d.G, d.G, w_in, d.G, 0.0f, dx + (t0 * d.B + r0) * d.I,
+           d.I);
+      kind.block_grads(t0, steps, dz.data(), dl.data(), i, kThreads);
+    });
   }
 }
 
@@ -618,7 +667,6 @@ ffi::Error GruAfterFwd(Arg x, Arg w_in, Arg b_in, Arg w_hidden, Arg b_hidden, Ar
                  nullptr,
                  from(h0),
                  std::vector<float>(d.B * d.G),
-                 std::vector<float>(4 * H),
                  {},
                  {}};
   forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
@@ -637,7 +685,6 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
                  prev_h.typed_data(),
                  d_w_hidden->typed_data(),
                  d_b_hidden->typed_data(),
-                 {},
                  {},
                  {},
                  from(d_h_t),

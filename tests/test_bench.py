@@ -85,6 +85,33 @@ def test_ratios_are_rnnkit_dynamic_over_each_peer_that_ran() -> None:
     assert ratios(results, (w,)) == {w.key: {"torch-eager": 1.5}}
 
 
+def test_rounds_alternate_the_row_order_and_report_the_median_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three rounds: rows run A B, B A, A B; each figure is its median round, with all three."""
+    w = Workload("train", 128, 28, 28)
+    monkeypatch.setattr(bench, "matmul_peak", lambda: {"gflops": 100.0, "by": "test", "size": 1})
+    calls: list[str] = []
+    speeds = {"rnnkit-dynamic": iter([1000.0, 3000.0, 2000.0]), "torch-eager": iter([500.0, None, 700.0])}
+
+    def run_one(row: Any, config: BenchConfig) -> dict[str, Any]:
+        calls.append(row.name)
+        speed = next(speeds[row.name])
+        r = {"status": "error", "reason": "boom"}
+        if speed is not None:
+            r = {"status": "ok", "samples_per_s": speed, "first_step_s": speed / 1000}
+        return {"row": row.name, "label": row.label, "note": "", "workloads": {w.key: r}}
+
+    config = BenchConfig(workloads=(w,), rows=("rnnkit-dynamic", "torch-eager"), rounds=3)
+    result = run_bench(config, run_one=run_one)
+    assert calls == ["rnnkit-dynamic", "torch-eager", "torch-eager", "rnnkit-dynamic", "rnnkit-dynamic", "torch-eager"]
+    ours, theirs = (r["workloads"][w.key] for r in result["rows"])
+    assert ours["samples_per_s"] == 2000.0  # the median round, whole: its first step too
+    assert ours["first_step_s"] == 2.0
+    assert ours["rounds_samples_per_s"] == [1000.0, 3000.0, 2000.0]
+    assert theirs["samples_per_s"] == 500.0  # two rounds ran: the lower median
+    assert theirs["rounds_samples_per_s"] == [500.0, None, 700.0]
+    assert result["ratios"] == {w.key: {"torch-eager": 4.0}}
+
+
 def test_markdown_table_marks_errors_and_skips() -> None:
     w = Workload("train", 128, 28, 28)
     result = {

@@ -206,6 +206,12 @@ def _add_bench(commands: Any) -> None:
     p.add_argument("--workloads", type=_workload_list, default=None, metavar="TASK:B:T:F,...")
     p.add_argument("--repeats", type=_positive_int, default=None, help="at least this many timed steps (default 5)")
     p.add_argument("--min-time", type=_positive_float, default=None, help="and at least this many seconds (default 2)")
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help="run all rows this many times, alternating their order; report each figure's median round (default 1)",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0)
 
 
@@ -635,7 +641,13 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError("--quick and --full contradict each other: pick one")
     base = BenchConfig.quick_preset() if args.quick else BenchConfig(workloads=default_workloads(args.full))
     config = with_overrides(
-        base, workloads=args.workloads, rows=args.rows, repeats=args.repeats, min_time_s=args.min_time, seed=args.seed
+        base,
+        workloads=args.workloads,
+        rows=args.rows,
+        repeats=args.repeats,
+        min_time_s=args.min_time,
+        rounds=args.rounds,
+        seed=args.seed,
     )
     config.validate()
     out = Path(args.out) if args.out else Path("runs") / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

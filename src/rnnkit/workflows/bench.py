@@ -71,6 +71,10 @@ class BenchConfig:
     warmup: int = 1  # untimed steps after the first
     seed: int = 0
     timeout_s: float = 1200.0  # per row and workload; recorded as an error past it
+    # Rounds over all rows, alternating their order; each figure is the median round's. On a
+    # shared machine whose speed drifts by 15% or more between minutes, one round puts the
+    # drift into the ratios between rows; several interleaved rounds spread it over all rows.
+    rounds: int = 1
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> BenchConfig:
@@ -90,6 +94,8 @@ class BenchConfig:
                 raise ConfigError(f"workload sizes must be positive; got {w.key}")
         if self.repeats < 1 or self.max_steps < self.repeats:
             raise ConfigError(f"repeats must be in [1, max_steps={self.max_steps}]; got {self.repeats}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1; got {self.rounds}")
 
 
 # --- what is counted -------------------------------------------------------------------------
@@ -471,10 +477,14 @@ def run_bench(
     log("measuring the float32 matmul peak")
     peak = matmul_peak()
     log(f"  {peak['gflops']:.0f} GFLOP/s ({peak['by']}, {peak['size']}^3)")
+    by_round: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+    for k in range(config.rounds):
+        for row in rows if k % 2 == 0 else rows[::-1]:  # alternate: no row always runs first
+            log(f"{row.name}: {row.label}" + (f" (round {k + 1} of {config.rounds})" if config.rounds > 1 else ""))
+            by_round[row.name].append(run_one(row, config))
     results = []
     for row in rows:
-        log(f"{row.name}: {row.label}")
-        result = run_one(row, config)
+        result = median_round(by_round[row.name])
         for key, r in result["workloads"].items():
             if r["status"] == "ok":
                 w = next(w for w in config.workloads if w.key == key)
@@ -492,6 +502,28 @@ def run_bench(
         "rows": results,
         "ratios": ratios(results, config.workloads),
     }
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's result from its rounds: per workload, the round with the median samples/s
+    (the lower median for an even count) among those that ran, with every round's samples/s
+    beside it; where no round ran, the first round's skip or error."""
+    merged = {**rounds[0], "workloads": {}}
+    for key, first in rounds[0]["workloads"].items():
+        ok = sorted(
+            (r["workloads"][key] for r in rounds if r["workloads"][key]["status"] == "ok"),
+            key=lambda r: r["samples_per_s"],
+        )
+        if not ok:
+            merged["workloads"][key] = first
+            continue
+        chosen = dict(ok[(len(ok) - 1) // 2])
+        if len(rounds) > 1:
+            chosen["rounds_samples_per_s"] = [
+                r["workloads"][key].get("samples_per_s") for r in rounds
+            ]  # in run order; None where a round did not run
+        merged["workloads"][key] = chosen
+    return merged
 
 
 def ratios(results: list[dict[str, Any]], workloads: tuple[Workload, ...]) -> dict[str, dict[str, float]]:

@@ -481,7 +481,13 @@ def run_bench(
     for k in range(config.rounds):
         for row in rows if k % 2 == 0 else rows[::-1]:  # alternate: no row always runs first
             log(f"{row.name}: {row.label}" + (f" (round {k + 1} of {config.rounds})" if config.rounds > 1 else ""))
-            by_round[row.name].append(run_one(row, config))
+            result = run_one(row, config)
+            for key, r in result["workloads"].items():
+                if r["status"] == "ok":
+                    log(f"  {key}: {r['samples_per_s']:,.0f} samples/s, first step {r['first_step_s']:.2f} s")
+                else:
+                    log(f"  {key}: {r['status']}: {r['reason']}")
+            by_round[row.name].append(result)
     results = []
     for row in rows:
         result = median_round(by_round[row.name])
@@ -490,9 +496,6 @@ def run_bench(
                 w = next(w for w in config.workloads if w.key == key)
                 r["gflops"] = r["samples_per_s"] * flops_per_sample(w) / 1e9
                 r["fraction_of_peak"] = r["gflops"] / peak["gflops"]
-                log(f"  {key}: {r['samples_per_s']:,.0f} samples/s, first step {r['first_step_s']:.2f} s")
-            else:
-                log(f"  {key}: {r['status']}: {r['reason']}")
         results.append(result)
     return {
         "environment": environment(),

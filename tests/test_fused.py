@@ -186,3 +186,25 @@ def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
     with pytest.raises(ValueError, match=r"implementation must be one of auto, per_step, fused, native; got 'cudnn'"):
         rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)), implementation="cudnn")
+
+
+def test_forward_mode_and_second_order_need_per_step(native_kernel: None) -> None:
+    """The fast paths' gradients are hand-written (reverse mode only, like cuDNN's RNNs);
+    per_step, which the docstring points to, takes forward mode and second order."""
+    cell = make_cell("gru")
+    x = random_inputs((2, 5, INPUT_SIZE), jnp.float32)
+
+    def f(how: str) -> Any:
+        return lambda v: jnp.sum(rk.dynamic_rnn(cell, v, implementation=how)[0] ** 2)
+
+    def hvp(how: str) -> jax.Array:
+        return jax.grad(lambda v: jnp.vdot(jax.grad(f(how))(v), v))(x)
+
+    np.testing.assert_allclose(jax.grad(f("native"))(x), jax.grad(f("per_step"))(x), rtol=1e-5, atol=1e-6)
+    _, tangent = jax.jvp(f("per_step"), (x,), (x,))
+    np.testing.assert_allclose(tangent, jnp.vdot(jax.grad(f("per_step"))(x), x), rtol=1e-5)
+    np.testing.assert_allclose(hvp("fused"), hvp("per_step"), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jax.jvp(f("native"), (x,), (x,))
+    with pytest.raises(ValueError, match="rnnkit_gru_fwd` cannot be differentiated"):
+        hvp("native")

@@ -172,7 +172,10 @@ def dynamic_rnn(
     rnnkit._native`); it raises `NativeUnavailableError` where the kernel is not built.
     `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
     where hoisting the input projection measured faster. Cells the chosen path does not take
-    run per_step.
+    run per_step. fused and native have hand-written reverse-mode gradients, as cuDNN's RNNs
+    do: `jax.grad` and `jax.vjp` work, forward mode (`jax.jvp`, `jax.jacfwd`) does not, and
+    native's gradient can't be differentiated again (Hessian-vector products). Use
+    `implementation="per_step"` for those.
     """
     del parallel_iterations, swap_memory  # no-ops, see the docstring
     cell = check_cell(cell)

@@ -21,7 +21,9 @@ Whether that wins depends on the machine. On two CPU cores it measured 0.66x-1.1
 per-step path (XLA:CPU ran the large matmuls well below their standalone speed, with
 transposing copies around them, and the hoisted projections cost memory: several GB at
 batch 1024 x 784 steps), so `dynamic_rnn(implementation="auto")` uses it only on GPUs, where
-hoisting the input projection measured faster (benchmarks/RESULTS.md).
+hoisting the input projection measured faster (benchmarks/RESULTS.md). On CPU the same
+arrangement runs in rnnkit's native kernel (`_native_layer` below, rnnkit/_native): the
+projection, the loop and the gradients in C++ with OpenBLAS, one call per layer.
 
 The results equal the per-step cells' up to float rounding: `x @ Wx + h @ Wh` adds the same
 products as `[x, h] @ W` in another order (differences of a few ulp; tests/test_fused.py

@@ -208,3 +208,20 @@ def test_forward_mode_and_second_order_need_per_step(native_kernel: None) -> Non
         jax.jvp(f("native"), (x,), (x,))
     with pytest.raises(ValueError, match="rnnkit_gru_fwd` cannot be differentiated"):
         hvp("native")
+
+
+def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:
+    """jax.vmap over the kernel's calls (run one after another): outputs and per-example
+    gradients equal per_step's."""
+    cell = make_cell("lstm")
+    xs = random_inputs((3, 2, 4, INPUT_SIZE), jnp.float32)  # 3 separate batches of 2
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def loss(p: Any, x: jax.Array, how: str) -> jax.Array:
+        return jnp.sum(jnp.tanh(rk.dynamic_rnn(eqx.combine(p, static), x, implementation=how)[0]))
+
+    per_example = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, None))
+    native, plain = per_example(params, xs, "native"), per_example(params, xs, "per_step")
+    for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain), strict=True):
+        assert a.shape[0] == 3
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)

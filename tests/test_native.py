@@ -74,3 +74,9 @@ def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
         cell = make_cell("gru")
         jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE))))
         assert "rnnkit_gru_fwd" in jaxpr
+
+
+def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(_native, "LIBRARY", tmp_path / "no-such-dir" / "librnnkit_cpu.so")
+    with pytest.raises(_native.NativeUnavailableError, match=r"can't write next to the package"):
+        _native.build()

@@ -1,12 +1,13 @@
-"""rnnkit's native CPU kernel: each RNN layer's time loop, forward and backward, in C++.
+"""rnnkit's native CPU kernel: each RNN layer over a whole sequence, forward and backward, in C++.
 
 On CPU, XLA runs a `lax.scan` step as a few dozen small operations, each with its own
 dispatch, and the loop's small matrix products well below the machine's matmul speed (see
-benchmarks/RESULTS.md). `rnn_cpu.cc` runs a layer's whole loop in one call instead: per step
-one or two OpenBLAS `sgemm` calls and one vectorised pass over each row for the gates. It
-plugs into `_fused`'s custom VJP (XLA still does the hoisted input projection before the loop
-and the weight gradients after it), so `dynamic_rnn(implementation="native")` computes what
-`"fused"` computes, to float32 rounding.
+benchmarks/RESULTS.md). `rnn_cpu.cc` runs one layer per XLA FFI call instead: the input
+projection a block of steps at a time, per step one or two OpenBLAS `sgemm` calls and one
+vectorised pass over each row for the gates, and in the backward pass the weight and input
+gradients as block `sgemm`s, with its own threads. `_fused._native_layer` wraps a forward and
+a backward call in a custom VJP, so `dynamic_rnn(implementation="native")` computes what
+`"fused"` and `"per_step"` compute, to float32 rounding.
 
 Built, not shipped: `python -m rnnkit._native` compiles it on the machine that runs it
 (`make install` does), with the C++ compiler found as `$CXX` or `c++`, the XLA FFI headers
@@ -81,7 +82,11 @@ def build() -> Path:
     """Compile the kernel next to this module. The new library replaces the old one only once
     it is complete (a failed build leaves the previous one in place). Raises
     NativeUnavailableError with the compiler's message when the build fails."""
-    with tempfile.TemporaryDirectory(dir=LIBRARY.parent) as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=LIBRARY.parent)
+    except OSError as e:
+        raise NativeUnavailableError(f"can't write next to the package ({e})") from e
+    with scratch as tmp:
         partial = Path(tmp) / LIBRARY.name
         command = compile_command(partial)
         try:

@@ -40,7 +40,7 @@ peers: install
 	$(BIN)/python -m pip install --quiet torch==2.13.0 tensorflow-cpu==2.21.0 keras flax "jax==$$JAX" "jaxlib==$$JAX"
 	$(BIN)/python -m pip install --quiet --no-deps tf-keras==2.21.0
 
-# The speed table of benchmarks/RESULTS.md (about 25 minutes on two CPU cores).
+# The speed table of benchmarks/RESULTS.md (about 21 minutes on two CPU cores).
 bench: peers
 	$(BIN)/rnnkit bench --out benchmarks/results/bench-cpu --repeats 3 --min-time 1
 

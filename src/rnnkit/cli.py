@@ -98,6 +98,7 @@ BENCH_EPILOG = """examples:
   rnnkit bench --quick --out bench-quick              # training b128 and inference b1024 at T=28, ~2 minutes
   rnnkit bench --out bench                            # every row, batch 128/1024, T=28 and T=784
   rnnkit bench --rows rnnkit-dynamic,torch-eager,tf1-dynamic --workloads train:128:28:28
+  rnnkit bench --quick --rounds 3                     # on a noisy machine: each figure the median of 3 rounds
 Rows for peers that are not installed are reported as skipped: make peers installs them into .venv.
 Writes DIR/bench.json, DIR/bench.md (the table) and DIR/bench.png.
 """

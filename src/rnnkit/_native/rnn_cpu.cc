@@ -14,8 +14,9 @@
 // Masking is TF1's sequence_length: at step t a row b with t >= lengths[b] keeps its state
 // and emits zeros, and in the backward pass that row's state gradient passes through.
 //
-// tanh and exp are the approximations XLA:CPU emits (a rational polynomial; Cephes'
-// polynomial with exponent bits), written so the compiler vectorises the row loops.
+// tanh is XLA:CPU's rational approximation and exp Cephes' polynomial with exponent bits,
+// written so the compiler vectorises the row loops. The work is split over the kernel's own
+// threads (see kThreads).
 
 #include <cblas.h>  // scipy-openblas32's: its functions carry the scipy_ prefix
 

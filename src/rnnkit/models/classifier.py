@@ -140,7 +140,8 @@ class SequenceClassifier(eqx.Module):
 
     `mode="static"` unrolls with `static_rnn`, pinned to `num_steps` (like the seed's TF1
     graph, it refuses other lengths); `mode="dynamic"` loops with `dynamic_rnn` and takes any
-    length. Both give the same numbers for the same weights.
+    length. Both give the same numbers for the same weights (to float32 rounding where
+    dynamic_rnn runs rnnkit's native CPU kernel).
     """
 
     cell: RNNCell

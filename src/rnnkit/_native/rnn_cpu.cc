@@ -159,6 +159,15 @@ void parallel(int64_t n, Fn fn) {
 // The i-th of n near-equal parts of [0, total).
 inline int64_t part(int64_t total, int64_t i, int64_t n) { return total * i / n; }
 
+// A weight gradient over a block, split by columns between threads: the i-th of n column
+// ranges of dW [m, cols] (leading dimension ldw) += A^T @ D, A [rows, m] and D [rows, cols]
+// stored with leading dimensions lda and ldd.
+inline void add_weight_grad(int64_t i, int64_t n, int64_t rows, const float* a, int64_t m, int64_t lda,
+                            const float* d, int64_t ldd, int64_t cols, float* dw, int64_t ldw) {
+  const int64_t j0 = part(cols, i, n), j1 = part(cols, i + 1, n);
+  gemm(true, false, m, j1 - j0, rows, a, lda, d + j0, ldd, 1.0f, dw + j0, ldw);
+}
+
 // Threads for per-step work over B rows: at least 32 rows each.
 inline int64_t row_threads(int64_t B) { return std::max<int64_t>(1, std::min<int64_t>(kThreads, B / 32)); }
 
@@ -229,8 +238,8 @@ struct RnnKind {
   }
 
   void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
-    const int64_t rows = steps * c.d.B, H = c.d.H, j0 = part(H, i, n), j1 = part(H, i + 1, n);
-    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dz + j0, H, 1.0f, d_wh + j0, H);
+    const int64_t rows = steps * c.d.B, H = c.d.H;
+    add_weight_grad(i, n, rows, prev_h + t0 * c.d.B * H, H, H, dz, H, H, d_wh, H);
   }
 };
 
@@ -310,8 +319,8 @@ struct LstmKind {
   }
 
   void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
-    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G, j0 = part(G, i, n), j1 = part(G, i + 1, n);
-    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dz + j0, G, 1.0f, d_wh + j0, G);
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
+    add_weight_grad(i, n, rows, prev_h + t0 * c.d.B * H, H, H, dz, G, G, d_wh, G);
   }
 };
 
@@ -399,15 +408,13 @@ struct GruKind {
     const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
     const float* hp = prev_h + t0 * c.d.B * H;
     const float* s = saved + t0 * c.d.B * G;
-    const int64_t j0 = part(2 * H, i, n), j1 = part(2 * H, i + 1, n);
-    gemm(true, false, H, j1 - j0, rows, hp, H, dz + j0, G, 1.0f, d_wg + j0, 2 * H);
+    add_weight_grad(i, n, rows, hp, H, H, dz, G, 2 * H, d_wg, 2 * H);
     Scratch rh_block(rows * H);  // r * h, the candidate matmul's input (each thread its own)
     for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) rh_block.data()[r * H + k] = s[r * G + k] * hp[r * H + k];
     }
-    const int64_t k0 = part(H, i, n), k1 = part(H, i + 1, n);
-    gemm(true, false, H, k1 - k0, rows, rh_block.data(), H, dz + 2 * H + k0, G, 1.0f, d_wc + k0, H);
+    add_weight_grad(i, n, rows, rh_block.data(), H, H, dz + 2 * H, G, H, d_wc, H);
   }
 };
 
@@ -475,8 +482,8 @@ struct GruAfterKind {
   }
 
   void block_grads(int64_t t0, int64_t steps, const float*, const float* dloop, int64_t i, int64_t n) {
-    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G, j0 = part(G, i, n), j1 = part(G, i + 1, n);
-    gemm(true, false, H, j1 - j0, rows, prev_h + t0 * c.d.B * H, H, dloop + j0, G, 1.0f, d_w_hidden + j0, G);
+    const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
+    add_weight_grad(i, n, rows, prev_h + t0 * c.d.B * H, H, H, dloop, G, G, d_w_hidden, G);
     const int64_t k0 = part(H, i, n), k1 = part(H, i + 1, n);
     add_column_sums(dloop, rows, G, 2 * H + k0, k1 - k0, d_b_hidden + k0);
   }
@@ -529,8 +536,8 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
       }
     });
     parallel(kThreads, [&](int64_t i) {  // weight gradients by columns, the input's by rows
+      add_weight_grad(i, kThreads, rows, x + t0 * d.B * d.I, d.I, d.I, dz.data(), d.G, d.G, dw_in, d.G);
       const int64_t g0 = part(d.G, i, kThreads), g1 = part(d.G, i + 1, kThreads);
-      gemm(true, false, d.I, g1 - g0, rows, x + t0 * d.B * d.I, d.I, dz.data() + g0, d.G, 1.0f, dw_in + g0, d.G);
       add_column_sums(dz.data(), rows, d.G, g0, g1 - g0, db_in + g0);
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
       gemm(false, true, r1 - r0, d.I, d.G, dz.data() + r0 * d.G, d.G, w_in, d.G, 0.0f, dx + (t0 * d.B + r0) * d.I,

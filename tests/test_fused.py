@@ -68,6 +68,13 @@ def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: b
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, x, state0)
 
 
+def _assert_trees_close(got: Any, want: Any, tol: float) -> None:
+    """Same tree structure, and every leaf equal within tol (relative and absolute)."""
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
 # With sequence_length (the masked backward is the harder one); without it, the float32 test
 # below. "stack" holds every fused kind but BasicLSTMCell, which has its own case; the kinds
 # one by one are a slow sweep (pytest -m slow).
@@ -83,10 +90,7 @@ def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) 
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
     fast = _value_and_grads(cell, x, LENGTHS, False, "fused")
     plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
-    leaves_fast, leaves_plain = jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)
-    assert len(leaves_fast) == len(leaves_plain)
-    for a, b in zip(leaves_fast, leaves_plain, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
+    _assert_trees_close(fast, plain, 1e-11)
 
 
 def test_fast_path_time_major_float32_no_lengths() -> None:
@@ -95,8 +99,7 @@ def test_fast_path_time_major_float32_no_lengths() -> None:
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
     fast = _value_and_grads(cell, x, None, True, "fused")
     plain = _value_and_grads(cell, x, None, True, "per_step")
-    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+    _assert_trees_close(fast, plain, 2e-5)
 
 
 def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
@@ -164,10 +167,7 @@ def test_native_equals_plain_path_values_and_gradients(name: str, lengths: Any, 
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    leaves_native, leaves_plain = jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain)
-    assert len(leaves_native) == len(leaves_plain)
-    for a, b in zip(leaves_native, leaves_plain, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+    _assert_trees_close(native, plain, 2e-5)
 
 
 def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
@@ -178,8 +178,7 @@ def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
     lengths = np.random.default_rng(5).integers(0, 32, size=300)
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    _assert_trees_close(native, plain, 1e-4)
 
 
 def test_unknown_implementation_is_refused() -> None:
@@ -222,6 +221,5 @@ def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:
 
     per_example = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, None))
     native, plain = per_example(params, xs, "native"), per_example(params, xs, "per_step")
-    for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(plain), strict=True):
-        assert a.shape[0] == 3
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+    assert all(leaf.shape[0] == 3 for leaf in jax.tree_util.tree_leaves(native))
+    _assert_trees_close(native, plain, 2e-5)

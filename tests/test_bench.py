@@ -147,6 +147,7 @@ def test_markdown_table_marks_errors_and_skips() -> None:
         (["bench", "--workloads", "fit:128:28:28"], "expected comma-separated task:batch:steps:features"),
         (["bench", "--quick", "--full"], "--quick and --full contradict each other"),
         (["bench", "--repeats", "0"], "argument --repeats: expected a positive integer; got 0"),
+        (["bench", "--rounds", "0"], "argument --rounds: expected a positive integer; got 0"),
     ],
 )
 def test_bench_mistakes_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

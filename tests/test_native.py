@@ -4,6 +4,7 @@ isn't there or its build fails. Its numbers are checked in test_fused.py."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -16,7 +17,7 @@ from cases import INPUT_SIZE, make_cell, random_inputs
 
 
 @pytest.fixture
-def elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """Point the module at a library path in tmp_path, and forget what was loaded."""
     library = tmp_path / "librnnkit_cpu.so"
     monkeypatch.setattr(_native, "LIBRARY", library)

@@ -181,6 +181,27 @@ def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
     _assert_trees_close(native, plain, 1e-4)
 
 
+def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
+    """Layers wide enough for the kernel's packed products (panels of 32 columns, at most 256
+    of the inner dimension per pass, 8 rows at a time): widths that leave partial panels
+    (72, 40, 24, 17 units; 20 input features), a backward product deeper than 256 (the LSTM's
+    4 x 72), 13 rows (8 + 5) and an input projection of 117 rows (row groups of 64)."""
+    k = jax.random.split(jax.random.key(12), 4)
+    cell = rk.MultiRNNCell(
+        [
+            rk.LSTMCell(72, input_size=20, key=k[0]),
+            rk.GRUCell(40, input_size=72, key=k[1]),
+            rk.GRUCell(24, input_size=40, key=k[2], reset_after=True),
+            rk.BasicRNNCell(17, input_size=24, key=k[3]),
+        ]
+    )
+    x = random_inputs((13, 9, 20), jnp.float32)
+    lengths = np.array([9, 3, 0, 8, 9, 1, 5, 9, 2, 7, 6, 4, 9])
+    native = _value_and_grads(cell, x, lengths, False, "native")
+    plain = _value_and_grads(cell, x, lengths, False, "per_step")
+    _assert_trees_close(native, plain, 1e-4)
+
+
 def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
     with pytest.raises(ValueError, match=r"implementation must be one of auto, per_step, fused, native; got 'cudnn'"):

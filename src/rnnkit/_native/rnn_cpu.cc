@@ -3,10 +3,14 @@
 // rnnkit/_fused.py has the same formulas in JAX).
 //
 // Forward: the input projection x @ W_in + b_in for a block of steps at a time (one large
-// sgemm), then per step one or two small sgemms (h @ W_loop) and one vectorised pass over
-// each row for the gates. Backward: per step the gates' gradient and one or two small sgemms
-// for the state's gradient; per block of steps the weight gradients and the input's
-// gradient as large sgemms that read the operands transposed in place.
+// product), then per step one or two small products (h @ W_loop) and one vectorised pass
+// over each row for the gates. Backward: per step the gates' gradient and one or two small
+// products for the state's gradient; per block of steps the weight gradients and the
+// input's gradient as large products.
+//
+// Products by a weight matrix run on the microkernel of `Weights` (AVX-512), the weights
+// packed once per call; the weight gradients, and every product on CPUs without AVX-512,
+// are OpenBLAS's sgemm.
 //
 // Layout: time-major, row-major. x [T, B, I], states [B, H], W_in [I, G], W_loop [H, *].
 // Blocks are `block_steps` steps long so that their matrices have about 4096 rows.
@@ -19,9 +23,13 @@
 // threads (see kThreads).
 
 #include <cblas.h>  // scipy-openblas32's: its functions carry the scipy_ prefix
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -102,16 +110,6 @@ inline void add_column_sums(const float* a, int64_t rows, int64_t lda, int64_t o
   }
 }
 
-// w [rows, cols] -> its transpose [cols, rows]: the backward steps multiply by the loop
-// weights' transpose, which OpenBLAS runs faster stored than read transposed (72 against
-// about 100 GFLOP/s per core at 64 x 512 x 256).
-std::vector<float> transposed(const float* w, int64_t rows, int64_t cols) {
-  std::vector<float> t(rows * cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = w[r * cols + c];
-  return t;
-}
-
 // Scratch space every element of which is written before it is read: left uninitialised
 // (zeroing the per-block buffers, megabytes per call, showed in profiles).
 struct Scratch {
@@ -122,6 +120,133 @@ struct Scratch {
 
 inline void copy(float* to, const float* from, int64_t n) { std::memcpy(to, from, sizeof(float) * n); }
 inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); }
+
+// Weights multiplied by many times in one call (the loop weights, each step; the input
+// projection's, each block), packed once per call. With AVX-512 the products run on the
+// microkernel below. OpenBLAS packs B again on every call: at the per-step shapes (64 rows,
+// K and N 128 to 512, one core) it ran at 0.7x-0.9x of this kernel's speed in a standalone
+// benchmark that alternated the two; at 2048-row input projections, even or slower.
+// Without AVX-512 the products are OpenBLAS's, with B stored untransposed (OpenBLAS ran 72
+// against about 100 GFLOP/s reading it transposed).
+#if defined(__AVX512F__)
+// Panels of 32 columns (two vectors), each K x 32 contiguous and zero-padded past N; the
+// microkernel keeps a block of up to 8 rows x 32 columns of C in 16 registers, over at most
+// 256 of K (a panel's 32 KiB stays in L1) and 64 rows of A at a time (in L2).
+constexpr int64_t kPanel = 32, kDepth = 256, kRowGroup = 64;
+
+// c [R, cols] = a [R, K] @ panel [K, 32] (first cols columns), plus c when `add`.
+template <int R>
+inline void micro(int64_t K, const float* a, int64_t lda, const float* panel, float* c, int64_t ldc, bool add,
+                  int64_t cols) {
+  __m512 lo[R], hi[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) lo[r] = _mm512_setzero_ps(), hi[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_load_ps(panel + k * kPanel), b1 = _mm512_load_ps(panel + k * kPanel + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+      hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+    }
+  }
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : (1u << cols) - 1;
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1;
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    if (add) {
+      lo[r] = _mm512_add_ps(lo[r], _mm512_maskz_loadu_ps(m0, cr));
+      hi[r] = _mm512_add_ps(hi[r], _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    _mm512_mask_storeu_ps(cr, m0, lo[r]);
+    _mm512_mask_storeu_ps(cr + 16, m1, hi[r]);
+  }
+}
+#endif
+
+struct FreeFloats {
+  void operator()(float* p) const { std::free(p); }
+};
+
+class Weights {
+ public:
+  Weights() = default;
+  // B [K, N]: w itself (row stride ldw) or, when `transpose`, the transpose of w [N, K].
+  Weights(const float* w, int64_t ldw, int64_t K, int64_t N, bool transpose) : K_(K), N_(N) {
+    auto at = [&](int64_t k, int64_t n) { return transpose ? w[n * ldw + k] : w[k * ldw + n]; };
+#if defined(__AVX512F__)
+    if (N >= kPanel / 2) {  // narrower B (a layer's input of one feature) would be mostly padding
+      const int64_t panels = (N + kPanel - 1) / kPanel;
+      store_.reset(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * panels * K * kPanel + 64)));
+      float* p = store_.get();
+      for (int64_t q = 0; q < panels; ++q)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < kPanel; ++j) {
+            const int64_t n = q * kPanel + j;
+            p[(q * K + k) * kPanel + j] = n < N ? at(k, n) : 0.0f;
+          }
+      packed_ = true;
+      return;
+    }
+#endif
+    if (!transpose) {
+      plain_ = w, ld_ = ldw;
+      return;
+    }
+    store_.reset(static_cast<float*>(std::malloc(sizeof(float) * K * N + 64)));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) store_.get()[k * N + n] = at(k, n);
+    plain_ = store_.get(), ld_ = N;
+  }
+
+  // c [m, N] = a [m, K] @ B, plus c when `accumulate`.
+  void mul(int64_t m, const float* a, int64_t lda, bool accumulate, float* c, int64_t ldc) const {
+    if (m <= 0 || N_ == 0) return;
+#if defined(__AVX512F__)
+    if (packed_) {
+      const int64_t panels = (N_ + kPanel - 1) / kPanel;
+      for (int64_t i0 = 0; i0 < m; i0 += kRowGroup) {
+        const int64_t rows = std::min(kRowGroup, m - i0);
+        for (int64_t k0 = 0; k0 < K_ || k0 == 0; k0 += kDepth) {
+          const int64_t depth = std::min(kDepth, K_ - k0);
+          const bool add = accumulate || k0 > 0;
+          for (int64_t q = 0; q < panels; ++q) {
+            const float* panel = store_.get() + (q * K_ + k0) * kPanel;
+            const int64_t cols = std::min(kPanel, N_ - q * kPanel);
+            for (int64_t r = 0; r < rows;) {
+              const float* ar = a + (i0 + r) * lda + k0;
+              float* cr = c + (i0 + r) * ldc + q * kPanel;
+              switch (std::min<int64_t>(8, rows - r)) {
+                case 8: micro<8>(depth, ar, lda, panel, cr, ldc, add, cols), r += 8; break;
+                case 7: micro<7>(depth, ar, lda, panel, cr, ldc, add, cols), r += 7; break;
+                case 6: micro<6>(depth, ar, lda, panel, cr, ldc, add, cols), r += 6; break;
+                case 5: micro<5>(depth, ar, lda, panel, cr, ldc, add, cols), r += 5; break;
+                case 4: micro<4>(depth, ar, lda, panel, cr, ldc, add, cols), r += 4; break;
+                case 3: micro<3>(depth, ar, lda, panel, cr, ldc, add, cols), r += 3; break;
+                case 2: micro<2>(depth, ar, lda, panel, cr, ldc, add, cols), r += 2; break;
+                default: micro<1>(depth, ar, lda, panel, cr, ldc, add, cols), r += 1; break;
+              }
+            }
+          }
+        }
+      }
+      return;
+    }
+#endif
+    if (K_ == 0) {
+      for (int64_t i = 0; i < m && !accumulate; ++i) zero(c + i * ldc, N_);
+      return;
+    }
+    gemm(false, false, m, N_, K_, a, lda, plain_, ld_, accumulate ? 1.0f : 0.0f, c, ldc);
+  }
+
+ private:
+  int64_t K_ = 0, N_ = 0, ld_ = 0;
+  const float* plain_ = nullptr;  // B, row stride ld_, when not packed
+  std::unique_ptr<float, FreeFloats> store_;
+  bool packed_ = false;
+};
 
 inline bool valid(const int32_t* lengths, int64_t t, int64_t b) { return t < lengths[b]; }
 
@@ -199,13 +324,13 @@ inline void step_back(float* carried, const float* stepped, const int32_t* len, 
 // BasicRNNCell: h' = tanh(xp + h @ Wh). Saved: h' [T, B, H] (before masking) and previous h.
 struct RnnKind {
   Common c;
-  const float* wh;
+  Weights loop;  // forward: wh; backward: its transpose
   float *saved_h, *prev_h, *d_wh;
-  std::vector<float> h, dh, dh_step, wh_t;  // wh_t: wh transposed, for the backward steps
+  std::vector<float> h, dh, dh_step;
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, n = b1 - b0;
-    gemm(false, false, n, H, H, h.data() + b0 * H, H, wh, H, 1.0f, z + b0 * H, H);
+    loop.mul(n, h.data() + b0 * H, H, true, z + b0 * H, H);
     if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
     for (int64_t b = b0; b < b1; ++b) {
       float* zr = z + b * H;
@@ -233,7 +358,7 @@ struct RnnKind {
       for (int64_t k = 0; k < H; ++k)
         dz[o + k] = v ? (dh[o + k] + d_out[o + k]) * (1.0f - hs[o + k] * hs[o + k]) : 0.0f;
     }
-    gemm(false, false, n, H, H, dz + b0 * H, H, wh_t.data(), H, 0.0f, dh_step.data() + b0 * H, H);
+    loop.mul(n, dz + b0 * H, H, false, dh_step.data() + b0 * H, H);
     step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
@@ -250,14 +375,14 @@ struct RnnKind {
 // previous c and h.
 struct LstmKind {
   Common c;
-  const float* wh;
+  Weights loop;  // forward: wh; backward: its transpose
   float forget_bias;
   float *acts, *tanh_c, *prev_c, *prev_h, *d_wh;
-  std::vector<float> cs, h, dc, dh, dh_step, wh_t;
+  std::vector<float> cs, h, dc, dh, dh_step;
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
-    gemm(false, false, n, G, H, h.data() + b0 * H, H, wh, G, 1.0f, z + b0 * G, G);
+    loop.mul(n, h.data() + b0 * H, H, true, z + b0 * G, G);
     if (c.save) {
       copy(prev_c + (t * B + b0) * H, cs.data() + b0 * H, n * H);
       copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
@@ -314,7 +439,7 @@ struct LstmKind {
         dcb[k] = dck * sf[k];
       }
     }
-    gemm(false, false, n, H, G, dz + b0 * G, G, wh_t.data(), H, 0.0f, dh_step.data() + b0 * H, H);
+    loop.mul(n, dz + b0 * G, G, false, dh_step.data() + b0 * H, H);
     step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
@@ -330,13 +455,13 @@ struct LstmKind {
 // Saved: (r, u, c) [T, B, 3H] and the previous h.
 struct GruKind {
   Common c;
-  const float *wg, *wc;
+  Weights gates, cand;  // forward: wg, wc; backward: their transposes
   float *saved, *prev_h, *d_wg, *d_wc;
-  std::vector<float> h, rh, dh, dh_step, dhv, drh, wg_t, wc_t;
+  std::vector<float> h, rh, dh, dh_step, dhv, drh;
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
-    gemm(false, false, n, 2 * H, H, h.data() + b0 * H, H, wg, 2 * H, 1.0f, z + b0 * G, G);
+    gates.mul(n, h.data() + b0 * H, H, true, z + b0 * G, G);
     for (int64_t b = b0; b < b1; ++b) {
       float* g = z + b * G;
       const float* hb = h.data() + b * H;
@@ -346,7 +471,7 @@ struct GruKind {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) rhb[k] = g[k] * hb[k];
     }
-    gemm(false, false, n, H, H, rh.data() + b0 * H, H, wc, H, 1.0f, z + b0 * G + 2 * H, G);
+    cand.mul(n, rh.data() + b0 * H, H, true, z + b0 * G + 2 * H, G);
     if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
     for (int64_t b = b0; b < b1; ++b) {
       float* g = z + b * G;
@@ -385,7 +510,7 @@ struct GruKind {
         dcz[k] = dhk * (1.0f - u[k]) * (1.0f - cc[k] * cc[k]);
       }
     }
-    gemm(false, false, n, H, H, dz + b0 * G + 2 * H, G, wc_t.data(), H, 0.0f, drh.data() + b0 * H, H);
+    cand.mul(n, dz + b0 * G + 2 * H, G, false, drh.data() + b0 * H, H);
     for (int64_t b = b0; b < b1; ++b) {
       const float *r = s + b * G, *u = r + H, *cc = r + 2 * H;
       const float* hb = hp + b * H;
@@ -400,7 +525,7 @@ struct GruKind {
         dprev[k] = dhb[k] * u[k] + drhb[k] * r[k];
       }
     }
-    gemm(false, false, n, H, 2 * H, dz + b0 * G, G, wg_t.data(), H, 1.0f, dh_step.data() + b0 * H, H);
+    gates.mul(n, dz + b0 * G, G, true, dh_step.data() + b0 * H, H);
     step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
@@ -425,13 +550,14 @@ struct GruKind {
 // Saved: (r, u, c, hidden) [T, B, 4H] and the previous h.
 struct GruAfterKind {
   Common c;
-  const float *w_hidden, *b_hidden;
+  Weights hidden;  // forward: w_hidden; backward: its transpose
+  const float* b_hidden;
   float *saved, *prev_h, *d_w_hidden, *d_b_hidden;
-  std::vector<float> h, zh, dh, dh_step, w_hidden_t;
+  std::vector<float> h, zh, dh, dh_step;
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
-    gemm(false, false, n, G, H, h.data() + b0 * H, H, w_hidden, G, 0.0f, zh.data() + b0 * G, G);
+    hidden.mul(n, h.data() + b0 * H, H, false, zh.data() + b0 * G, G);
     if (c.save) copy(prev_h + (t * B + b0) * H, h.data() + b0 * H, n * H);
     std::vector<float> keep(c.save ? 0 : 4 * H);  // the gates, when not saved
     for (int64_t b = b0; b < b1; ++b) {
@@ -477,7 +603,7 @@ struct GruAfterKind {
         dprev[k] = dhk * u[k];
       }
     }
-    gemm(false, false, n, H, G, dloop + b0 * G, G, w_hidden_t.data(), H, 1.0f, dh_step.data() + b0 * H, H);
+    hidden.mul(n, dloop + b0 * G, G, true, dh_step.data() + b0 * H, H);
     step_back(dh.data(), dh_step.data(), c.len, t, b0, b1, H);
   }
 
@@ -498,13 +624,13 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   const Dims& d = kind.c.d;
   const int64_t block = block_steps(d);
   Scratch z(block * d.B * d.G);
+  const Weights proj(w_in, d.G, d.I, d.G, false);
   for (int64_t t0 = 0; t0 < d.T; t0 += block) {
     const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
     parallel(kThreads, [&](int64_t i) {  // the input projection of the block, by rows
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
       for (int64_t r = r0; r < r1; ++r) copy(z.data() + r * d.G, b_in, d.G);
-      gemm(false, false, r1 - r0, d.G, d.I, x + (t0 * d.B + r0) * d.I, d.I, w_in, d.G, 1.0f, z.data() + r0 * d.G,
-           d.G);
+      proj.mul(r1 - r0, x + (t0 * d.B + r0) * d.I, d.I, true, z.data() + r0 * d.G, d.G);
     });
     const int64_t n = row_threads(d.B);
     parallel(n, [&](int64_t i) {  // the steps, by batch rows
@@ -525,6 +651,7 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
   Scratch dz(block * d.B * d.G), dl(dloop ? block * d.B * d.G : 0);
   zero(dw_in, d.I * d.G);
   zero(db_in, d.G);
+  const Weights proj_t(w_in, d.G, d.G, d.I, true);
   for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
     const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
     const int64_t n = row_threads(d.B);
@@ -540,8 +667,7 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
       const int64_t g0 = part(d.G, i, kThreads), g1 = part(d.G, i + 1, kThreads);
       add_column_sums(dz.data(), rows, d.G, g0, g1 - g0, db_in + g0);
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-      gemm(false, true, r1 - r0, d.I, d.G, dz.data() + r0 * d.G, d.G, w_in, d.G, 0.0f, dx + (t0 * d.B + r0) * d.I,
-           d.I);
+      proj_t.mul(r1 - r0, dz.data() + r0 * d.G, d.G, false, dx + (t0 * d.B + r0) * d.I, d.I);
       kind.block_grads(t0, steps, dz.data(), dl.data(), i, kThreads);
     });
   }
@@ -568,8 +694,14 @@ Common common(Dims d, int64_t H, const Lengths& lengths, bool save) {
 ffi::Error RnnFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved_h,
                   Ret prev_h) {
   Dims d = dims(x, w_in);
-  RnnKind k{common(d, d.G, len, saved_h->element_count() > 0), wh.typed_data(), saved_h->typed_data(),
-            prev_h->typed_data(), nullptr, from(h0), {}, {}};
+  RnnKind k{common(d, d.G, len, saved_h->element_count() > 0),
+            Weights(wh.typed_data(), d.G, d.G, d.G, false),
+            saved_h->typed_data(),
+            prev_h->typed_data(),
+            nullptr,
+            from(h0),
+            {},
+            {}};
   forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
   copy(h_t->typed_data(), k.h.data(), k.h.size());
   return ffi::Error::Success();
@@ -578,10 +710,15 @@ ffi::Error RnnFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg h0, Lengths len, Ret ou
 ffi::Error RnnBwd(Arg x, Arg w_in, Arg wh, Arg saved_h, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len, Ret dx,
                   Ret dw_in, Ret db_in, Ret d_wh, Ret d_h0) {
   Dims d = dims(x, w_in);
-  RnnKind k{common(d, d.G, len, true), wh.typed_data(), saved_h.typed_data(), prev_h.typed_data(),
-            d_wh->typed_data(), {}, from(d_h_t), std::vector<float>(d.B * d.G)};
+  RnnKind k{common(d, d.G, len, true),
+            Weights(wh.typed_data(), d.G, d.G, d.G, true),
+            saved_h.typed_data(),
+            prev_h.typed_data(),
+            d_wh->typed_data(),
+            {},
+            from(d_h_t),
+            std::vector<float>(d.B * d.G)};
   zero(k.d_wh, d.G * d.G);
-  k.wh_t = transposed(k.wh, d.G, d.G);
   backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
@@ -592,7 +729,7 @@ ffi::Error LstmFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg c0, Arg h0, Lengths le
                    Ret c_t, Ret h_t, Ret acts, Ret tanh_c, Ret prev_c, Ret prev_h) {
   Dims d = dims(x, w_in);
   LstmKind k{common(d, d.G / 4, len, acts->element_count() > 0),
-             wh.typed_data(),
+             Weights(wh.typed_data(), d.G, d.G / 4, d.G, false),
              forget_bias,
              acts->typed_data(),
              tanh_c->typed_data(),
@@ -615,7 +752,7 @@ ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Ar
   Dims d = dims(x, w_in);
   const int64_t H = d.G / 4;
   LstmKind k{common(d, H, len, true),
-             wh.typed_data(),
+             Weights(wh.typed_data(), d.G, d.G, H, true),
              0.0f,
              acts.typed_data(),
              tanh_c.typed_data(),
@@ -628,7 +765,6 @@ ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Ar
              from(d_h_t),
              std::vector<float>(d.B * H)};
   zero(k.d_wh, H * d.G);
-  k.wh_t = transposed(k.wh, H, d.G);
   backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_c0->typed_data(), k.dc.data(), k.dc.size());
@@ -641,8 +777,8 @@ ffi::Error GruFwd(Arg x, Arg w_in, Arg b_in, Arg wg, Arg wc, Arg h0, Lengths len
   Dims d = dims(x, w_in);
   const int64_t H = d.G / 3;
   GruKind k{common(d, H, len, saved->element_count() > 0),
-            wg.typed_data(),
-            wc.typed_data(),
+            Weights(wg.typed_data(), 2 * H, H, 2 * H, false),
+            Weights(wc.typed_data(), H, H, H, false),
             saved->typed_data(),
             prev_h->typed_data(),
             nullptr,
@@ -663,8 +799,8 @@ ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_
   Dims d = dims(x, w_in);
   const int64_t H = d.G / 3;
   GruKind k{common(d, H, len, true),
-            wg.typed_data(),
-            wc.typed_data(),
+            Weights(wg.typed_data(), 2 * H, 2 * H, H, true),
+            Weights(wc.typed_data(), H, H, H, true),
             saved.typed_data(),
             prev_h.typed_data(),
             d_wg->typed_data(),
@@ -677,8 +813,6 @@ ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_
             std::vector<float>(d.B * H)};
   zero(k.d_wg, H * 2 * H);
   zero(k.d_wc, H * H);
-  k.wg_t = transposed(k.wg, H, 2 * H);
-  k.wc_t = transposed(k.wc, H, H);
   backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
@@ -690,7 +824,7 @@ ffi::Error GruAfterFwd(Arg x, Arg w_in, Arg b_in, Arg w_hidden, Arg b_hidden, Ar
   Dims d = dims(x, w_in);
   const int64_t H = d.G / 3;
   GruAfterKind k{common(d, H, len, saved->element_count() > 0),
-                 w_hidden.typed_data(),
+                 Weights(w_hidden.typed_data(), d.G, H, d.G, false),
                  b_hidden.typed_data(),
                  saved->typed_data(),
                  prev_h->typed_data(),
@@ -710,7 +844,7 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
   Dims d = dims(x, w_in);
   const int64_t H = d.G / 3;
   GruAfterKind k{common(d, H, len, true),
-                 w_hidden.typed_data(),
+                 Weights(w_hidden.typed_data(), d.G, d.G, H, true),
                  nullptr,
                  saved.typed_data(),
                  prev_h.typed_data(),
@@ -722,7 +856,6 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
                  std::vector<float>(d.B * H)};
   zero(k.d_w_hidden, H * d.G);
   zero(k.d_b_hidden, H);
-  k.w_hidden_t = transposed(k.w_hidden, H, d.G);
   backward(k, true, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());

@@ -178,9 +178,11 @@ class Weights {
   Weights(const float* w, int64_t ldw, int64_t K, int64_t N, bool transpose) : K_(K), N_(N) {
     auto at = [&](int64_t k, int64_t n) { return transpose ? w[n * ldw + k] : w[k * ldw + n]; };
 #if defined(__AVX512F__)
-    if (N >= kPanel / 2) {  // narrower B (a layer's input of one feature) would be mostly padding
-      const int64_t panels = (N + kPanel - 1) / kPanel;
+    const int64_t panels = (N + kPanel - 1) / kPanel;
+    // Narrower B (a layer's input of one feature) would be mostly padding.
+    if (N >= kPanel / 2)
       store_.reset(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * panels * K * kPanel + 64)));
+    if (store_) {
       float* p = store_.get();
       for (int64_t q = 0; q < panels; ++q)
         for (int64_t k = 0; k < K; ++k)
@@ -192,14 +194,13 @@ class Weights {
       return;
     }
 #endif
-    if (!transpose) {
-      plain_ = w, ld_ = ldw;
-      return;
+    plain_ = w, ld_ = ldw, transposed_ = transpose;
+    if (transpose) store_.reset(static_cast<float*>(std::malloc(sizeof(float) * K * N + 64)));
+    if (store_) {  // else (out of memory) OpenBLAS reads w transposed in place
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) store_.get()[k * N + n] = at(k, n);
+      plain_ = store_.get(), ld_ = N, transposed_ = false;
     }
-    store_.reset(static_cast<float*>(std::malloc(sizeof(float) * K * N + 64)));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < N; ++n) store_.get()[k * N + n] = at(k, n);
-    plain_ = store_.get(), ld_ = N;
   }
 
   // c [m, N] = a [m, K] @ B, plus c when `accumulate`.
@@ -240,14 +241,14 @@ class Weights {
       for (int64_t i = 0; i < m && !accumulate; ++i) zero(c + i * ldc, N_);
       return;
     }
-    gemm(false, false, m, N_, K_, a, lda, plain_, ld_, accumulate ? 1.0f : 0.0f, c, ldc);
+    gemm(false, transposed_, m, N_, K_, a, lda, plain_, ld_, accumulate ? 1.0f : 0.0f, c, ldc);
   }
 
  private:
   int64_t K_ = 0, N_ = 0, ld_ = 0;
-  const float* plain_ = nullptr;  // B, row stride ld_, when not packed
+  const float* plain_ = nullptr;  // when not packed: B (row stride ld_), or B^T if transposed_
   std::unique_ptr<float, FreeFloats> store_;
-  bool packed_ = false;
+  bool packed_ = false, transposed_ = false;
 };
 
 inline bool valid(const int32_t* lengths, int64_t t, int64_t b) { return t < lengths[b]; }

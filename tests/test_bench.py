@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import pytest
 
+from rnnkit._rnn import auto_implementation
 from rnnkit.cli import main
 from rnnkit.workflows import bench
 from rnnkit.workflows.bench import BenchConfig, flops_per_sample, markdown_table, ratios, run_bench, run_row
@@ -55,6 +56,7 @@ def test_whole_run_in_subprocesses_writes_json_table_and_chart(tmp_path: Path, m
     rows = {r["row"]: r for r in result["rows"]}
     ours = rows["rnnkit-dynamic"]["workloads"][TINY.key]
     assert ours["status"] == "ok", ours
+    assert ours["implementation"] == auto_implementation()  # what auto ran, kept with the figures
     assert rows["rnnkit-dynamic"]["versions"]["rnnkit"]
     assert ours["steps_timed"] >= 2
     assert ours["step_s_min"] <= ours["step_s"]

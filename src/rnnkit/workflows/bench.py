@@ -194,8 +194,15 @@ class _RnnkitRunner:
         import equinox as eqx
         import jax
 
+        from rnnkit._rnn import auto_implementation
         from rnnkit.models.classifier import build_classifier, parse_cells
         from rnnkit.workflows.train import make_predict, make_train_step, tf1_adam
+
+        # What `auto` resolved to in this process, recorded with the figures: a native kernel
+        # that went stale or failed to load mid-run would otherwise pass as rnnkit-dynamic.
+        self.implementation = None if mode == "static" else implementation
+        if self.implementation == "auto":
+            self.implementation = auto_implementation()
 
         model = build_classifier(
             parse_cells(f"lstm:{LSTM_UNITS},gru:{GRU_UNITS}"),
@@ -323,8 +330,10 @@ def measure(
         runner.step()
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
+    taken = getattr(runner, "implementation", None)
     return {
         "status": "ok",
+        **({"implementation": taken} if taken else {}),
         "first_step_s": first_step_s,
         **warm,
         "step_s": step_s,
@@ -484,7 +493,8 @@ def run_bench(
             result = run_one(row, config)
             for key, r in result["workloads"].items():
                 if r["status"] == "ok":
-                    log(f"  {key}: {r['samples_per_s']:,.0f} samples/s, first step {r['first_step_s']:.2f} s")
+                    how = f" ({r['implementation']})" if "implementation" in r else ""
+                    log(f"  {key}: {r['samples_per_s']:,.0f} samples/s{how}, first step {r['first_step_s']:.2f} s")
                 else:
                     log(f"  {key}: {r['status']}: {r['reason']}")
             by_round[row.name].append(result)

@@ -6,9 +6,11 @@
 // row for the gates, after the input projection x @ W_in + b_in: with a thread for every
 // batch-row range, each thread's rows step by step (they stay in cache: projecting a block
 // of steps ahead left them in L3, and inference ran 5-10% slower); with fewer, a block of
-// steps at a time, split over every thread. Backward: per step the gates' gradient and one or two small
-// products for the state's gradient; per block of steps the weight gradients and the
-// input's gradient as large products.
+// steps at a time, split over every thread.
+//
+// Backward: per step the gates' gradient and one or two small products for the state's
+// gradient; per block of steps the weight gradients and the input's gradient as large
+// products.
 //
 // Products by a weight matrix run on the microkernel of `Weights` (AVX-512), the weights
 // packed once per call; the weight gradients, and every product on CPUs without AVX-512,

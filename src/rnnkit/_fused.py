@@ -23,7 +23,7 @@ transposing copies around them, and the hoisted projections cost memory: several
 batch 1024 x 784 steps), so `dynamic_rnn(implementation="auto")` uses it only on GPUs, where
 hoisting the input projection measured faster (benchmarks/RESULTS.md). On CPU the same
 arrangement runs in rnnkit's native kernel (`_native_layer` below, rnnkit/_native): the
-projection, the loop and the gradients in C++ with OpenBLAS, one call per layer.
+projection, the loop and the gradients in C++, one call per layer.
 
 The results equal the per-step cells' up to float rounding: `x @ Wx + h @ Wh` adds the same
 products as `[x, h] @ W` in another order (differences of a few ulp; tests/test_fused.py

@@ -2,12 +2,15 @@
 
 On CPU, XLA runs a `lax.scan` step as a few dozen small operations, each with its own
 dispatch, and the loop's small matrix products well below the machine's matmul speed (see
-benchmarks/RESULTS.md). `rnn_cpu.cc` runs one layer per XLA FFI call instead: the input
-projection a block of steps at a time, per step one or two OpenBLAS `sgemm` calls and one
-vectorised pass over each row for the gates, and in the backward pass the weight and input
-gradients as block `sgemm`s, with its own threads. `_fused._native_layer` wraps a forward and
-a backward call in a custom VJP, so `dynamic_rnn(implementation="native")` computes what
-`"fused"` and `"per_step"` compute, to float32 rounding.
+benchmarks/RESULTS.md). `rnn_cpu.cc` runs one layer per XLA FFI call instead, with its own
+threads: per step the input projection (with fewer batch rows than threads, a block of steps
+at a time), one or two products by the loop weights and one vectorised pass over each row for
+the gates; in the backward pass the weight and input gradients a block of steps at a time.
+Products by a weight matrix run on an AVX-512 microkernel over weights packed once per call,
+the weight gradients (and everything, without AVX-512) on OpenBLAS's `sgemm`.
+`_fused._native_layer` wraps a forward and a backward call in a custom VJP, so
+`dynamic_rnn(implementation="native")` computes what `"fused"` and `"per_step"` compute, to
+float32 rounding.
 
 Built, not shipped: `python -m rnnkit._native` compiles it on the machine that runs it
 (`make install` does), with the C++ compiler found as `$CXX` or `c++`, the XLA FFI headers

@@ -628,14 +628,17 @@ template <class Kind>
 void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, float* outs) {
   const Dims& d = kind.c.d;
   const Weights proj(w_in, d.G, d.I, d.G, false);
+  auto project = [&](int64_t rows, const float* x_rows, float* z_rows) {  // z = x @ W_in + b_in
+    for (int64_t r = 0; r < rows; ++r) copy(z_rows + r * d.G, b_in, d.G);
+    proj.mul(rows, x_rows, d.I, true, z_rows, d.G);
+  };
   const int64_t n = row_threads(d.B);
   if (n == kThreads) {  // every thread busy with its rows: each projects its rows step by step
     Scratch z(d.B * d.G);
     parallel(n, [&](int64_t i) {
       const int64_t b0 = part(d.B, i, n), b1 = part(d.B, i + 1, n);
       for (int64_t t = 0; t < d.T; ++t) {
-        for (int64_t b = b0; b < b1; ++b) copy(z.data() + b * d.G, b_in, d.G);
-        proj.mul(b1 - b0, x + (t * d.B + b0) * d.I, d.I, true, z.data() + b0 * d.G, d.G);
+        project(b1 - b0, x + (t * d.B + b0) * d.I, z.data() + b0 * d.G);
         kind.fwd_step(t, z.data(), outs + t * d.B * d.H, b0, b1);
       }
     });
@@ -647,8 +650,7 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
     const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
     parallel(kThreads, [&](int64_t i) {  // the input projection of the block, by rows
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-      for (int64_t r = r0; r < r1; ++r) copy(z.data() + r * d.G, b_in, d.G);
-      proj.mul(r1 - r0, x + (t0 * d.B + r0) * d.I, d.I, true, z.data() + r0 * d.G, d.G);
+      project(r1 - r0, x + (t0 * d.B + r0) * d.I, z.data() + r0 * d.G);
     });
     parallel(n, [&](int64_t i) {  // the steps, by batch rows
       for (int64_t t = t0; t < t0 + steps; ++t)

@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
 # Every GPU row the speed issue asks for, in one command sized for a lent GPU machine (the device
-# tool: one H100/H200, ~15 minutes a session including start-up). On an H200 this should take
-# under 4 minutes; it has not been run yet (no GPU session since it was written).
+# tool: one H100/H200, ~15 minutes a session including start-up; this should take 5-7 minutes).
 #
-#   rows:      rnnkit dynamic (implementation auto, which is fused on GPUs), rnnkit dynamic with
-#              per_step forced (does auto pick the faster?), rnnkit static, PyTorch eager (cuDNN),
-#              Flax NNX
-#   workloads: training b128 and b1024 at T=28, training b128 at T=784 (pixel MNIST),
-#              inference b4096 at T=28
+#   1. benchmarks/unroll_probe.py: rnnkit dynamic (auto, which is fused on GPUs) at several
+#      `unroll` factors, training b128 and b1024 at T=28, b128 at T=784, inference b4096.
+#   2. rnnkit bench:
+#      rows:      rnnkit dynamic (auto), rnnkit dynamic with per_step forced (does auto pick the
+#                 faster?), rnnkit static, PyTorch eager (cuDNN), Flax NNX
+#      workloads: training b128 and b1024 at T=28, training b128 at T=784 (pixel MNIST),
+#                 inference b4096 at T=28
 #
-# The machine has JAX, PyTorch, equinox and optax but no network: rnnkit's other requirements
-# (jaxtyping, rich, safetensors, matplotlib, pillow, flatbuffers) come as wheels in .whl/, made
-# here with `pip download -d .whl jaxtyping rich safetensors matplotlib pillow flatbuffers` and
-# carried along. Results go to $OUT/bench-gpu (bench.json, bench.md, bench.png).
-set -euo pipefail
+# The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
+# matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
+# README); they are installed from there first. Everything goes to $OUT (default runs/gpu):
+# log, probe.json, bench-gpu/{bench.json,bench.md,bench.png}. Each step's figures are in the log
+# as they come, so a run cut short still reports what it measured.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-    python -m pip install --quiet --no-index --find-links .whl jaxtyping rich safetensors matplotlib pillow flatbuffers
+out="${OUT:-runs/gpu}"
+mkdir -p "$out"
+exec > >(tee "$out/log") 2>&1
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-python -c "import jax, sys; b = jax.default_backend(); sys.exit(0 if b == 'gpu' else f'no GPU: JAX runs on {b}')"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python -m rnnkit.cli bench \
+python3 -c "import jax, torch, flax; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'flax', flax.__version__)"
+python3 -c "import jax, sys; b = jax.default_backend(); sys.exit(0 if b == 'gpu' else f'no GPU: JAX runs on {b}')" || exit 1
+python3 benchmarks/unroll_probe.py --out "$out/probe.json" \
+    --workloads train:128:28:28,train:128:784:1,infer:4096:28:28,train:1024:28:28 \
+    --unroll 1,2,4,8,16 --repeats 5 --min-time 0.5
+date -u
+python3 -m rnnkit.cli bench \
     --rows rnnkit-dynamic,rnnkit-dynamic-per-step,rnnkit-static,torch-eager,flax-nnx \
     --workloads train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28 \
-    --repeats 10 --min-time 1 --out "${OUT:-runs}/bench-gpu"
+    --repeats 5 --min-time 0.5 --out "$out/bench-gpu"
+date -u

@@ -190,7 +190,7 @@ def _static_skip(w: Workload) -> str | None:
 
 
 class _RnnkitRunner:
-    def __init__(self, w: Workload, seed: int, mode: str, implementation: str = "auto"):
+    def __init__(self, w: Workload, seed: int, mode: str, implementation: str = "auto", unroll: int = 1):
         import equinox as eqx
         import jax
 
@@ -212,6 +212,7 @@ class _RnnkitRunner:
             mode=mode,
             key=jax.random.key(seed),
             implementation=implementation,
+            unroll=unroll,
         )
         self.params, static = eqx.partition(model, eqx.is_array)
         x, y = w.batch_arrays(seed)

@@ -63,7 +63,7 @@ def test_driver_signatures() -> None:
         "initial_state=None",
         "dtype=None",
         "time_major=False",
-        "unroll=1",
+        "unroll=None",
     ]
     assert "return_all_states=False" in params(rk.dynamic_rnn)
     assert params(rk.bidirectional_dynamic_rnn)[:4] == ["cell_fw", "cell_bw", "inputs", "sequence_length=None"]

@@ -3,6 +3,7 @@ time-major, unroll, every-step states, last_relevant, and jit / vmap / dtypes.""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import equinox as eqx
@@ -133,6 +134,29 @@ def test_unroll_gives_the_same_numbers(unroll: int | bool) -> None:
     cell = make_cell("multi_lstm_gru")
     x = random_inputs((5, 6, INPUT_SIZE))
     assert_close(rk.dynamic_rnn(cell, x, LENGTHS, unroll=unroll), rk.dynamic_rnn(cell, x, LENGTHS), 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backend", "implementation", "cell_name", "unroll", "expected"),
+    [
+        ("gpu", "auto", "multi_lstm_gru", None, 4),  # auto is fused on GPUs: the measured choice
+        ("gpu", "fused", "multi_lstm_gru", None, 4),
+        ("gpu", "per_step", "multi_lstm_gru", None, 1),  # nothing measured for per_step: 1 as before
+        ("gpu", "fused", "lstm_peephole_clip_proj", None, 1),  # a cell fused can't take runs per_step
+        ("cpu", "fused", "multi_lstm_gru", None, 1),
+        ("gpu", "auto", "multi_lstm_gru", 2, 2),  # the caller's choice wins
+    ],
+)
+def test_default_unroll_is_chosen_per_path_and_platform(
+    monkeypatch: pytest.MonkeyPatch, backend: str, implementation: str, cell_name: str, unroll: Any, expected: int
+) -> None:
+    # Only tracing happens here (no lowering), so pretending to be on a GPU is safe.
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cell = make_cell(cell_name)
+    x = random_inputs((5, 6, INPUT_SIZE))
+    program = jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, LENGTHS, unroll=unroll, implementation=implementation))
+    unrolls = set(re.findall(r"unroll=(\d+)", str(program(x))))
+    assert unrolls == {str(expected)}
 
 
 def test_return_all_states_gives_the_state_after_every_step(per_step_path: None) -> None:

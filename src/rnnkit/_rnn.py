@@ -123,10 +123,30 @@ def static_rnn(
     return outputs, state
 
 
-def _check_unroll(unroll: Any) -> int | bool:
-    if unroll is True or (isinstance(unroll, int) and not isinstance(unroll, bool) and unroll >= 1):
+# `unroll=None` (the default) lets rnnkit choose per path and platform. On an H200 (JAX 0.11.2,
+# benchmarks/unroll_probe.py, the seed's model; benchmarks/RESULTS.md) the fused path trained
+# at unroll 1 / 2 / 4 / 8 / 16: 59.6k / 70.2k / 74.8k / 67.6k / 68.0k samples/s at T=28 batch
+# 128, 2.87k / 3.64k / 4.17k / 4.07k / 3.83k at T=784, 205k / 229k / 239k / 235k / 253k at
+# T=28 batch 1024; inference at batch 4096 was within 10% across them. 4 was the fastest for
+# training at T=28 batch 128 and at T=784, within 6% of the fastest at batch 1024. Elsewhere
+# (per_step; fused on CPU; native, which has no use for it) the default stays 1: nothing
+# measured says otherwise.
+GPU_FUSED_UNROLL = 4
+
+
+def default_unroll(path: str) -> int:
+    """The unroll factor `unroll=None` means for the path that runs (fused, native or per_step)
+    on JAX's default backend."""
+    return GPU_FUSED_UNROLL if path == "fused" and jax.default_backend() != "cpu" else 1
+
+
+def _check_unroll(unroll: Any) -> int | bool | None:
+    if unroll is None or unroll is True or (isinstance(unroll, int) and not isinstance(unroll, bool) and unroll >= 1):
         return unroll
-    raise ValueError(f"unroll must be a positive int (steps per loop iteration) or True (unroll fully); got {unroll!r}")
+    raise ValueError(
+        "unroll must be a positive int (steps per loop iteration), True (unroll fully) or None (rnnkit "
+        f"chooses); got {unroll!r}"
+    )
 
 
 def dynamic_rnn(
@@ -136,7 +156,7 @@ def dynamic_rnn(
     initial_state: Any = None,
     dtype: Any = None,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     *,
     return_all_states: bool = False,
     implementation: str = "auto",
@@ -155,7 +175,9 @@ def dynamic_rnn(
     depend on the length, and a program built for one length runs at any other (under
     `jax.jit` a new length re-traces only the cheap loop). `unroll=k` puts k steps in each
     loop iteration (more work for XLA, fewer loop trips; `True` unrolls fully, like
-    `static_rnn`). See `static_rnn` for the fully unrolled form; both give the same numbers.
+    `static_rnn`). The default, `None`, lets rnnkit choose: 4 for the fused path on GPUs
+    (measured fastest there), 1 elsewhere. See `static_rnn` for the fully unrolled form; all
+    give the same numbers.
 
     `initial_state`, `dtype` and `sequence_length` as in `static_rnn`. TF1's
     `parallel_iterations` and `swap_memory` are accepted so TF1 code ports unchanged and have
@@ -193,11 +215,15 @@ def dynamic_rnn(
         _native.require()
     if implementation == "auto":
         implementation = auto_implementation()
+    path = "per_step"
     if implementation == "native" and not return_all_states and _fused.native_supports(cell):
-        outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll, native=True)
-        return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
-    if implementation == "fused" and not return_all_states and _fused.supports(cell):
-        outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll)
+        path = "native"
+    elif implementation == "fused" and not return_all_states and _fused.supports(cell):
+        path = "fused"
+    if unroll is None:
+        unroll = default_unroll(path)
+    if path != "per_step":
+        outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll, native=path == "native")
         return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
 
     def step(state: Any, xs: tuple[Array, Array]) -> tuple[Any, Any]:
@@ -256,7 +282,7 @@ def bidirectional_dynamic_rnn(
     initial_state_bw: Any = None,
     dtype: Any = None,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     *,
     parallel_iterations: int | None = None,
     swap_memory: bool = False,

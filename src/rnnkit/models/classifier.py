@@ -149,7 +149,7 @@ class SequenceClassifier(eqx.Module):
     biases: Array  # [num_classes]
     mode: str = eqx.field(static=True)
     num_steps: int = eqx.field(static=True)
-    unroll: int = eqx.field(static=True, default=1)  # dynamic mode: steps per lax.scan iteration
+    unroll: int | None = eqx.field(static=True, default=None)  # dynamic mode: see dynamic_rnn (None: rnnkit picks)
     implementation: str = eqx.field(static=True, default="auto")  # dynamic mode: see dynamic_rnn
 
     def _run(
@@ -244,7 +244,7 @@ def build_classifier(
     mode: str,
     key: PRNGKeyArray,
     dropout: float = 0.0,
-    unroll: int = 1,
+    unroll: int | None = None,
     implementation: str = "auto",
 ) -> SequenceClassifier:
     """The model for a parsed `--cells` spec. `dropout` > 0 wraps every layer in a
@@ -267,7 +267,7 @@ def _initialised(
     num_steps: int,
     mode: str,
     dropout: float,
-    unroll: int,
+    unroll: int | None,
     implementation: str,
     key: PRNGKeyArray,
 ) -> SequenceClassifier:

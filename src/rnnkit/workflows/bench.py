@@ -190,7 +190,7 @@ def _static_skip(w: Workload) -> str | None:
 
 
 class _RnnkitRunner:
-    def __init__(self, w: Workload, seed: int, mode: str, implementation: str = "auto", unroll: int = 1):
+    def __init__(self, w: Workload, seed: int, mode: str, implementation: str = "auto", unroll: int | None = None):
         import equinox as eqx
         import jax
 

@@ -235,7 +235,7 @@ def median_seconds(run_once: Callable[[], Any], repeats: int, max_s: float) -> f
 # --- the model and its programs --------------------------------------------------------------
 
 
-def build_model(config: CompareConfig, mode: str, length: int, unroll: int = 1) -> SequenceClassifier:
+def build_model(config: CompareConfig, mode: str, length: int, unroll: int | None = None) -> SequenceClassifier:
     """The compared model; its weights depend only on the seed, not on the mode or length."""
     return build_classifier(
         parse_cells(config.cells),

@@ -68,6 +68,36 @@ def test_allocator_is_left_alone_when_the_user_tuned_malloc() -> None:
     assert _probe({}, "--no-work")["tuned"] is True
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_allocator_is_left_alone_where_jax_will_run_on_a_gpu() -> None:
+    assert _probe({"JAX_PLATFORMS": "cuda"}, "--no-work")["tuned"] is False
+    assert _probe({"JAX_PLATFORMS": "cuda,cpu"}, "--no-work")["tuned"] is False
+    assert _probe({"JAX_PLATFORMS": "cpu"}, "--no-work")["tuned"] is True
+
+
+@pytest.mark.parametrize(
+    ("platforms", "device_file", "plugin", "expected"),
+    [
+        ("", True, True, True),  # a CUDA plugin and NVIDIA's driver: JAX picks the GPU
+        ("", True, False, False),  # a GPU but CPU-only JAX
+        ("", False, True, False),  # the plugin without a GPU
+        ("cpu", True, True, False),  # the user's choice wins either way
+        ("cpu,cuda", True, True, False),
+        ("cuda", False, False, True),
+    ],
+)
+def test_gpu_expected_reads_jax_platforms_then_the_machine(
+    monkeypatch: pytest.MonkeyPatch, platforms: str, device_file: bool, plugin: bool, expected: bool
+) -> None:
+    from rnnkit import _host
+
+    monkeypatch.delenv("JAX_PLATFORM_NAME", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(_host.os.path, "exists", lambda path: device_file and path in _host._GPU_DEVICE_FILES)
+    monkeypatch.setattr(_host, "_gpu_plugin_installed", lambda: plugin)
+    assert _host.gpu_expected() is expected
+
+
 CACHE_PROBE = """
 import json, sys
 from rnnkit import _host

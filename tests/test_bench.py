@@ -114,6 +114,23 @@ def test_rounds_alternate_the_row_order_and_report_the_median_round(monkeypatch:
     assert result["ratios"] == {w.key: {"torch-eager": 4.0}}
 
 
+def test_rows_run_in_the_order_asked_for_each_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = Workload("train", 128, 28, 28)
+    monkeypatch.setattr(bench, "matmul_peak", lambda: {"gflops": 100.0, "by": "test", "size": 1})
+    calls: list[str] = []
+
+    def run_one(row: Any, config: BenchConfig) -> dict[str, Any]:
+        calls.append(row.name)
+        r = {"status": "ok", "samples_per_s": 100.0 * len(calls), "first_step_s": 1.0}
+        return {"row": row.name, "label": row.label, "note": "", "workloads": {w.key: r}}
+
+    asked = ("flax-nnx", "torch-eager", "rnnkit-dynamic", "torch-eager")
+    result = run_bench(BenchConfig(workloads=(w,), rows=asked), run_one=run_one)
+    assert calls == ["flax-nnx", "torch-eager", "rnnkit-dynamic"]  # not all_rows()'s order
+    assert [r["row"] for r in result["rows"]] == calls
+    assert result["ratios"] == {w.key: {"flax-nnx": 3.0, "torch-eager": 1.5}}
+
+
 def test_markdown_table_marks_errors_and_skips() -> None:
     w = Workload("train", 128, 28, 28)
     result = {

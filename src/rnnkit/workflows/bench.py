@@ -483,7 +483,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every row on every workload; the dict `bench.json` holds."""
     config.validate()
-    rows = [row for row in all_rows() if config.rows is None or row.name in config.rows]
+    # Rows run (and are tabled) in the order asked for, each once; by default, all in all_rows()'s order.
+    rows = list(all_rows()) if config.rows is None else [find_row(name) for name in dict.fromkeys(config.rows)]
     log("measuring the float32 matmul peak")
     peak = matmul_peak()
     log(f"  {peak['gflops']:.0f} GFLOP/s ({peak['by']}, {peak['size']}^3)")

@@ -2,18 +2,20 @@
 # Every GPU row the speed issue asks for, in one command sized for a lent GPU machine (the device
 # tool: one H100/H200, ~15 minutes a session including start-up; this should take 5-7 minutes).
 #
-#   1. benchmarks/unroll_probe.py: rnnkit dynamic (auto, which is fused on GPUs) at several
-#      `unroll` factors, training b128 and b1024 at T=28, b128 at T=784, inference b4096.
-#   2. rnnkit bench:
-#      rows:      rnnkit dynamic (auto), rnnkit dynamic with per_step forced (does auto pick the
-#                 faster?), rnnkit static, PyTorch eager (cuDNN), Flax NNX
-#      workloads: training b128 and b1024 at T=28, training b128 at T=784 (pixel MNIST),
-#                 inference b4096 at T=28
+#   rows:      rnnkit dynamic (implementation auto, which is fused on GPUs, unroll 4 there),
+#              PyTorch eager (cuDNN), Flax NNX, rnnkit static, rnnkit dynamic with per_step
+#              forced (does auto pick the faster?); in that order, the most wanted first
+#   workloads: training b128 and b1024 at T=28, training b128 at T=784 (pixel MNIST),
+#              inference b4096 at T=28
+#
+# Its first run (2026-11-27, benchmarks/RESULTS.md) ran the unroll probe first and the bench
+# after it, and was cut short after the bench's first row: rnnkit's bench processes took 36-70 s
+# to their first step then. To repeat the probe: benchmarks/unroll_probe.py --help.
 #
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
 # README); they are installed from there first. Everything goes to $OUT (default runs/gpu):
-# log, probe.json, bench-gpu/{bench.json,bench.md,bench.png}. Each step's figures are in the log
+# log and bench-gpu/{bench.json,bench.md,bench.png}. Each step's figures are in the log
 # as they come, so a run cut short still reports what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +31,8 @@ date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import jax, torch, flax; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'flax', flax.__version__)"
 python3 -c "import jax, sys; b = jax.default_backend(); sys.exit(0 if b == 'gpu' else f'no GPU: JAX runs on {b}')" || exit 1
-python3 benchmarks/unroll_probe.py --out "$out/probe.json" \
-    --workloads train:128:28:28,train:128:784:1,infer:4096:28:28,train:1024:28:28 \
-    --unroll 1,2,4,8,16 --repeats 5 --min-time 0.5
-date -u
 python3 -m rnnkit.cli bench \
-    --rows rnnkit-dynamic,rnnkit-dynamic-per-step,rnnkit-static,torch-eager,flax-nnx \
+    --rows rnnkit-dynamic,torch-eager,flax-nnx,rnnkit-static,rnnkit-dynamic-per-step \
     --workloads train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28 \
     --repeats 5 --min-time 0.5 --out "$out/bench-gpu"
 date -u

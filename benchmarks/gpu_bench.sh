@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU row the speed issue asks for, in one command sized for a lent GPU machine (the device
-# tool: one H100/H200, ~15 minutes a session including start-up; this should take 5-7 minutes).
+# tool: one H100/H200, ~15 minutes a session including start-up). Give the command a limit of
+# about 9 minutes (timeout_s 540): the rows' own limits add up to 8.
 #
 #   rows:      rnnkit dynamic (implementation auto, which is fused on GPUs, unroll 4 there),
 #              PyTorch eager (cuDNN), Flax NNX, rnnkit static, rnnkit dynamic with per_step
@@ -15,8 +16,8 @@
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
 # README); they are installed from there first. Everything goes to $OUT (default runs/gpu):
-# log and bench-gpu/{bench.json,bench.md,bench.png}. Each step's figures are in the log
-# as they come, so a run cut short still reports what it measured.
+# log, and bench-gpu.tgz holding rows/<row>/{bench.json,bench.md,bench.png}. Each figure is in
+# the log as it comes, so a row cut short still reports what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"
@@ -31,8 +32,17 @@ date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import jax, torch, flax; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'flax', flax.__version__)"
 python3 -c "import jax, sys; b = jax.default_backend(); sys.exit(0 if b == 'gpu' else f'no GPU: JAX runs on {b}')" || exit 1
-python3 -m rnnkit.cli bench \
-    --rows rnnkit-dynamic,torch-eager,flax-nnx,rnnkit-static,rnnkit-dynamic-per-step \
-    --workloads train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28 \
-    --repeats 5 --min-time 0.5 --out "$out/bench-gpu"
+# One bench per row, each under its own limit (ROW_LIMITS, seconds, in row order), so a slow
+# row costs only itself: timeout ends the row's whole process group. About 8 minutes at most.
+rows=(rnnkit-dynamic torch-eager flax-nnx rnnkit-static rnnkit-dynamic-per-step)
+read -r -a limits <<<"${ROW_LIMITS:-150 60 60 120 90}"
+for k in "${!rows[@]}"; do
+    row=${rows[$k]}
+    echo "== $row (limit ${limits[$k]} s)"
+    timeout "${limits[$k]}" python3 -m rnnkit.cli bench --rows "$row" \
+        --workloads train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28 \
+        --repeats 5 --min-time 0.5 --out "$out/rows/$row" || echo "== $row: exit status $? (124: over its limit)"
+done
 date -u
+# The device tool returns at most 8 files: the per-row results travel as one archive.
+tar czf "$out/bench-gpu.tgz" -C "$out" rows && rm -rf "$out/rows"

@@ -13,11 +13,11 @@ process for reuse instead of going back to the system: its resident size stays a
 It is for XLA:CPU only, and left out where JAX will run on a GPU (`gpu_expected`): there a
 step's buffers live on the device, and one arena serialises the threads XLA compiles with. On
 two CPU cores the seed's static training step reached its first step in 21.4-24.6 s tuned
-against 18.4-21.8 s untuned (four processes of each, alternating; one arena alone, without the
-other two settings, 23.9-24.7 s). On the 16-core H200 machine, rnnkit's bench processes, which tuned it and
-used a fresh compilation cache, took 36-70 s to their first step; the unroll probe, one process
-with neither, built, compiled and timed each figure in 2-23 s. Which of the two cost the time
-there was not isolated.
+against 18.4-21.8 s untuned (four processes of each, alternating; one arena alone, without
+the other two settings, 23.9-24.7 s). On the 16-core H200 machine, rnnkit's bench processes,
+which tuned it and used a fresh compilation cache, took 36-70 s to their first step; the
+unroll probe, one process with neither, built, compiled and timed each figure in 2-23 s.
+Which of the two cost the time there was not isolated.
 """
 
 from __future__ import annotations

@@ -38,6 +38,36 @@ def test_flop_count_is_the_seed_models_matmuls() -> None:
     assert flops_per_sample(Workload("infer", 8, 784, 1)) == pixels
 
 
+def test_unroll_probe_records_every_figure_and_keeps_going_past_a_failure(tmp_path: Path) -> None:
+    """benchmarks/unroll_probe.py (the GPU session's unroll sweep): one figure per
+    (implementation, unroll), the implementation auto ran recorded, a failing one kept as an error."""
+    spec = importlib.util.spec_from_file_location(
+        "unroll_probe", Path(__file__).parents[1] / "benchmarks" / "unroll_probe.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe.json"
+    argv = ["--out", str(out), "--workloads", "train:4:3:28", "--unroll", "1,2", "--implementations", "auto,cudnn"]
+    assert probe.main([*argv, "--repeats", "1", "--min-time", "0"]) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert [(f["implementation_asked"], f["unroll"]) for f in figures] == [
+        ("auto", 1),
+        ("auto", 2),
+        ("cudnn", 1),
+        ("cudnn", 2),
+    ]
+    for f in figures[:2]:
+        assert f["status"] == "ok", f
+        assert f["workload"] == TINY.key
+        assert f["implementation"] == auto_implementation()
+        assert f["samples_per_s"] > 0
+    for f in figures[2:]:
+        assert f["status"] == "error"
+        assert "implementation must be one of" in f["error"], f
+
+
 def test_static_row_skips_long_sequences_with_the_reason() -> None:
     config = BenchConfig(workloads=(Workload("infer", 2, 784, 1),), repeats=1, min_time_s=0.0)
     r = run_row(bench.find_row("rnnkit-static"), config)["workloads"]["infer b2 T784 F1"]

@@ -350,10 +350,10 @@ struct RnnKind {
         hb[k] = v ? nh : hb[k];
       }
     }
-    if (c.save && z != slot(t)) copy(saved_h + (t * B + b0) * H, z + b0 * H, n * H);
   }
 
-  // Where step t's activations are saved, [B, G], or null: forward projects into it directly.
+  // Where step t's activations are saved, [B, G], or null (inference). When saving, forward
+  // hands fwd_step this slot as z, so the activations computed in place are the saved ones.
   float* slot(int64_t t) const { return c.save ? saved_h + t * c.d.B * c.d.G : nullptr; }
 
   void bwd_step(int64_t t, const float* d_out, float* dz, float*, int64_t b0, int64_t b1) {
@@ -417,7 +417,6 @@ struct LstmKind {
         hb[k] = v ? new_h : hb[k];
       }
     }
-    if (c.save && z != slot(t)) copy(acts + (t * B + b0) * G, z + b0 * G, n * G);
   }
 
   float* slot(int64_t t) const { return c.save ? acts + t * c.d.B * c.d.G : nullptr; }
@@ -499,7 +498,6 @@ struct GruKind {
         hb[k] = v ? new_h : hb[k];
       }
     }
-    if (c.save && z != slot(t)) copy(saved + (t * B + b0) * G, z + b0 * G, n * G);
   }
 
   float* slot(int64_t t) const { return c.save ? saved + t * c.d.B * c.d.G : nullptr; }

@@ -16,18 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-
-
-def _write(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rnnkit.cli import _workload_list
     from rnnkit.workflows.bench import BenchConfig, _RnnkitRunner, measure
+    from rnnkit.workflows.checkpoint import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
                 r.update(workload=w.key, implementation_asked=impl, unroll=u, wall_s=time.perf_counter() - t0)
                 data["figures"].append(r)
-                _write(args.out, data)
+                atomic_write_text(Path(args.out), json.dumps(data, indent=1))
                 rate = f"{r['samples_per_s']:10.0f} samples/s" if r["status"] == "ok" else r["error"]
                 print(f"{w.key:24s} {impl:9s} unroll={u:<3d} {rate}  ({r['wall_s']:.0f} s)", flush=True)
     return 0

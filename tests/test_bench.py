@@ -49,21 +49,25 @@ def test_unroll_probe_records_every_figure_and_keeps_going_past_a_failure(tmp_pa
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     out = tmp_path / "probe.json"
-    argv = ["--out", str(out), "--workloads", "train:4:3:28", "--unroll", "1,2", "--implementations", "auto,cudnn"]
-    assert probe.main([*argv, "--repeats", "1", "--min-time", "0"]) == 0
+    argv = ["--out", str(out), "--workloads", "infer:4:3:28", "--unroll", "1,2", "--implementations", "auto,cudnn"]
+    assert probe.main([*argv, "--precisions", "highest,default", "--repeats", "1", "--min-time", "0"]) == 0
     figures = json.loads(out.read_text())["figures"]
-    assert [(f["implementation_asked"], f["unroll"]) for f in figures] == [
-        ("auto", 1),
-        ("auto", 2),
-        ("cudnn", 1),
-        ("cudnn", 2),
+    assert [(f["implementation_asked"], f["precision"], f["unroll"]) for f in figures] == [
+        ("auto", "highest", 1),
+        ("auto", "highest", 2),
+        ("auto", "default", 1),
+        ("auto", "default", 2),
+        ("cudnn", "highest", 1),
+        ("cudnn", "highest", 2),
+        ("cudnn", "default", 1),
+        ("cudnn", "default", 2),
     ]
-    for f in figures[:2]:
+    for f in figures[:4]:
         assert f["status"] == "ok", f
-        assert f["workload"] == TINY.key
+        assert f["workload"] == "infer b4 T3 F28"
         assert f["implementation"] == auto_implementation()
         assert f["samples_per_s"] > 0
-    for f in figures[2:]:
+    for f in figures[4:]:
         assert f["status"] == "error"
         assert "implementation must be one of" in f["error"], f
 
@@ -73,6 +77,20 @@ def test_static_row_skips_long_sequences_with_the_reason() -> None:
     r = run_row(bench.find_row("rnnkit-static"), config)["workloads"]["infer b2 T784 F1"]
     assert r["status"] == "skipped"
     assert "built up to 56 steps" in r["reason"]
+
+
+def test_tf32_row_skips_on_cpu_and_its_runner_builds_at_jaxs_default_precision() -> None:
+    config = BenchConfig(workloads=(TINY,), repeats=1, min_time_s=0.0)
+    r = run_row(bench.find_row("rnnkit-dynamic-tf32"), config)["workloads"][TINY.key]
+    assert r["status"] == "skipped"
+    assert "on CPU JAX's default precision is full float32" in r["reason"]
+    # What the row builds on a GPU, built here: the cells (static fields, kept in the params'
+    # tree) at precision None, and it trains.
+    tf32 = bench._RnnkitRunner(TINY, 0, "dynamic", "per_step", precision=None)
+    exact = bench._RnnkitRunner(TINY, 0, "dynamic", "per_step")
+    assert [c.precision for c in tf32.params.cell.cells] == [None, None]
+    assert [c.precision for c in exact.params.cell.cells] == ["highest", "highest"]
+    tf32.step()
 
 
 def test_whole_run_in_subprocesses_writes_json_table_and_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,3 +145,46 @@ def test_bad_cell_specs(spec: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_cells(spec)
     assert message in str(err.value)
+
+
+def _dot_precisions(jaxpr: jax.extend.core.ClosedJaxpr) -> list[object]:
+    """The `precision` of every dot_general in a jaxpr, sub-jaxprs (scan bodies) included."""
+    found = []
+    for eqn in jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _dot_precisions(jax.extend.core.ClosedJaxpr(sub, ()))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize(("precision", "expected"), [("highest", jax.lax.Precision.HIGHEST), (None, None)])
+def test_precision_reaches_every_matmul(mode: str, precision: object, expected: object) -> None:
+    model = build_classifier(
+        parse_cells("lstm:8,gru:4"),
+        input_size=3,
+        num_classes=2,
+        num_steps=5,
+        mode=mode,
+        key=jax.random.key(0),
+        implementation="per_step",  # matmuls in the jaxpr (the native kernel's are not)
+        precision=precision,
+    )
+    precisions = _dot_precisions(jax.make_jaxpr(model)(jnp.zeros((2, 5, 3))))
+    # LSTM: 1 matmul a step; TF1's GRU: 2; the head: 1.
+    assert len(precisions) == (5 * 3 + 1 if mode == "static" else 3 + 1)
+    assert all(p in (expected, (expected, expected)) for p in precisions), precisions
+
+
+def test_precision_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"precision must be None, 'default', 'high' or 'highest'.*got 'tf32'"):
+        build_classifier(
+            parse_cells("gru:4"),
+            input_size=3,
+            num_classes=2,
+            num_steps=5,
+            mode="dynamic",
+            key=jax.random.key(0),
+            precision="tf32",
+        )

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, RNNCell, glorot_uniform
+from rnnkit._checks import check_precision
 from rnnkit._rnn import dynamic_rnn, last_relevant, static_rnn
 from rnnkit._variables import get_variables, set_variables
 from rnnkit._wrappers import DropoutWrapper, MultiRNNCell
@@ -60,12 +61,18 @@ class CellSpec:
     def output_size(self) -> int:
         return int(dict(self.options).get("proj", self.units))
 
-    def build(self, input_size: int, key: PRNGKeyArray) -> RNNCell:
+    def build(self, input_size: int, key: PRNGKeyArray, precision: Any = "highest") -> RNNCell:
         opts = dict(self.options)
         if self.kind == "rnn":
-            return BasicRNNCell(self.units, input_size=input_size, key=key)
+            return BasicRNNCell(self.units, input_size=input_size, key=key, precision=precision)
         if self.kind == "basic_lstm":
-            return BasicLSTMCell(self.units, input_size=input_size, key=key, forget_bias=opts.get("forget_bias", 1.0))
+            return BasicLSTMCell(
+                self.units,
+                input_size=input_size,
+                key=key,
+                forget_bias=opts.get("forget_bias", 1.0),
+                precision=precision,
+            )
         if self.kind == "lstm":
             return LSTMCell(
                 self.units,
@@ -76,8 +83,11 @@ class CellSpec:
                 cell_clip=opts.get("cell_clip"),
                 proj_clip=opts.get("proj_clip"),
                 forget_bias=opts.get("forget_bias", 1.0),
+                precision=precision,
             )
-        return GRUCell(self.units, input_size=input_size, key=key, reset_after=self.kind == "gru_reset_after")
+        return GRUCell(
+            self.units, input_size=input_size, key=key, reset_after=self.kind == "gru_reset_after", precision=precision
+        )
 
 
 def _parse_option(kind: str, text: str, layer: str) -> tuple[str, Any]:
@@ -151,6 +161,7 @@ class SequenceClassifier(eqx.Module):
     num_steps: int = eqx.field(static=True)
     unroll: int | None = eqx.field(static=True, default=None)  # dynamic mode: see dynamic_rnn (None: rnnkit picks)
     implementation: str = eqx.field(static=True, default="auto")  # dynamic mode: see dynamic_rnn
+    precision: Any = eqx.field(static=True, default="highest")  # the head's matmul; the cells carry their own
 
     def _run(
         self, inputs: Float[Array, "batch time depth"], sequence_length: Int[Array, " batch"] | None
@@ -182,12 +193,12 @@ class SequenceClassifier(eqx.Module):
         """The logits and the cell stack's final state (TF1's `state` from the driver)."""
         outputs, state = self._run(inputs, sequence_length)
         last = self._last(outputs, sequence_length)
-        return jnp.matmul(last, self.weights, precision="highest") + self.biases, state
+        return jnp.matmul(last, self.weights, precision=self.precision) + self.biases, state
 
     def step_logits(self, inputs: Float[Array, "batch time depth"]) -> Float[Array, "batch time classes"]:
         """The logits the head would give after each step: how the prediction forms while reading."""
         outputs, _ = self._run(inputs, None)
-        return jnp.matmul(outputs, self.weights, precision="highest") + self.biases
+        return jnp.matmul(outputs, self.weights, precision=self.precision) + self.biases
 
     def variables(self) -> dict[str, np.ndarray]:
         """All weights by TF1 name (cells under `rnn/`, head under `fully_connected/`)."""
@@ -246,14 +257,25 @@ def build_classifier(
     dropout: float = 0.0,
     unroll: int | None = None,
     implementation: str = "auto",
+    precision: Any = "highest",
 ) -> SequenceClassifier:
     """The model for a parsed `--cells` spec. `dropout` > 0 wraps every layer in a
-    `DropoutWrapper(output_keep_prob=1 - dropout)`, the usual TF1 recipe."""
+    `DropoutWrapper(output_keep_prob=1 - dropout)`, the usual TF1 recipe. `precision` is every
+    matmul's, the cells' and the head's: "highest" (full float32, TF1's numbers) by default;
+    None takes JAX's default, which on NVIDIA GPUs since Ampere multiplies float32 in TF32, as
+    PyTorch's cuDNN RNNs do by default (see rnnkit/_cells.py). rnnkit's native CPU kernel
+    always multiplies in full float32."""
     if mode not in MODES:
         raise ConfigError(f"mode must be 'static' or 'dynamic'; got {mode!r}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1) (the fraction of outputs dropped); got {dropout}")
-    return _initialised(specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, key)
+    try:
+        precision = check_precision(precision)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return _initialised(
+        specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key
+    )
 
 
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small
@@ -269,13 +291,14 @@ def _initialised(
     dropout: float,
     unroll: int | None,
     implementation: str,
+    precision: Any,
     key: PRNGKeyArray,
 ) -> SequenceClassifier:
     keys = jax.random.split(key, len(specs) + 1)
     cells: list[RNNCell] = []
     size = input_size
     for spec, k in zip(specs, keys[:-1], strict=True):
-        cell = spec.build(size, k)
+        cell = spec.build(size, k, precision)
         if dropout > 0:
             cell = DropoutWrapper(cell, output_keep_prob=1.0 - dropout, key=jax.random.key(0))
         cells.append(cell)
@@ -284,4 +307,4 @@ def _initialised(
     # tf.contrib.layers.fully_connected: xavier (glorot-uniform) weights, zero biases.
     weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
     biases = jnp.zeros((num_classes,), jnp.float32)
-    return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation)
+    return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation, precision)

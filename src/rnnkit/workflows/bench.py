@@ -180,6 +180,16 @@ def _native_skip() -> str | None:
     return f"rnnkit's native CPU kernel can't run: {reason}" if reason else _same_as_auto("native")
 
 
+def _tf32_skip() -> str | None:
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return (
+            "TF32 is a GPU format: on CPU JAX's default precision is full float32, the same program as rnnkit-dynamic"
+        )
+    return None
+
+
 def _static_skip(w: Workload) -> str | None:
     if w.steps > UNROLLED_MAX_STEPS:
         return (
@@ -190,7 +200,15 @@ def _static_skip(w: Workload) -> str | None:
 
 
 class _RnnkitRunner:
-    def __init__(self, w: Workload, seed: int, mode: str, implementation: str = "auto", unroll: int | None = None):
+    def __init__(
+        self,
+        w: Workload,
+        seed: int,
+        mode: str,
+        implementation: str = "auto",
+        unroll: int | None = None,
+        precision: Any = "highest",
+    ):
         import equinox as eqx
         import jax
 
@@ -213,6 +231,7 @@ class _RnnkitRunner:
             key=jax.random.key(seed),
             implementation=implementation,
             unroll=unroll,
+            precision=precision,
         )
         self.params, static = eqx.partition(model, eqx.is_array)
         x, y = w.batch_arrays(seed)
@@ -235,12 +254,12 @@ class _RnnkitRunner:
             self.predict(self.params, self.x).block_until_ready()
 
 
-def _rnnkit_row(name: str, label: str, mode: str, implementation: str, **more: Any) -> Row:
+def _rnnkit_row(name: str, label: str, mode: str, implementation: str, precision: Any = "highest", **more: Any) -> Row:
     return Row(
         name=name,
         label=label,
         requires=("jax",),
-        build=lambda w, seed: _RnnkitRunner(w, seed, mode, implementation),
+        build=lambda w, seed: _RnnkitRunner(w, seed, mode, implementation, precision=precision),
         versions=_rnnkit_versions,
         forget_compiled=_forget_compiled,
         **more,
@@ -280,6 +299,19 @@ RNNKIT_ROWS = (
         note="the cell's own step in lax.scan, autodiff's backward pass",
     ),
     _rnnkit_row("rnnkit-static", "rnnkit static_rnn (TF1 cells, unrolled)", "static", "auto", skip=_static_skip),
+    _rnnkit_row(
+        "rnnkit-dynamic-tf32",
+        "rnnkit dynamic_rnn, JAX's default matmul precision (TF32 on NVIDIA GPUs)",
+        "dynamic",
+        "auto",
+        precision=None,
+        skip=lambda w: _tf32_skip(),
+        note=(
+            "every matmul at JAX's default precision instead of 'highest': float32 inputs multiplied in TF32 on "
+            "NVIDIA GPUs since Ampere, as PyTorch's cuDNN RNNs do by default (torch.backends.cudnn.allow_tf32); "
+            "not TF1's numbers"
+        ),
+    ),
 )
 
 
@@ -619,7 +651,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("samples/s (log)")
     env = result["environment"]
     ax.set_title(f"LSTM(128) -> GRU(256) -> dense(10): {env['device']}, {env['cpu_count']} cores", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    if rows:  # else every row skipped or failed: an empty chart, no legend
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_png(fig, path)
 

@@ -41,7 +41,19 @@ from rnnkit.workflows.bench_rows import (
 def _torch_versions() -> dict[str, str]:
     import torch
 
-    return {"torch": torch.__version__}
+    versions = {"torch": torch.__version__}
+    if torch.cuda.is_available():  # whether cuDNN's RNNs and cuBLAS may multiply float32 in TF32
+        versions["cudnn.allow_tf32"] = str(torch.backends.cudnn.allow_tf32)
+        versions["cuda.matmul.allow_tf32"] = str(torch.backends.cuda.matmul.allow_tf32)
+    return versions
+
+
+def _torch_fp32_skip(w: Workload) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "TF32 is a GPU format: on CPU this is torch-eager's program"
+    return None
 
 
 def _torch_model(features: int, tf1_gru: bool) -> Any:
@@ -92,10 +104,12 @@ def _torch_model(features: int, tf1_gru: bool) -> Any:
 
 
 class _TorchRunner:
-    def __init__(self, w: Workload, seed: int, tf1_gru: bool, compiled: bool = False):
+    def __init__(self, w: Workload, seed: int, tf1_gru: bool, compiled: bool = False, tf32: bool | None = None):
         import torch
         import torch.nn.functional as F
 
+        if tf32 is not None:  # else PyTorch's defaults (cuDNN: TF32 allowed; cuBLAS matmuls: not)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.manual_seed(seed)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = _torch_model(w.features, tf1_gru).to(self.device)
@@ -361,6 +375,18 @@ PEER_ROWS: tuple[Row, ...] = (
         note=(
             "nn.GRU is the cuDNN formula (reset applied after the recurrent matmul), not TF1's GRUCell; "
             "on CPU nn.LSTM runs oneDNN's fused kernel and nn.GRU ATen's per-step one, on GPU both cuDNN"
+        ),
+    ),
+    Row(
+        name="torch-eager-fp32",
+        label="PyTorch eager, nn.LSTM + nn.GRU, TF32 off (cuDNN in full float32)",
+        requires=("torch",),
+        build=lambda w, seed: _TorchRunner(w, seed, tf1_gru=False, tf32=False),
+        versions=_torch_versions,
+        skip=_torch_fp32_skip,
+        note=(
+            "torch-eager with torch.backends.cudnn.allow_tf32 and cuda.matmul.allow_tf32 set to False: cuDNN's "
+            "RNNs multiply in full float32, like rnnkit's default precision"
         ),
     ),
     Row(

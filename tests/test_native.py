@@ -81,3 +81,42 @@ def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(_native, "LIBRARY", tmp_path / "no-such-dir" / "librnnkit_cpu.so")
     with pytest.raises(_native.NativeUnavailableError, match=r"can't write next to the package"):
         _native.build()
+
+
+_LOAD_IN_A_NEW_PROCESS = """
+import json, os, sys
+import jax  # its threads, and NumPy's OpenBLAS's, exist before the kernel loads
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+before = tasks()
+from rnnkit import _native
+_native.require()
+print(json.dumps({"added": tasks() - before, "threads": _native.threads(),
+                  "env": os.environ.get("OPENBLAS_NUM_THREADS")}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.parametrize(("setting", "expected"), [(None, None), ("1", 1), ("64", None)])
+def test_kernel_threads_follow_openblas_settings_and_openblas_starts_single_threaded(
+    native_kernel: None, setting: str | None, expected: int | None
+) -> None:
+    """OpenBLAS loads with one thread (no worker threads of its own, which kept the kernel's
+    threads from calling sgemm side by side), the kernel runs as many threads as OpenBLAS would
+    have (OPENBLAS_NUM_THREADS, at most the CPUs; else the CPUs), and the user's setting is
+    left as it was."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    if setting is not None:
+        env["OPENBLAS_NUM_THREADS"] = setting
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_A_NEW_PROCESS], env=env, capture_output=True, text=True, check=True
+    )
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    cpus = len(os.sched_getaffinity(0))
+    assert got == {"added": 0, "threads": expected or cpus, "env": setting}

@@ -21,6 +21,7 @@ compiler, or the build failed), `implementation="auto"` uses the per-step path, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -104,6 +105,40 @@ def build() -> Path:
 
 
 _registered: list[str] = []
+# The environment variables OpenBLAS takes its thread count from, the first set one winning.
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def kernel_threads() -> int:
+    """How many threads the kernel runs: what OpenBLAS would have used, the first positive
+    OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS (its first entry), at most the
+    CPUs this process may run on, else those CPUs."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for name in _THREAD_VARIABLES:
+        try:
+            n = int(os.environ.get(name, "").split(",")[0])
+        except ValueError:
+            continue
+        if n > 0:
+            return max(1, min(n, cpus))
+    return max(1, cpus)
+
+
+@contextlib.contextmanager
+def _single_threaded_openblas() -> Any:
+    """OPENBLAS_NUM_THREADS=1 while the library (and with it scipy-openblas32) loads, then the
+    user's setting back. OpenBLAS reads it once, when it loads: started with more threads and
+    set to one afterwards, its idle worker threads kept the kernel's own threads from running
+    their sgemm calls side by side (see kThreads in rnn_cpu.cc)."""
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
 @functools.cache
@@ -113,15 +148,31 @@ def _load() -> str | None:
         return f"it is not built ({LIBRARY} is missing)"
     if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
         return f"it is out of date ({LIBRARY} is older than {SOURCE.name})"
+    threads = kernel_threads()  # before the load changes the environment
     try:
-        lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+        with _single_threaded_openblas():
+            lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
     except OSError as e:
         return f"it could not be loaded ({e})"
+    lib.rnnkit_set_threads.argtypes = (ctypes.c_int64,)
+    lib.rnnkit_set_threads(threads)
+    _library.append(lib)
     if not _registered:  # once per process: a target's handler stays what was first registered
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
         _registered.append(str(LIBRARY))
     return None
+
+
+_library: list[ctypes.CDLL] = []
+
+
+def threads() -> int:
+    """How many threads the loaded kernel runs (NativeUnavailableError where it can't load)."""
+    require()
+    lib = _library[-1]
+    lib.rnnkit_threads.restype = ctypes.c_int64
+    return int(lib.rnnkit_threads())
 
 
 def unavailable_reason() -> str | None:

@@ -268,13 +268,23 @@ int64_t block_steps(const Dims& d) {
 // Threads. The kernel does its own: OpenBLAS runs matrices of a few hundred rows (every
 // per-step product here) on one core however many it has, so the steps of different batch
 // rows go to different threads instead, and the large per-block products are split by rows
-// or columns the same way. This OpenBLAS (scipy-openblas32's, used by nothing else in the
-// process) is set to one thread when the library loads, and the kernel uses as many threads
-// as OpenBLAS would have (OPENBLAS_NUM_THREADS, else the cores it may run on).
-const int64_t kThreads = [] {
-  const int n = scipy_openblas_get_num_threads();
+// or columns the same way, each thread calling OpenBLAS single-threaded.
+//
+// This OpenBLAS (scipy-openblas32's, used by nothing else in the process) starts with one
+// thread: rnnkit/_native loads it with OPENBLAS_NUM_THREADS=1. Started with more and set to one
+// afterwards, it keeps a worker thread, which spins for a while after start-up: in a
+// standalone test on two cores, two threads each calling sgemm on half of a weight gradient
+// (128 x 384 x 3584) then took as long as one thread doing both halves (8.4-8.8 ms), against
+// 3.8-4.4 ms with one-thread start-up or once the worker had gone idle (after a second). In a
+// steady training loop no difference showed (eight alternating process pairs at batch 128,
+// within this machine's noise). The set_num_threads(1) below covers a library loaded first by
+// someone else.
+//
+// kThreads is how many threads the kernel runs: set by rnnkit/_native after loading (the
+// user's OPENBLAS_NUM_THREADS, else the CPUs the process may run on), else the CPUs.
+int64_t kThreads = [] {
   scipy_openblas_set_num_threads(1);
-  return std::max<int64_t>(1, n);
+  return std::max<int64_t>(1, std::thread::hardware_concurrency());
 }();
 
 // fn(i) for i in [0, n), on the calling thread and n - 1 others.
@@ -333,6 +343,8 @@ struct RnnKind {
   float *saved_h, *prev_h, *d_wh;
   std::vector<float> h, dh, dh_step;
 
+  void begin_block(int64_t) {}
+
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, n = b1 - b0;
     loop.mul(n, h.data() + b0 * H, H, true, z + b0 * H, H);
@@ -387,6 +399,8 @@ struct LstmKind {
   float forget_bias;
   float *acts, *tanh_c, *prev_c, *prev_h, *d_wh;
   std::vector<float> cs, h, dc, dh, dh_step;
+
+  void begin_block(int64_t) {}
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
@@ -467,6 +481,13 @@ struct GruKind {
   Weights gates, cand;  // forward: wg, wc; backward: their transposes
   float *saved, *prev_h, *d_wg, *d_wc;
   std::vector<float> h, rh, dh, dh_step, dhv, drh;
+  // Backward: r * h for the block's steps [steps, B, H], the candidate's weight gradient's
+  // input, written by bwd_step beside the values it is made of (each thread its rows) rather
+  // than by every thread again for all rows in block_grads; t0 is the block's first step.
+  std::vector<float> rh_block;
+  int64_t t0 = 0;
+
+  void begin_block(int64_t first) { t0 = first; }
 
   void fwd_step(int64_t t, float* z, float* out, int64_t b0, int64_t b1) {
     const int64_t B = c.d.B, H = c.d.H, G = c.d.G, n = b1 - b0;
@@ -528,8 +549,10 @@ struct GruKind {
       const float* drhb = drh.data() + b * H;
       float* dgz = dz + b * G;
       float* dprev = dh_step.data() + b * H;
+      float* rhb = rh_block.data() + ((t - t0) * B + b) * H;
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) {
+        rhb[k] = r[k] * hb[k];
         dgz[k] = drhb[k] * hb[k] * r[k] * (1.0f - r[k]);
         dgz[H + k] = dhb[k] * (hb[k] - cc[k]) * u[k] * (1.0f - u[k]);
         dprev[k] = dhb[k] * u[k] + drhb[k] * r[k];
@@ -541,14 +564,7 @@ struct GruKind {
 
   void block_grads(int64_t t0, int64_t steps, const float* dz, const float*, int64_t i, int64_t n) {
     const int64_t rows = steps * c.d.B, H = c.d.H, G = c.d.G;
-    const float* hp = prev_h + t0 * c.d.B * H;
-    const float* s = saved + t0 * c.d.B * G;
-    add_weight_grad(i, n, rows, hp, H, H, dz, G, 2 * H, d_wg, 2 * H);
-    Scratch rh_block(rows * H);  // r * h, the candidate matmul's input (each thread its own)
-    for (int64_t r = 0; r < rows; ++r) {
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) rh_block.data()[r * H + k] = s[r * G + k] * hp[r * H + k];
-    }
+    add_weight_grad(i, n, rows, prev_h + t0 * c.d.B * H, H, H, dz, G, 2 * H, d_wg, 2 * H);
     add_weight_grad(i, n, rows, rh_block.data(), H, H, dz + 2 * H, G, H, d_wc, H);
   }
 };
@@ -564,6 +580,8 @@ struct GruAfterKind {
   const float* b_hidden;
   float *saved, *prev_h, *d_w_hidden, *d_b_hidden;
   std::vector<float> h, zh, dh, dh_step;
+
+  void begin_block(int64_t) {}
 
   float* slot(int64_t) const { return nullptr; }  // saves (r, u, c, hidden), not the projection
 
@@ -688,6 +706,7 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
   for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
     const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
     const int64_t n = row_threads(d.B);
+    kind.begin_block(t0);
     parallel(n, [&](int64_t i) {  // the steps, by batch rows
       const int64_t b0 = part(d.B, i, n), b1 = part(d.B, i + 1, n);
       for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -844,6 +863,7 @@ ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_
             std::vector<float>(d.B * H),
             std::vector<float>(d.B * H),
             std::vector<float>(d.B * H)};
+  k.rh_block.resize(block_steps(d) * d.B * H);
   zero(k.d_wg, H * 2 * H);
   zero(k.d_wc, H * H);
   backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
@@ -896,6 +916,10 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
 }
 
 }  // namespace
+
+// How many threads the kernel runs (at least one); called by rnnkit/_native once it is loaded.
+extern "C" void rnnkit_set_threads(int64_t n) { kThreads = std::max<int64_t>(1, n); }
+extern "C" int64_t rnnkit_threads() { return kThreads; }
 
 // ------------------------------------------------------------------------------------------
 // Handler symbols (rnnkit/_native registers them with jax.ffi).

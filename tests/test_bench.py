@@ -224,3 +224,28 @@ def test_bench_mistakes_exit_2_with_one_line(argv: list[str], message: str, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert message in err[0]
+
+
+@pytest.mark.slow
+def test_native_ab_times_two_builds_side_by_side(native_kernel: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/native_ab.py: the other build's FFI targets are its own (the program built
+    against them names them), and one line of paired figures comes out per workload."""
+    spec = importlib.util.spec_from_file_location(
+        "native_ab", Path(__file__).parents[1] / "benchmarks" / "native_ab.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    from rnnkit import _native
+
+    argv = ["--other", str(_native.SOURCE), "--workloads", "train:8:3:28", "--steps", "4", "--warmup", "1"]
+    assert ab.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("train b8 T3 F28: this ")
+    assert "other/this per pair: median" in out
+    with jax.numpy_dtype_promotion("standard"), ab._targets_prefixed("other_"):
+        runner = bench._RnnkitRunner(TINY, 0, "dynamic", "native")
+        text = runner.train_step.lower(runner.params, runner.opt_state, runner.x, runner.y, runner.key).as_text()
+    assert "other_rnnkit_gru_fwd" in text
+    assert '"rnnkit_gru_fwd' not in text

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 580 s (timeout_s): the jobs' own limits add up to 540.
+# limit of 590 s (timeout_s): the jobs' own limits add up to 550.
 #
 # Its first run (2026-11-27, benchmarks/RESULTS.md "GPU") measured rnnkit's fused path at unroll
 # 1-16, PyTorch (cuDNN) and Flax, and left these open, which this second version measures, the
 # most wanted first:
-#   1. probe-default: rnnkit at unroll 4 (the default) and precision "highest" (TF1's numbers)
-#      against "default" (TF32): does TF32 close the gap to the targets?
+#   1. probe-default: rnnkit at unroll 4 (the default), fused (a loop per layer, what auto runs)
+#      against fused_stack (one loop for the whole stack); then probe-tf32: precision "default"
+#      (TF32) instead of "highest" (TF1's numbers): does either close the gap to the targets?
 #   2. torch-eager and torch-eager-fp32: cuDNN as PyTorch runs it by default, and with TF32 off;
 #      the two show whether the issue's cuDNN figures were TF32 ones.
 #   3. probe-cmdbuf: rnnkit with XLA's command buffers (CUDA graphs) taking the while loops too:
@@ -57,16 +58,17 @@ all=train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28
 short=train:128:28:28,infer:4096:28:28
 
 flags="${XLA_FLAGS:-}"
-probe probe-default 120 "$flags" --workloads "$all" --unroll 4 --precisions highest,default
+probe probe-default 140 "$flags" --workloads "$all" --unroll 4 --implementations auto,fused_stack
+probe probe-tf32 80 "$flags" --workloads "$all" --unroll 4 --precisions default
 bench torch-eager 60 "$all"
 bench torch-eager-fp32 60 "$all"
 # XLA's command buffers record runs of kernels as CUDA graphs; WHILE and CONDITIONAL let them
 # take whole loops (no host round trip per iteration). An XLA that does not know a type refuses
 # the flag at start-up: the job then fails at once, and the log says why.
 cmdbuf=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
-probe probe-cmdbuf 120 "${flags:+$flags }$cmdbuf" --workloads "$short,train:128:784:1" --unroll 1,4
-bench rnnkit-dynamic 90 "$short"
-bench rnnkit-static 90 "$short"
+probe probe-cmdbuf 90 "${flags:+$flags }$cmdbuf" --workloads "$short,train:128:784:1" --unroll 1,4
+bench rnnkit-dynamic 45 train:128:28:28
+bench rnnkit-static 75 "$short"
 date -u
 # The device tool returns at most 8 files: the jobs' results travel as one archive.
 tar czf "$out/gpu.tgz" -C "$out" jobs && rm -rf "$out/jobs"

@@ -6,6 +6,7 @@ formulas."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import equinox as eqx
@@ -83,23 +84,44 @@ ONE_BY_ONE = [
 ]
 
 
+@pytest.mark.parametrize("how", ["fused", "fused_stack"])
 @pytest.mark.parametrize("name", ["stack", "basic_lstm_forget_bias_0.5", *ONE_BY_ONE, "multi_lstm_gru"])
-def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) -> None:
+def test_fast_path_equals_plain_path_values_and_gradients(name: str, how: str, x64: None) -> None:
     cell = _make(name, jnp.float64)
     assert _fused.supports(cell)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
-    fast = _value_and_grads(cell, x, LENGTHS, False, "fused")
+    fast = _value_and_grads(cell, x, LENGTHS, False, how)
     plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
     _assert_trees_close(fast, plain, 1e-11)
 
 
-def test_fast_path_time_major_float32_no_lengths() -> None:
+@pytest.mark.parametrize("how", ["fused", "fused_stack"])
+def test_fast_path_time_major_float32_no_lengths(how: str) -> None:
     """Time-major inputs, float32, no sequence_length: equal to float32 rounding."""
     cell = _stack(jnp.float32)
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
-    fast = _value_and_grads(cell, x, None, True, "fused")
+    fast = _value_and_grads(cell, x, None, True, how)
     plain = _value_and_grads(cell, x, None, True, "per_step")
     _assert_trees_close(fast, plain, 2e-5)
+
+
+@pytest.mark.parametrize("unroll", [1, 4])
+def test_fused_stack_is_one_loop_over_time(unroll: int) -> None:
+    """fused_stack: one scan forward and one reversed in the gradient for the four-layer
+    stack, against fused's one per layer each way; unroll reaches its loops."""
+    cell = _stack(jnp.float32)
+    x = random_inputs((2, 6, INPUT_SIZE), jnp.float32)
+
+    def gradient_program(how: str) -> str:
+        def loss(c: Any, v: jax.Array) -> jax.Array:
+            return jnp.sum(rk.dynamic_rnn(c, v, LENGTHS[:2], implementation=how, unroll=unroll)[0])
+
+        return str(jax.make_jaxpr(jax.grad(loss))(cell, x))
+
+    stacked = gradient_program("fused_stack")
+    assert len(re.findall(r"\bscan\[", stacked)) == 2
+    assert set(re.findall(r"unroll=(\d+)", stacked)) == {str(unroll)}
+    assert len(re.findall(r"\bscan\[", gradient_program("fused"))) == 2 * 4
 
 
 def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
@@ -204,7 +226,9 @@ def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
 
 def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
-    with pytest.raises(ValueError, match=r"implementation must be one of auto, per_step, fused, native; got 'cudnn'"):
+    with pytest.raises(
+        ValueError, match=r"implementation must be one of auto, per_step, fused, fused_stack, native; got 'cudnn'"
+    ):
         rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)), implementation="cudnn")
 
 

@@ -288,6 +288,98 @@ def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int 
 
 
 @functools.cache
+def _stack_recurrence(
+    kind_names: tuple[str, ...],
+    precisions: tuple[Any, ...],
+    forget_biases: tuple[float, ...],
+    unroll: int | bool,
+    masked: bool,
+) -> Callable:
+    """The whole stack in one loop over time (implementation="fused_stack"): each iteration
+    steps every layer, layer k + 1 projecting layer k's output of that step inside the loop.
+    Only the first layer's input projection is hoisted.
+
+    stack(ws, w_ins, b_ins, xp0 [T,B,G0], states0, valid [T,B,1] or None) -> (top outputs
+    [T,B,H], final states); ws, states0: per layer, as in `_recurrence`; w_ins, b_ins: the
+    input kernels and biases of layers 1 and up. Differentiable in all but `valid`, through a
+    hand-written backward pass that runs the layers top down in each step of one reversed
+    loop, and takes every weight gradient as one matmul after it."""
+    kinds = [_KINDS[k](p, fb) for k, p, fb in zip(kind_names, precisions, forget_biases, strict=True)]
+    layers = range(len(kinds))
+
+    def mask(valid_t, new, old):
+        return tuple(jnp.where(valid_t, a, b) for a, b in zip(new, old, strict=True)) if masked else new
+
+    def step_all(ws, w_ins, b_ins, xp0_t, valid_t, states):
+        """One step of every layer: (new states, every layer's (masked) output, saved)."""
+        new_states, outs, saved = [], [], []
+        for k in layers:
+            xp = xp0_t if k == 0 else _mm(precisions[k])(outs[-1], w_ins[k - 1]) + b_ins[k - 1]
+            new, kept = kinds[k].step(ws[k], xp, states[k])
+            out = jnp.where(valid_t, new[-1], jnp.zeros_like(new[-1])) if masked else new[-1]
+            new_states.append(mask(valid_t, new, states[k]))
+            outs.append(out)
+            saved.append(kept)
+        return tuple(new_states), tuple(outs), tuple(saved)
+
+    def run(ws, w_ins, b_ins, xp0, states0, valid):
+        def body(states, xs):
+            new_states, outs, _ = step_all(ws, w_ins, b_ins, *xs, states)
+            return new_states, outs[-1]
+
+        final, outs = jax.lax.scan(body, states0, (xp0, valid), unroll=unroll)
+        return outs, final
+
+    def run_fwd(ws, w_ins, b_ins, xp0, states0, valid):
+        def body(states, xs):
+            new_states, outs, saved = step_all(ws, w_ins, b_ins, *xs, states)
+            return new_states, (outs, states, saved)
+
+        final, (outs, prev_states, saved) = jax.lax.scan(body, states0, (xp0, valid), unroll=unroll)
+        return (outs[-1], final), (ws, w_ins, outs[:-1], prev_states, saved, valid)
+
+    def run_bwd(residuals, cotangents):
+        ws, w_ins, inputs, prev_states, saved, valid = residuals  # inputs: layers 1 and up's, [T,B,*]
+        d_outs, d_final = cotangents
+        ws_t = tuple(tuple(w.T if w.ndim == 2 else w for w in layer) for layer in ws)
+        w_ins_t = tuple(w.T for w in w_ins)
+
+        def body(d_states, xs):
+            states_t, saved_t, d_out, valid_t = xs
+            d_prev_all, d_xps, d_loops = [None] * len(kinds), [None] * len(kinds), [None] * len(kinds)
+            d_in = d_out  # the gradient reaching layer k's output at this step, from above
+            for k in reversed(layers):
+                d_state = d_states[k]
+                d_new = (*d_state[:-1], d_state[-1] + d_in)
+                if masked:
+                    d_new = tuple(jnp.where(valid_t, d, jnp.zeros_like(d)) for d in d_new)
+                d_prev, d_xp, d_loop = kinds[k].step_bwd(ws_t[k], states_t[k], saved_t[k], d_new)
+                if masked:  # a padded step passed the state through unchanged
+                    passed = (jnp.where(valid_t, jnp.zeros_like(d), d) for d in d_state)
+                    d_prev = tuple(p + q for p, q in zip(d_prev, passed, strict=True))
+                d_prev_all[k], d_xps[k], d_loops[k] = d_prev, d_xp, d_loop
+                if k > 0:
+                    d_in = _mm(precisions[k])(d_xp, w_ins_t[k - 1])
+            return tuple(d_prev_all), (tuple(d_xps), tuple(d_loops))
+
+        d_states0, (d_xps, d_loops) = jax.lax.scan(
+            body, tuple(d_final), (prev_states, saved, d_outs, valid), reverse=True, unroll=unroll
+        )
+        d_ws = tuple(
+            kinds[k].weight_grads(ws[k], prev_states[k][-1], saved[k], d_xps[k] if d_loops[k] is None else d_loops[k])
+            for k in layers
+        )
+        d_w_ins = tuple(_outer_sum(inputs[k - 1], d_xps[k], precisions[k]) for k in layers if k > 0)
+        d_b_ins = tuple(jnp.sum(d_xps[k], axis=(0, 1)) for k in layers if k > 0)
+        d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)
+        return d_ws, d_w_ins, d_b_ins, d_xps[0], d_states0, d_valid
+
+    fn = jax.custom_vjp(run)
+    fn.defvjp(run_fwd, run_bwd)
+    return fn
+
+
+@functools.cache
 def _native_layer(kind_name: str, forget_bias: float) -> Callable:
     """One layer in rnnkit's native CPU kernel (rnnkit/_native), input projection, loop and
     gradients: layer(w_in, b_in, ws, x [T,B,I], state0, lengths [B] int32) -> (outputs
@@ -353,11 +445,18 @@ def _layer(
 
 
 def run_time_major(
-    cell: RNNCell, x: Array, state: Any, lengths: Array | None, unroll: int | bool, native: bool = False
+    cell: RNNCell,
+    x: Array,
+    state: Any,
+    lengths: Array | None,
+    unroll: int | bool,
+    native: bool = False,
+    one_loop: bool = False,
 ) -> tuple[Array, Any]:
     """`dynamic_rnn` on time-major x [T, B, input] for a cell `supports` accepts: the top
     layer's outputs [T, B, output] (zero past each length) and the final state. `native` runs
-    the loops in rnnkit's native CPU kernel (float32; see `native_supports`)."""
+    the loops in rnnkit's native CPU kernel (float32; see `native_supports`); `one_loop` runs a
+    MultiRNNCell in one loop over time (`_stack_recurrence`) instead of a loop per layer."""
     valid = native_lengths = None
     if native:
         native_lengths = jnp.full(x.shape[1], x.shape[0], jnp.int32) if lengths is None else lengths.astype(jnp.int32)
@@ -365,8 +464,35 @@ def run_time_major(
         valid = (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
     if type(cell) is not MultiRNNCell:
         return _layer(cell, x, state, valid, native_lengths, unroll)
+    if one_loop and not native:
+        return _run_stack(cell, x, state, valid, unroll)
     finals = []
     for layer, layer_state in zip(cell.cells, state, strict=True):
         x, final = _layer(layer, x, layer_state, valid, native_lengths, unroll)
         finals.append(final)
     return x, tuple(finals)
+
+
+def _run_stack(cell: MultiRNNCell, x: Array, state: Any, valid: Array | None, unroll: int | bool) -> tuple[Array, Any]:
+    kinds = tuple(_leaf_kind(c) for c in cell.cells)
+    assert None not in kinds
+    split = [_split_weights(c, k) for c, k in zip(cell.cells, kinds, strict=True)]
+    first = cell.cells[0]
+    xp0 = jnp.matmul(x, split[0][0], precision=first.precision) + split[0][1]  # the first layer's, hoisted
+    states0 = tuple((s.c, s.h) if k == "lstm" else (s,) for s, k in zip(state, kinds, strict=True))
+    run = _stack_recurrence(
+        kinds,
+        tuple(c.precision for c in cell.cells),
+        tuple(float(getattr(c, "forget_bias", 0.0)) for c in cell.cells),
+        unroll,
+        valid is not None,
+    )
+    outputs, finals = run(
+        tuple(ws for _, _, ws in split),
+        tuple(w for w, _, _ in split[1:]),
+        tuple(b for _, b, _ in split[1:]),
+        xp0,
+        states0,
+        valid,
+    )
+    return outputs, tuple(LSTMStateTuple(*f) if k == "lstm" else f[0] for f, k in zip(finals, kinds, strict=True))

@@ -25,7 +25,7 @@ from rnnkit._checks import check_inputs, check_sequence_length, check_state, dty
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-IMPLEMENTATIONS = ("auto", "per_step", "fused", "native")  # dynamic_rnn's ways of arranging the loop
+IMPLEMENTATIONS = ("auto", "per_step", "fused", "fused_stack", "native")  # dynamic_rnn's ways of arranging the loop
 
 
 def auto_implementation() -> str:
@@ -130,14 +130,15 @@ def static_rnn(
 # T=28 batch 1024; inference at batch 4096 was within 10% across them. 4 was the fastest for
 # training at T=28 batch 128 and at T=784, within 6% of the fastest at batch 1024. Elsewhere
 # (per_step; fused on CPU; native, which has no use for it) the default stays 1: nothing
-# measured says otherwise.
+# measured says otherwise. fused_stack (one loop for the whole stack) takes the same until it
+# is measured on a GPU.
 GPU_FUSED_UNROLL = 4
 
 
 def default_unroll(path: str) -> int:
-    """The unroll factor `unroll=None` means for the path that runs (fused, native or per_step)
+    """The unroll factor `unroll=None` means for the path that runs (fused, fused_stack, native or per_step)
     on JAX's default backend."""
-    return GPU_FUSED_UNROLL if path == "fused" and jax.default_backend() != "cpu" else 1
+    return GPU_FUSED_UNROLL if path in ("fused", "fused_stack") and jax.default_backend() != "cpu" else 1
 
 
 def _check_unroll(unroll: Any) -> int | bool | None:
@@ -189,7 +190,10 @@ def dynamic_rnn(
     cells with tanh, and stacks of them; others fall back to per_step) runs a layer at a time,
     the input projections of the whole sequence hoisted into one matmul, with a hand-written
     backward pass whose weight gradients are one matmul after the loop (see rnnkit/_fused.py).
-    `"native"` (CPU, float32, the cells fused takes) runs each layer, loop and gradients, in
+    `"fused_stack"` is fused with one loop for a whole MultiRNNCell instead of one per layer:
+    each iteration steps every layer, only the first layer's input projection hoisted (half
+    the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
+    not yet measured on one). `"native"` (CPU, float32, the cells fused takes) runs each layer, loop and gradients, in
     rnnkit's C++ kernel (rnnkit/_native; built by `make install`, or by `python -m
     rnnkit._native`); it raises `NativeUnavailableError` where the kernel is not built.
     `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
@@ -218,12 +222,14 @@ def dynamic_rnn(
     path = "per_step"
     if implementation == "native" and not return_all_states and _fused.native_supports(cell):
         path = "native"
-    elif implementation == "fused" and not return_all_states and _fused.supports(cell):
-        path = "fused"
+    elif implementation in ("fused", "fused_stack") and not return_all_states and _fused.supports(cell):
+        path = implementation
     if unroll is None:
         unroll = default_unroll(path)
     if path != "per_step":
-        outputs, final_state = _fused.run_time_major(cell, x, state, lengths, unroll, native=path == "native")
+        outputs, final_state = _fused.run_time_major(
+            cell, x, state, lengths, unroll, native=path == "native", one_loop=path == "fused_stack"
+        )
         return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
 
     def step(state: Any, xs: tuple[Array, Array]) -> tuple[Any, Any]:

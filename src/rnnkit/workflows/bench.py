@@ -291,6 +291,13 @@ RNNKIT_ROWS = (
         note="hoisted input projections, hand-written backward pass",
     ),
     _rnnkit_row(
+        "rnnkit-dynamic-fused-stack",
+        "rnnkit dynamic_rnn, implementation='fused_stack'",
+        "dynamic",
+        "fused_stack",
+        note="fused with one loop over time for the whole stack (each iteration steps both layers)",
+    ),
+    _rnnkit_row(
         "rnnkit-dynamic-per-step",
         "rnnkit dynamic_rnn, implementation='per_step'",
         "dynamic",

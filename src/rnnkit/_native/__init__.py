@@ -7,7 +7,8 @@ threads: per step the input projection (with fewer batch rows than threads, a bl
 at a time), one or two products by the loop weights and one vectorised pass over each row for
 the gates; in the backward pass the weight and input gradients a block of steps at a time.
 Products by a weight matrix run on an AVX-512 microkernel over weights packed once per call,
-the weight gradients (and everything, without AVX-512) on OpenBLAS's `sgemm`.
+the weight gradients (and everything, without AVX-512) on OpenBLAS's `sgemm`, which is loaded
+single-threaded: the kernel runs its own threads (`kernel_threads`).
 `_fused._native_layer` wraps a forward and a backward call in a custom VJP, so
 `dynamic_rnn(implementation="native")` computes what `"fused"` and `"per_step"` compute, to
 float32 rounding.
@@ -128,8 +129,9 @@ def kernel_threads() -> int:
 def _single_threaded_openblas() -> Any:
     """OPENBLAS_NUM_THREADS=1 while the library (and with it scipy-openblas32) loads, then the
     user's setting back. OpenBLAS reads it once, when it loads: started with more threads and
-    set to one afterwards, its idle worker threads kept the kernel's own threads from running
-    their sgemm calls side by side (see kThreads in rnn_cpu.cc)."""
+    set to one afterwards, it keeps a worker thread, which right after start-up kept the
+    kernel's own threads from running their sgemm calls side by side (see kThreads in
+    rnn_cpu.cc)."""
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:

@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def skip_if_missing(name: str) -> None:
 def test_rows_are_named_once_and_described() -> None:
     assert [row.name for row in PEER_ROWS] == [
         "torch-eager",
+        "torch-eager-fp32",
         "torch-tf1gru-loop",
         "torch-tf1gru-compile",
         "tf1-dynamic",
@@ -130,8 +132,19 @@ def test_unrolled_rows_skip_long_sequences_only(name: str) -> None:
 
 def test_other_rows_run_every_workload() -> None:
     for row in PEER_ROWS:
-        if row.name not in ("tf1-static", "torch-tf1gru-compile"):
+        if row.name not in ("tf1-static", "torch-tf1gru-compile", "torch-eager-fp32"):
             assert all(row.skip(Workload(task, 1024, 784, 1)) is None for task in ("train", "infer"))
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_fp32_torch_row_runs_where_cuda_is(monkeypatch: pytest.MonkeyPatch, cuda: bool) -> None:
+    """torch-eager-fp32 (TF32 off) means something on NVIDIA GPUs only: every workload there,
+    none elsewhere, saying why."""
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: cuda))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    row = next(r for r in PEER_ROWS if r.name == "torch-eager-fp32")
+    reasons = {row.skip(Workload(task, 1024, steps, 1)) for task in ("train", "infer") for steps in (28, 784)}
+    assert reasons == ({None} if cuda else {"TF32 is a GPU format: on CPU this is torch-eager's program"})
 
 
 # --- PyTorch ----------------------------------------------------------------------------------

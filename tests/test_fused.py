@@ -80,12 +80,20 @@ def _assert_trees_close(got: Any, want: Any, tol: float) -> None:
 # below. "stack" holds every fused kind but BasicLSTMCell, which has its own case; the kinds
 # one by one are a slow sweep (pytest -m slow).
 ONE_BY_ONE = [
-    pytest.param(name, marks=pytest.mark.slow) for name in FUSED_KINDS if name != "basic_lstm_forget_bias_0.5"
+    pytest.param(name, "fused", marks=pytest.mark.slow) for name in FUSED_KINDS if name != "basic_lstm_forget_bias_0.5"
 ]
 
 
-@pytest.mark.parametrize("how", ["fused", "fused_stack"])
-@pytest.mark.parametrize("name", ["stack", "basic_lstm_forget_bias_0.5", *ONE_BY_ONE, "multi_lstm_gru"])
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("stack", "fused"),
+        ("basic_lstm_forget_bias_0.5", "fused"),
+        *ONE_BY_ONE,
+        ("multi_lstm_gru", "fused"),
+        ("stack", "fused_stack"),  # one loop for every fused kind; a single cell is fused's case
+    ],
+)
 def test_fast_path_equals_plain_path_values_and_gradients(name: str, how: str, x64: None) -> None:
     cell = _make(name, jnp.float64)
     assert _fused.supports(cell)

@@ -49,8 +49,10 @@ def _torch_versions() -> dict[str, str]:
 
 
 def _torch_fp32_skip(w: Workload) -> str | None:
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
     if not torch.cuda.is_available():
         return "TF32 is a GPU format: on CPU this is torch-eager's program"
     return None

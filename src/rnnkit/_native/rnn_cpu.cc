@@ -138,13 +138,16 @@ inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); 
 // 256 of K (a panel's 32 KiB stays in L1) and 64 rows of A at a time (in L2).
 constexpr int64_t kPanel = 32, kDepth = 256, kRowGroup = 64;
 
-// c [R, cols] = a [R, K] @ panel [K, 32] (first cols columns), plus c when `add`.
+// c [R, cols] = a [R, K] @ panel [K, 32] (first cols columns), plus c when `add`, plus the
+// row vector `bias` (its first cols entries; 32 readable) when given.
 template <int R>
 inline void micro(int64_t K, const float* a, int64_t lda, const float* panel, float* c, int64_t ldc, bool add,
-                  int64_t cols) {
+                  int64_t cols, const float* bias = nullptr) {
   __m512 lo[R], hi[R];
+  const __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) lo[r] = _mm512_setzero_ps(), hi[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) lo[r] = b0, hi[r] = b1;
   for (int64_t k = 0; k < K; ++k) {
     const __m512 b0 = _mm512_load_ps(panel + k * kPanel), b1 = _mm512_load_ps(panel + k * kPanel + 16);
 #pragma GCC unroll 8
@@ -205,12 +208,20 @@ class Weights {
     }
   }
 
-  // c [m, N] = a [m, K] @ B, plus c when `accumulate`.
-  void mul(int64_t m, const float* a, int64_t lda, bool accumulate, float* c, int64_t ldc) const {
+  // c [m, N] = a [m, K] @ B, plus c when `accumulate`, plus the row vector `bias` [N] on every
+  // row when given (not with `accumulate`). With the microkernel the bias starts its
+  // accumulators: no pass writing it into c first.
+  void mul(int64_t m, const float* a, int64_t lda, bool accumulate, float* c, int64_t ldc,
+           const float* bias = nullptr) const {
     if (m <= 0 || N_ == 0) return;
 #if defined(__AVX512F__)
     if (packed_) {
       const int64_t panels = (N_ + kPanel - 1) / kPanel;
+      std::vector<float> padded;  // the bias, zero-padded to whole panels
+      if (bias) {
+        padded.assign(panels * kPanel, 0.0f);
+        std::copy(bias, bias + N_, padded.begin());
+      }
       for (int64_t i0 = 0; i0 < m; i0 += kRowGroup) {
         const int64_t rows = std::min(kRowGroup, m - i0);
         for (int64_t k0 = 0; k0 < K_ || k0 == 0; k0 += kDepth) {
@@ -219,18 +230,19 @@ class Weights {
           for (int64_t q = 0; q < panels; ++q) {
             const float* panel = store_.get() + (q * K_ + k0) * kPanel;
             const int64_t cols = std::min(kPanel, N_ - q * kPanel);
+            const float* bq = bias && k0 == 0 ? padded.data() + q * kPanel : nullptr;
             for (int64_t r = 0; r < rows;) {
               const float* ar = a + (i0 + r) * lda + k0;
               float* cr = c + (i0 + r) * ldc + q * kPanel;
               switch (std::min<int64_t>(8, rows - r)) {
-                case 8: micro<8>(depth, ar, lda, panel, cr, ldc, add, cols), r += 8; break;
-                case 7: micro<7>(depth, ar, lda, panel, cr, ldc, add, cols), r += 7; break;
-                case 6: micro<6>(depth, ar, lda, panel, cr, ldc, add, cols), r += 6; break;
-                case 5: micro<5>(depth, ar, lda, panel, cr, ldc, add, cols), r += 5; break;
-                case 4: micro<4>(depth, ar, lda, panel, cr, ldc, add, cols), r += 4; break;
-                case 3: micro<3>(depth, ar, lda, panel, cr, ldc, add, cols), r += 3; break;
-                case 2: micro<2>(depth, ar, lda, panel, cr, ldc, add, cols), r += 2; break;
-                default: micro<1>(depth, ar, lda, panel, cr, ldc, add, cols), r += 1; break;
+                case 8: micro<8>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 8; break;
+                case 7: micro<7>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 7; break;
+                case 6: micro<6>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 6; break;
+                case 5: micro<5>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 5; break;
+                case 4: micro<4>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 4; break;
+                case 3: micro<3>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 3; break;
+                case 2: micro<2>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 2; break;
+                default: micro<1>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 1; break;
               }
             }
           }
@@ -239,6 +251,10 @@ class Weights {
       return;
     }
 #endif
+    if (bias) {  // OpenBLAS: the bias written into c, then the product added to it
+      for (int64_t i = 0; i < m; ++i) copy(c + i * ldc, bias, N_);
+      accumulate = true;
+    }
     if (K_ == 0) {
       for (int64_t i = 0; i < m && !accumulate; ++i) zero(c + i * ldc, N_);
       return;
@@ -654,8 +670,7 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   const Dims& d = kind.c.d;
   const Weights proj(w_in, d.G, d.I, d.G, false);
   auto project = [&](int64_t rows, const float* x_rows, float* z_rows) {  // z = x @ W_in + b_in
-    for (int64_t r = 0; r < rows; ++r) copy(z_rows + r * d.G, b_in, d.G);
-    proj.mul(rows, x_rows, d.I, true, z_rows, d.G);
+    proj.mul(rows, x_rows, d.I, false, z_rows, d.G, b_in);
   };
   // Training: where the kind saves each step's activations (kind.slot(t), computed in place
   // from the projection), the projection goes straight there instead of through scratch and a

@@ -243,3 +243,22 @@ def test_native_ab_times_two_builds_side_by_side(native_kernel: None, capsys: py
         text = runner.train_step.lower(runner.params, runner.opt_state, runner.x, runner.y, runner.key).as_text()
     assert "other_rnnkit_gru_fwd" in text
     assert '"rnnkit_gru_fwd' not in text
+
+
+def test_a_runners_math_mode_is_recorded_with_its_figure() -> None:
+    """The torch runners on CUDA say whether cuDNN and cuBLAS were allowed TF32 as they ran;
+    measure() keeps it beside the figure (and adds nothing for runners without one)."""
+
+    class Runner:
+        math_mode = "cudnn.allow_tf32=False, cuda.matmul.allow_tf32=False"
+
+        def step(self) -> None:
+            pass
+
+    class Plain:
+        def step(self) -> None:
+            pass
+
+    config = BenchConfig(workloads=(TINY,), repeats=1, min_time_s=0.0)
+    assert bench.measure(Runner, TINY, config)["math_mode"] == Runner.math_mode
+    assert "math_mode" not in bench.measure(Plain, TINY, config)

@@ -371,9 +371,11 @@ def measure(
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
     taken = getattr(runner, "implementation", None)
+    math_mode = getattr(runner, "math_mode", None)  # e.g. whether cuDNN was allowed TF32, as the runner ran
     return {
         "status": "ok",
         **({"implementation": taken} if taken else {}),
+        **({"math_mode": math_mode} if math_mode else {}),
         "first_step_s": first_step_s,
         **warm,
         "step_s": step_s,

@@ -41,11 +41,7 @@ from rnnkit.workflows.bench_rows import (
 def _torch_versions() -> dict[str, str]:
     import torch
 
-    versions = {"torch": torch.__version__}
-    if torch.cuda.is_available():  # whether cuDNN's RNNs and cuBLAS may multiply float32 in TF32
-        versions["cudnn.allow_tf32"] = str(torch.backends.cudnn.allow_tf32)
-        versions["cuda.matmul.allow_tf32"] = str(torch.backends.cuda.matmul.allow_tf32)
-    return versions
+    return {"torch": torch.__version__}
 
 
 def _torch_fp32_skip(w: Workload) -> str | None:
@@ -127,6 +123,11 @@ class _TorchRunner:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         # CPU kernels have finished when they return; CUDA ones are only queued.
         self.sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        if self.device.type == "cuda":  # recorded with the figures: may cuDNN and cuBLAS use TF32?
+            self.math_mode = (
+                f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+                f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+            )
 
     def _step(self) -> None:
         if self.task == "train":

@@ -227,19 +227,38 @@ def _gru_reset_after_kind(precision: Any, forget_bias: float) -> _Kind:
 _KINDS = {"rnn": _rnn_kind, "lstm": _lstm_kind, "gru": _gru_kind, "gru_reset_after": _gru_reset_after_kind}
 
 
+def _masked_step(kind: _Kind, masked: bool, ws: Any, xp_t: Array, valid_t: Any, state: tuple) -> tuple:
+    """One step of one layer: (new state, output, saved). With `masked`, rows past their
+    length (valid_t False) keep their state and output zeros."""
+    new_state, saved = kind.step(ws, xp_t, state)
+    out = new_state[-1]
+    if masked:
+        out = jnp.where(valid_t, out, jnp.zeros_like(out))
+        new_state = tuple(jnp.where(valid_t, new, old) for new, old in zip(new_state, state, strict=True))
+    return new_state, out, saved
+
+
+def _masked_step_back(
+    kind: _Kind, masked: bool, ws_t: Any, state: tuple, saved_t: Any, d_state: tuple, d_out: Array, valid_t: Any
+) -> tuple:
+    """`_masked_step`'s backward: from the carried state gradient and the output's, the previous
+    state's gradient, the projection's (d_xp) and the loop matmul's (d_loop, or None)."""
+    d_new = (*d_state[:-1], d_state[-1] + d_out)
+    if masked:
+        d_new = tuple(jnp.where(valid_t, d, jnp.zeros_like(d)) for d in d_new)
+    d_prev, d_xp, d_loop = kind.step_bwd(ws_t, state, saved_t, d_new)
+    if masked:  # a padded step passed the state through unchanged
+        passed = (jnp.where(valid_t, jnp.zeros_like(d), d) for d in d_state)
+        d_prev = tuple(p + q for p, q in zip(d_prev, passed, strict=True))
+    return d_prev, d_xp, d_loop
+
+
 @functools.cache
 def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int | bool, masked: bool) -> Callable:
     """recurrence(ws, xp [T,B,G], state0, valid [T,B,1] or None) -> (outputs [T,B,H], final state),
     differentiable in ws, xp and state0 through the hand-written backward pass."""
     kind = _KINDS[kind_name](precision, forget_bias)
-
-    def masked_step(ws, xp_t, valid_t, state):
-        new_state, saved = kind.step(ws, xp_t, state)
-        out = new_state[-1]
-        if masked:
-            out = jnp.where(valid_t, out, jnp.zeros_like(out))
-            new_state = tuple(jnp.where(valid_t, new, old) for new, old in zip(new_state, state, strict=True))
-        return new_state, out, saved
+    masked_step = functools.partial(_masked_step, kind, masked)
 
     def run(ws, xp, state0, valid):
         def body(state, xs):
@@ -266,13 +285,7 @@ def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int 
 
         def body(d_state, xs):
             state, saved_t, d_out, valid_t = xs
-            d_new = (*d_state[:-1], d_state[-1] + d_out)
-            if masked:
-                d_new = tuple(jnp.where(valid_t, d, jnp.zeros_like(d)) for d in d_new)
-            d_prev, d_xp, d_loop = kind.step_bwd(ws_t, state, saved_t, d_new)
-            if masked:  # a padded step passed the state through unchanged
-                passed = (jnp.where(valid_t, jnp.zeros_like(d), d) for d in d_state)
-                d_prev = tuple(p + q for p, q in zip(d_prev, passed, strict=True))
+            d_prev, d_xp, d_loop = _masked_step_back(kind, masked, ws_t, state, saved_t, d_state, d_out, valid_t)
             return d_prev, (d_xp, d_loop)
 
         d_state0, (d_xp, d_loop) = jax.lax.scan(
@@ -307,17 +320,13 @@ def _stack_recurrence(
     kinds = [_KINDS[k](p, fb) for k, p, fb in zip(kind_names, precisions, forget_biases, strict=True)]
     layers = range(len(kinds))
 
-    def mask(valid_t, new, old):
-        return tuple(jnp.where(valid_t, a, b) for a, b in zip(new, old, strict=True)) if masked else new
-
     def step_all(ws, w_ins, b_ins, xp0_t, valid_t, states):
         """One step of every layer: (new states, every layer's (masked) output, saved)."""
         new_states, outs, saved = [], [], []
         for k in layers:
             xp = xp0_t if k == 0 else _mm(precisions[k])(outs[-1], w_ins[k - 1]) + b_ins[k - 1]
-            new, kept = kinds[k].step(ws[k], xp, states[k])
-            out = jnp.where(valid_t, new[-1], jnp.zeros_like(new[-1])) if masked else new[-1]
-            new_states.append(mask(valid_t, new, states[k]))
+            new, out, kept = _masked_step(kinds[k], masked, ws[k], xp, valid_t, states[k])
+            new_states.append(new)
             outs.append(out)
             saved.append(kept)
         return tuple(new_states), tuple(outs), tuple(saved)
@@ -349,17 +358,11 @@ def _stack_recurrence(
             d_prev_all, d_xps, d_loops = [None] * len(kinds), [None] * len(kinds), [None] * len(kinds)
             d_in = d_out  # the gradient reaching layer k's output at this step, from above
             for k in reversed(layers):
-                d_state = d_states[k]
-                d_new = (*d_state[:-1], d_state[-1] + d_in)
-                if masked:
-                    d_new = tuple(jnp.where(valid_t, d, jnp.zeros_like(d)) for d in d_new)
-                d_prev, d_xp, d_loop = kinds[k].step_bwd(ws_t[k], states_t[k], saved_t[k], d_new)
-                if masked:  # a padded step passed the state through unchanged
-                    passed = (jnp.where(valid_t, jnp.zeros_like(d), d) for d in d_state)
-                    d_prev = tuple(p + q for p, q in zip(d_prev, passed, strict=True))
-                d_prev_all[k], d_xps[k], d_loops[k] = d_prev, d_xp, d_loop
+                d_prev_all[k], d_xps[k], d_loops[k] = _masked_step_back(
+                    kinds[k], masked, ws_t[k], states_t[k], saved_t[k], d_states[k], d_in, valid_t
+                )
                 if k > 0:
-                    d_in = _mm(precisions[k])(d_xp, w_ins_t[k - 1])
+                    d_in = _mm(precisions[k])(d_xps[k], w_ins_t[k - 1])
             return tuple(d_prev_all), (tuple(d_xps), tuple(d_loops))
 
         d_states0, (d_xps, d_loops) = jax.lax.scan(

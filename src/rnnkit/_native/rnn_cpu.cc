@@ -180,10 +180,17 @@ class Weights {
  public:
   Weights() = default;
   // B [K, N]: w itself (row stride ldw) or, when `transpose`, the transpose of w [N, K].
-  Weights(const float* w, int64_t ldw, int64_t K, int64_t N, bool transpose) : K_(K), N_(N) {
+  // With `bias` [N], every product that does not accumulate adds it to each row of c (the
+  // input projection's x @ W_in + b_in); it is kept zero-padded to whole panels.
+  Weights(const float* w, int64_t ldw, int64_t K, int64_t N, bool transpose, const float* bias = nullptr)
+      : K_(K), N_(N) {
     auto at = [&](int64_t k, int64_t n) { return transpose ? w[n * ldw + k] : w[k * ldw + n]; };
 #if defined(__AVX512F__)
     const int64_t panels = (N + kPanel - 1) / kPanel;
+    if (bias) {
+      bias_.assign(panels * kPanel, 0.0f);
+      std::copy(bias, bias + N, bias_.begin());
+    }
     // Narrower B (a layer's input of one feature) would be mostly padding.
     if (N >= kPanel / 2)
       store_.reset(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * panels * K * kPanel + 64)));
@@ -199,6 +206,7 @@ class Weights {
       return;
     }
 #endif
+    if (bias) bias_.assign(bias, bias + N);
     plain_ = w, ld_ = ldw, transposed_ = transpose;
     if (transpose) store_.reset(static_cast<float*>(std::malloc(sizeof(float) * K * N + 64)));
     if (store_) {  // else (out of memory) OpenBLAS reads w transposed in place
@@ -208,20 +216,14 @@ class Weights {
     }
   }
 
-  // c [m, N] = a [m, K] @ B, plus c when `accumulate`, plus the row vector `bias` [N] on every
-  // row when given (not with `accumulate`). With the microkernel the bias starts its
-  // accumulators: no pass writing it into c first.
-  void mul(int64_t m, const float* a, int64_t lda, bool accumulate, float* c, int64_t ldc,
-           const float* bias = nullptr) const {
+  // c [m, N] = a [m, K] @ B, plus c when `accumulate`, else plus the bias (if any) on every
+  // row. With the microkernel the bias starts its accumulators: no pass writing it into c first.
+  void mul(int64_t m, const float* a, int64_t lda, bool accumulate, float* c, int64_t ldc) const {
     if (m <= 0 || N_ == 0) return;
+    const bool with_bias = !bias_.empty() && !accumulate;
 #if defined(__AVX512F__)
     if (packed_) {
       const int64_t panels = (N_ + kPanel - 1) / kPanel;
-      std::vector<float> padded;  // the bias, zero-padded to whole panels
-      if (bias) {
-        padded.assign(panels * kPanel, 0.0f);
-        std::copy(bias, bias + N_, padded.begin());
-      }
       for (int64_t i0 = 0; i0 < m; i0 += kRowGroup) {
         const int64_t rows = std::min(kRowGroup, m - i0);
         for (int64_t k0 = 0; k0 < K_ || k0 == 0; k0 += kDepth) {
@@ -230,7 +232,7 @@ class Weights {
           for (int64_t q = 0; q < panels; ++q) {
             const float* panel = store_.get() + (q * K_ + k0) * kPanel;
             const int64_t cols = std::min(kPanel, N_ - q * kPanel);
-            const float* bq = bias && k0 == 0 ? padded.data() + q * kPanel : nullptr;
+            const float* bq = with_bias && k0 == 0 ? bias_.data() + q * kPanel : nullptr;
             for (int64_t r = 0; r < rows;) {
               const float* ar = a + (i0 + r) * lda + k0;
               float* cr = c + (i0 + r) * ldc + q * kPanel;
@@ -251,8 +253,8 @@ class Weights {
       return;
     }
 #endif
-    if (bias) {  // OpenBLAS: the bias written into c, then the product added to it
-      for (int64_t i = 0; i < m; ++i) copy(c + i * ldc, bias, N_);
+    if (with_bias) {  // OpenBLAS: the bias written into c, then the product added to it
+      for (int64_t i = 0; i < m; ++i) copy(c + i * ldc, bias_.data(), N_);
       accumulate = true;
     }
     if (K_ == 0) {
@@ -264,6 +266,7 @@ class Weights {
 
  private:
   int64_t K_ = 0, N_ = 0, ld_ = 0;
+  std::vector<float> bias_;  // empty: no bias
   const float* plain_ = nullptr;  // when not packed: B (row stride ld_), or B^T if transposed_
   std::unique_ptr<float, FreeFloats> store_;
   bool packed_ = false, transposed_ = false;
@@ -668,9 +671,9 @@ struct GruAfterKind {
 template <class Kind>
 void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, float* outs) {
   const Dims& d = kind.c.d;
-  const Weights proj(w_in, d.G, d.I, d.G, false);
+  const Weights proj(w_in, d.G, d.I, d.G, false, b_in);
   auto project = [&](int64_t rows, const float* x_rows, float* z_rows) {  // z = x @ W_in + b_in
-    proj.mul(rows, x_rows, d.I, false, z_rows, d.G, b_in);
+    proj.mul(rows, x_rows, d.I, false, z_rows, d.G);
   };
   // Training: where the kind saves each step's activations (kind.slot(t), computed in place
   // from the projection), the projection goes straight there instead of through scratch and a

@@ -147,6 +147,13 @@ def test_bad_cell_specs(spec: str, message: str) -> None:
     assert message in str(err.value)
 
 
+def _small_model(cells: str, mode: str = "dynamic", **kwargs: object) -> rk.RNNCell:
+    """A model on 3 features, 5 steps and 2 classes."""
+    return build_classifier(
+        parse_cells(cells), input_size=3, num_classes=2, num_steps=5, mode=mode, key=jax.random.key(0), **kwargs
+    )
+
+
 def _dot_precisions(jaxpr: jax.extend.core.ClosedJaxpr) -> list[object]:
     """The `precision` of every dot_general in a jaxpr, sub-jaxprs (scan bodies) included."""
     found = []
@@ -161,13 +168,9 @@ def _dot_precisions(jaxpr: jax.extend.core.ClosedJaxpr) -> list[object]:
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 @pytest.mark.parametrize(("precision", "expected"), [("highest", jax.lax.Precision.HIGHEST), (None, None)])
 def test_precision_reaches_every_matmul(mode: str, precision: object, expected: object) -> None:
-    model = build_classifier(
-        parse_cells("lstm:8,gru:4"),
-        input_size=3,
-        num_classes=2,
-        num_steps=5,
+    model = _small_model(
+        "lstm:8,gru:4",
         mode=mode,
-        key=jax.random.key(0),
         implementation="per_step",  # matmuls in the jaxpr (the native kernel's are not)
         precision=precision,
     )
@@ -179,12 +182,4 @@ def test_precision_reaches_every_matmul(mode: str, precision: object, expected: 
 
 def test_precision_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"precision must be None, 'default', 'high' or 'highest'.*got 'tf32'"):
-        build_classifier(
-            parse_cells("gru:4"),
-            input_size=3,
-            num_classes=2,
-            num_steps=5,
-            mode="dynamic",
-            key=jax.random.key(0),
-            precision="tf32",
-        )
+        _small_model("gru:4", precision="tf32")

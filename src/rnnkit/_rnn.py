@@ -136,8 +136,8 @@ GPU_FUSED_UNROLL = 4
 
 
 def default_unroll(path: str) -> int:
-    """The unroll factor `unroll=None` means for the path that runs (fused, fused_stack, native or per_step)
-    on JAX's default backend."""
+    """The unroll factor `unroll=None` means for the path that runs (fused, fused_stack,
+    native or per_step) on JAX's default backend."""
     return GPU_FUSED_UNROLL if path in ("fused", "fused_stack") and jax.default_backend() != "cpu" else 1
 
 
@@ -193,9 +193,10 @@ def dynamic_rnn(
     `"fused_stack"` is fused with one loop for a whole MultiRNNCell instead of one per layer:
     each iteration steps every layer, only the first layer's input projection hoisted (half
     the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
-    not yet measured on one). `"native"` (CPU, float32, the cells fused takes) runs each layer, loop and gradients, in
-    rnnkit's C++ kernel (rnnkit/_native; built by `make install`, or by `python -m
-    rnnkit._native`); it raises `NativeUnavailableError` where the kernel is not built.
+    not yet measured on one). `"native"` (CPU, float32, the cells fused takes) runs each
+    layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by `make
+    install`, or by `python -m rnnkit._native`); it raises `NativeUnavailableError` where the
+    kernel is not built.
     `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
     where hoisting the input projection measured faster. Cells the chosen path does not take
     run per_step. fused and native have hand-written reverse-mode gradients, as cuDNN's RNNs

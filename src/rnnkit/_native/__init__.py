@@ -7,8 +7,9 @@ threads: per step the input projection (with fewer batch rows than threads, a bl
 at a time), one or two products by the loop weights and one vectorised pass over each row for
 the gates; in the backward pass the weight and input gradients a block of steps at a time.
 Products by a weight matrix run on an AVX-512 microkernel over weights packed once per call,
-the weight gradients (and everything, without AVX-512) on OpenBLAS's `sgemm`, which is loaded
-single-threaded: the kernel runs its own threads (`kernel_threads`).
+and the weight gradients on another over both operands packed a chunk of rows at a time
+(`avx512()` says whether this build has them). Without AVX-512 everything runs on OpenBLAS's
+`sgemm`, which is loaded single-threaded: the kernel runs its own threads (`kernel_threads`).
 `_fused._native_layer` wraps a forward and a backward call in a custom VJP, so
 `dynamic_rnn(implementation="native")` computes what `"fused"` and `"per_step"` compute, to
 float32 rounding.
@@ -175,6 +176,15 @@ def threads() -> int:
     lib = _library[-1]
     lib.rnnkit_threads.restype = ctypes.c_int64
     return int(lib.rnnkit_threads())
+
+
+def avx512() -> bool:
+    """Whether the loaded kernel runs its products on its AVX-512 microkernels (built on a CPU
+    with AVX-512) rather than on OpenBLAS (NativeUnavailableError where it can't load)."""
+    require()
+    lib = _library[-1]
+    lib.rnnkit_avx512.restype = ctypes.c_int64
+    return bool(lib.rnnkit_avx512())
 
 
 def unavailable_reason() -> str | None:

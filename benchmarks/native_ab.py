@@ -44,8 +44,10 @@ def _targets_prefixed(prefix: str) -> Iterator[None]:
         _native._call = call
 
 
-def load_other(source: Path, prefix: str) -> None:
-    """Build `source` into a temporary library and register its handlers as `prefix` + target."""
+def load_other(source: Path, prefix: str, flags: tuple[str, ...] = ()) -> None:
+    """Build `source` into a temporary library and register its handlers as `prefix` + target.
+    `flags` go on the compiler's command line after rnnkit's own (`-mno-avx512f`: the build a
+    CPU without AVX-512 gets)."""
     import subprocess
 
     import jax
@@ -55,6 +57,7 @@ def load_other(source: Path, prefix: str) -> None:
     _native.require()  # this checkout's kernel first: OpenBLAS starts single-threaded
     out = Path(tempfile.mkdtemp(prefix="rnnkit-ab-")) / "librnnkit_other.so"
     command = [str(source) if part == str(_native.SOURCE) else part for part in _native.compile_command(out)]
+    command += flags
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"building {source} failed:\n{done.stderr}")
@@ -78,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--other", required=True, type=Path, help="the other kernel's rnn_cpu.cc")
+    p.add_argument("--other-flags", default="", help="extra compiler flags for the other build, space-separated")
     p.add_argument("--workloads", default="train:128:28:28")
     p.add_argument("--steps", type=int, default=60, help="timed steps of each build per workload")
     p.add_argument("--warmup", type=int, default=5)
     args = p.parse_args(argv)
-    load_other(args.other, "other_")
+    load_other(args.other, "other_", tuple(args.other_flags.split()))
     for w in _workload_list(args.workloads):
         with jax.numpy_dtype_promotion("standard"):
             this = _RnnkitRunner(w, 0, "dynamic", "native")

@@ -7,8 +7,10 @@ fails when a public cell class has no entry here.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -156,3 +158,13 @@ def assert_close(got: Any, want: Any, tol: float) -> None:
     assert len(got_leaves) == len(want_leaves), f"{len(got_leaves)} leaves, expected {len(want_leaves)}"
     for k, (g, w) in enumerate(zip(got_leaves, want_leaves, strict=True)):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"leaf {k}")
+
+
+def benchmark_script(name: str) -> Any:
+    """benchmarks/NAME.py imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

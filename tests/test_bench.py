@@ -17,6 +17,8 @@ from rnnkit.workflows import bench
 from rnnkit.workflows.bench import BenchConfig, flops_per_sample, markdown_table, ratios, run_bench, run_row
 from rnnkit.workflows.bench_rows import Workload
 
+from cases import benchmark_script
+
 TINY = Workload("train", 4, 3, 28)
 
 
@@ -38,20 +40,10 @@ def test_flop_count_is_the_seed_models_matmuls() -> None:
     assert flops_per_sample(Workload("infer", 8, 784, 1)) == pixels
 
 
-def _benchmark_script(name: str) -> Any:
-    """benchmarks/NAME.py imported as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_unroll_probe_records_every_figure_and_keeps_going_past_a_failure(tmp_path: Path) -> None:
     """benchmarks/unroll_probe.py (the GPU session's unroll sweep): one figure per
     (implementation, unroll), the implementation auto ran recorded, a failing one kept as an error."""
-    probe = _benchmark_script("unroll_probe")
+    probe = benchmark_script("unroll_probe")
     out = tmp_path / "probe.json"
     argv = ["--out", str(out), "--workloads", "infer:4:3:28", "--unroll", "2", "--implementations", "auto,cudnn"]
     assert probe.main([*argv, "--precisions", "highest,default", "--repeats", "1", "--min-time", "0"]) == 0
@@ -228,7 +220,7 @@ def test_bench_mistakes_exit_2_with_one_line(argv: list[str], message: str, caps
 def test_native_ab_times_two_builds_side_by_side(native_kernel: None, capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/native_ab.py: the other build's FFI targets are its own (the program built
     against them names them), and one line of paired figures comes out per workload."""
-    ab = _benchmark_script("native_ab")
+    ab = benchmark_script("native_ab")
     from rnnkit import _native
 
     argv = ["--other", str(_native.SOURCE), "--workloads", "train:8:3:28", "--steps", "4", "--warmup", "1"]

@@ -6,6 +6,7 @@ formulas."""
 
 from __future__ import annotations
 
+import ctypes
 import re
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import rnnkit as rk
 from rnnkit import _fused, _native
 
-from cases import INPUT_SIZE, make_cell, random_inputs
+from cases import INPUT_SIZE, benchmark_script, make_cell, random_inputs
 
 FUSED_KINDS = ["basic_rnn", "basic_lstm", "basic_lstm_forget_bias_0.5", "lstm", "gru", "gru_reset_after"]
 LENGTHS = np.array([6, 2, 0, 4, 6])
@@ -211,11 +212,9 @@ def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
     _assert_trees_close(native, plain, 1e-4)
 
 
-def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
-    """Layers wide enough for the kernel's packed products (panels of 32 columns, at most 256
-    of the inner dimension per pass, 8 rows at a time): widths that leave partial panels
-    (72, 40, 24, 17 units; 20 input features), a backward product deeper than 256 (the LSTM's
-    4 x 72), 13 rows (8 + 5) and an input projection of 117 rows (row groups of 64)."""
+def _wide_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
+    """Every kind the kernel has, at widths that leave partial panels and row groups, with
+    13 examples of 9 steps and their lengths."""
     k = jax.random.split(jax.random.key(12), 4)
     cell = rk.MultiRNNCell(
         [
@@ -226,8 +225,35 @@ def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
         ]
     )
     x = random_inputs((13, 9, 20), jnp.float32)
-    lengths = np.array([9, 3, 0, 8, 9, 1, 5, 9, 2, 7, 6, 4, 9])
+    return cell, x, np.array([9, 3, 0, 8, 9, 1, 5, 9, 2, 7, 6, 4, 9])
+
+
+def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
+    """Layers wide enough for the kernel's packed products (panels of 32 columns, at most 256
+    of the inner dimension per pass, 8 rows at a time): widths that leave partial panels
+    (72, 40, 24, 17 units; 20 input features), a backward product deeper than 256 (the LSTM's
+    4 x 72), 13 rows (8 + 5) and an input projection of 117 rows (row groups of 64)."""
+    cell, x, lengths = _wide_layers()
     native = _value_and_grads(cell, x, lengths, False, "native")
+    plain = _value_and_grads(cell, x, lengths, False, "per_step")
+    _assert_trees_close(native, plain, 1e-4)
+
+
+@pytest.mark.slow
+def test_native_without_avx512_equals_plain_path(native_kernel: None) -> None:
+    """A CPU without AVX-512 gets a build whose every product, weight gradients included, is
+    OpenBLAS's sgemm and whose bias gradients are separate column sums. Built here with
+    -mno-avx512f, under FFI target names of its own (benchmarks/native_ab.py's loader), it
+    says it has no AVX-512 and computes what per_step does, on the layers with partial panels."""
+    if not _native.avx512():
+        pytest.skip("this machine's build already is the one without AVX-512")
+    ab = benchmark_script("native_ab")
+    ab.load_other(_native.SOURCE, "noavx512_", ("-mno-avx512f",))
+    ab.load_other.library.rnnkit_avx512.restype = ctypes.c_int64
+    assert ab.load_other.library.rnnkit_avx512() == 0
+    cell, x, lengths = _wide_layers()
+    with ab._targets_prefixed("noavx512_"):
+        native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
     _assert_trees_close(native, plain, 1e-4)
 

@@ -13,8 +13,8 @@
 // products.
 //
 // Products by a weight matrix run on the microkernel of `Weights` (AVX-512), the weights
-// packed once per call; the weight gradients on `micro_grad`, both operands packed a chunk
-// of rows at a time. On CPUs without AVX-512 every product is OpenBLAS's sgemm.
+// packed once per call; the weight gradients on the same microkernel, both operands packed a
+// chunk of rows at a time. On CPUs without AVX-512 every product is OpenBLAS's sgemm.
 //
 // Layout: time-major, row-major. x [T, B, I], states [B, H], W_in [I, G], W_loop [H, *].
 // Blocks are `block_steps` steps long so that their matrices have about 4096 rows.
@@ -138,9 +138,14 @@ inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); 
 // 256 of K (a panel's 32 KiB stays in L1) and 64 rows of A at a time (in L2).
 constexpr int64_t kPanel = 32, kDepth = 256, kRowGroup = 64;
 
-// c [R, cols] = a [R, K] @ panel [K, 32] (first cols columns), plus c when `add`, plus the
-// row vector `bias` (its first cols entries; 32 readable) when given.
-template <int R>
+// The first n (clamped to 0..16) lanes of a vector.
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
+
+// c [R, cols] = A [R, K] @ panel [K, 32] (first cols columns), plus c when `add`, plus the
+// row vector `bias` (its first cols entries; 32 readable) when given. A's entry (r, k) is
+// a[r * lda + k * KStep]: rows of A as they are (KStep 1), or A^T packed [K, 8] (lda 1,
+// KStep 8: the weight gradients).
+template <int R, int KStep = 1>
 inline void micro(int64_t K, const float* a, int64_t lda, const float* panel, float* c, int64_t ldc, bool add,
                   int64_t cols, const float* bias = nullptr) {
   __m512 lo[R], hi[R];
@@ -152,13 +157,12 @@ inline void micro(int64_t K, const float* a, int64_t lda, const float* panel, fl
     const __m512 b0 = _mm512_load_ps(panel + k * kPanel), b1 = _mm512_load_ps(panel + k * kPanel + 16);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      const __m512 av = _mm512_set1_ps(a[r * lda + k * KStep]);
       lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
       hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
     }
   }
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : (1u << cols) - 1;
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1;
+  const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     float* cr = c + r * ldc;
@@ -168,6 +172,22 @@ inline void micro(int64_t K, const float* a, int64_t lda, const float* panel, fl
     }
     _mm512_mask_storeu_ps(cr, m0, lo[r]);
     _mm512_mask_storeu_ps(cr + 16, m1, hi[r]);
+  }
+}
+
+// micro for the first `rows` (1 to 8) rows of A.
+template <int KStep = 1>
+inline void micro_rows(int64_t rows, int64_t K, const float* a, int64_t lda, const float* panel, float* c,
+                       int64_t ldc, bool add, int64_t cols, const float* bias = nullptr) {
+  switch (rows) {
+    case 8: return micro<8, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 7: return micro<7, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 6: return micro<6, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 5: return micro<5, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 4: return micro<4, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 3: return micro<3, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    case 2: return micro<2, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
+    default: return micro<1, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
   }
 }
 #endif
@@ -233,20 +253,9 @@ class Weights {
             const float* panel = store_.get() + (q * K_ + k0) * kPanel;
             const int64_t cols = std::min(kPanel, N_ - q * kPanel);
             const float* bq = with_bias && k0 == 0 ? bias_.data() + q * kPanel : nullptr;
-            for (int64_t r = 0; r < rows;) {
-              const float* ar = a + (i0 + r) * lda + k0;
-              float* cr = c + (i0 + r) * ldc + q * kPanel;
-              switch (std::min<int64_t>(8, rows - r)) {
-                case 8: micro<8>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 8; break;
-                case 7: micro<7>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 7; break;
-                case 6: micro<6>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 6; break;
-                case 5: micro<5>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 5; break;
-                case 4: micro<4>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 4; break;
-                case 3: micro<3>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 3; break;
-                case 2: micro<2>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 2; break;
-                default: micro<1>(depth, ar, lda, panel, cr, ldc, add, cols, bq), r += 1; break;
-              }
-            }
+            for (int64_t r = 0; r < rows; r += 8)
+              micro_rows(std::min<int64_t>(8, rows - r), depth, a + (i0 + r) * lda + k0, lda, panel,
+                         c + (i0 + r) * ldc + q * kPanel, ldc, add, cols, bq);
           }
         }
       }
@@ -322,32 +331,6 @@ inline int64_t part(int64_t total, int64_t i, int64_t n) { return total * i / n;
 // Rows of A and D packed at a time for a weight gradient.
 constexpr int64_t kGradDepth = 256;
 
-// c [R, cols] += a^T @ panel over K rows: a is A's rows packed [K, 8] (columns r < R used),
-// panel D's [K, 32] (first cols columns).
-template <int R>
-inline void micro_grad(int64_t K, const float* a, const float* panel, float* c, int64_t ldc, int64_t cols) {
-  __m512 lo[R], hi[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) lo[r] = _mm512_setzero_ps(), hi[r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const __m512 b0 = _mm512_load_ps(panel + k * kPanel), b1 = _mm512_load_ps(panel + k * kPanel + 16);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[k * 8 + r]);
-      lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-      hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
-    }
-  }
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : (1u << cols) - 1;
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1;
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    float* cr = c + r * ldc;
-    _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(lo[r], _mm512_maskz_loadu_ps(m0, cr)));
-    _mm512_mask_storeu_ps(cr + 16, m1, _mm512_add_ps(hi[r], _mm512_maskz_loadu_ps(m1, cr + 16)));
-  }
-}
-
 // Per-thread buffers for the packed operands, kept for the thread's later calls.
 struct PackBuffer {
   float* get(int64_t n) {
@@ -380,16 +363,14 @@ inline bool weight_grad_packed(int64_t rows, const float* a, int64_t m, int64_t 
   for (int64_t r0 = 0; r0 < rows; r0 += kGradDepth) {
     const int64_t depth = std::min(kGradDepth, rows - r0);
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t w = std::min<int64_t>(8, m - g * 8);
-      const __mmask16 mask = static_cast<__mmask16>((1u << w) - 1);
+      const __mmask16 mask = lanes(m - g * 8);
       float* to = ap + g * kGradDepth * 8;
       for (int64_t k = 0; k < depth; ++k)
         _mm256_store_ps(to + k * 8, _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, a + (r0 + k) * lda + g * 8)));
     }
     for (int64_t q = 0; q < panels; ++q) {
       const int64_t w = std::min(kPanel, cols - q * kPanel);
-      const __mmask16 m0 = w >= 16 ? 0xFFFF : (1u << w) - 1;
-      const __mmask16 m1 = w >= 32 ? 0xFFFF : w <= 16 ? 0 : (1u << (w - 16)) - 1;
+      const __mmask16 m0 = lanes(w), m1 = lanes(w - 16);
       __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
       for (int64_t k = 0; k < depth; ++k) {
         const float* from = d + (r0 + k) * ldd + q * kPanel;
@@ -403,20 +384,9 @@ inline bool weight_grad_packed(int64_t rows, const float* a, int64_t m, int64_t 
         _mm512_mask_storeu_ps(to, m0, _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m0, to)));
         _mm512_mask_storeu_ps(to + 16, m1, _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, to + 16)));
       }
-      for (int64_t g = 0; g < groups; ++g) {
-        const float* ag = ap + g * kGradDepth * 8;
-        float* c = dw + g * 8 * ldw + q * kPanel;
-        switch (std::min<int64_t>(8, m - g * 8)) {
-          case 8: micro_grad<8>(depth, ag, dp, c, ldw, w); break;
-          case 7: micro_grad<7>(depth, ag, dp, c, ldw, w); break;
-          case 6: micro_grad<6>(depth, ag, dp, c, ldw, w); break;
-          case 5: micro_grad<5>(depth, ag, dp, c, ldw, w); break;
-          case 4: micro_grad<4>(depth, ag, dp, c, ldw, w); break;
-          case 3: micro_grad<3>(depth, ag, dp, c, ldw, w); break;
-          case 2: micro_grad<2>(depth, ag, dp, c, ldw, w); break;
-          default: micro_grad<1>(depth, ag, dp, c, ldw, w); break;
-        }
-      }
+      for (int64_t g = 0; g < groups; ++g)  // dW's rows g*8.. += (their columns of A)^T @ panel
+        micro_rows<8>(std::min<int64_t>(8, m - g * 8), depth, ap + g * kGradDepth * 8, 1, dp,
+                      dw + g * 8 * ldw + q * kPanel, ldw, true, w);
     }
   }
   return true;

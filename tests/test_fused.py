@@ -239,6 +239,42 @@ def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
     _assert_trees_close(native, plain, 1e-4)
 
 
+def _lowered_backward_dx(loss: Any, *args: Any) -> list[str]:
+    """The type of the first result (the input's gradient) of every backward kernel call in
+    the lowered gradient of `loss`, in program order."""
+    text = jax.jit(jax.grad(loss)).lower(*args).as_text()
+    return re.findall(r"custom_call @rnnkit_\w+_bwd\(.*\) -> \((tensor<[^>]*>)", text)
+
+
+@pytest.mark.parametrize("reads", ["outputs", "final_state"])
+def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_kernel: None) -> None:
+    """Differentiated in the weights alone (as a training step is, its first layer running on
+    the data), the first layer's backward call is not asked for the input's gradient: its
+    first result is empty, the later layers' are not. The weights' gradients still equal
+    per_step's, with a loss of the outputs alone or of the final state alone (the other's
+    cotangent then a symbolic zero, which the kernel gets as zeros)."""
+    cell = _stack(jnp.float32)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def loss(p: Any, v: jax.Array, how: str) -> jax.Array:
+        outputs, state = rk.dynamic_rnn(eqx.combine(p, static), v, LENGTHS, implementation=how)
+        read = outputs if reads == "outputs" else state
+        return sum(jnp.sum(jnp.tanh(leaf) * (k + 1)) for k, leaf in enumerate(jax.tree_util.tree_leaves(read)))
+
+    def of_weights(how: str) -> Any:
+        return jax.jit(jax.grad(lambda p: loss(p, x, how)))(params)
+
+    _assert_trees_close(of_weights("native"), of_weights("per_step"), 2e-5)
+    dx_types = _lowered_backward_dx(lambda p: loss(p, x, "native"), params)
+    assert len(dx_types) == 4
+    assert dx_types[-1] == "tensor<0xf32>"  # the backward runs from the last layer to the first
+    assert all(t != "tensor<0xf32>" for t in dx_types[:-1])
+    both = _lowered_backward_dx(lambda v: loss(params, v, "native"), x)
+    assert len(both) == 4
+    assert all(t != "tensor<0xf32>" for t in both)
+
+
 @pytest.mark.slow
 def test_native_without_avx512_equals_plain_path(native_kernel: None) -> None:
     """A CPU without AVX-512 gets a build whose every product, weight gradients included, is

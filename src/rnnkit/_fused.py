@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array
 
 from rnnkit import _native
@@ -392,21 +393,41 @@ def _native_layer(kind_name: str, forget_bias: float) -> Callable:
         outs, final, _ = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=False)
         return outs, final
 
+    # Symbolic zeros: the forward learns which inputs are differentiated (`perturbed`), so the
+    # backward skips the input's gradient, dz @ W_in^T, when nothing asks for it (a model's
+    # first layer on its data); and a cotangent nothing produced (an unused final state) comes
+    # as a SymbolicZero, made real here since the kernel reads every cotangent.
     def run_fwd(w_in, b_in, ws, x, state0, lengths):
+        need_dx = x.perturbed
+        w_in, b_in, ws, x, state0, lengths = jax.tree.map(
+            lambda p: p.value, (w_in, b_in, ws, x, state0, lengths), is_leaf=_is_primal
+        )
         outs, final, saved = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=True)
-        return (outs, final), (w_in, ws, x, saved, lengths)
+        return (outs, final), (w_in, ws, x, saved, lengths, need_dx)
 
     def run_bwd(residuals, cotangents):
-        w_in, ws, x, saved, lengths = residuals
-        d_outs, d_final = cotangents
+        w_in, ws, x, saved, lengths, need_dx = residuals
+        d_outs, d_final = jax.tree.map(_real, cotangents, is_leaf=_is_zero)
         d_x, d_w_in, d_b_in, d_ws, d_state0 = _native.backward(
-            kind_name, x, w_in, ws, saved, d_outs, tuple(d_final), lengths
+            kind_name, x, w_in, ws, saved, d_outs, tuple(d_final), lengths, need_dx=need_dx
         )
         return d_w_in, d_b_in, d_ws, d_x, d_state0, np.zeros(lengths.shape, jax.dtypes.float0)
 
     fn = jax.custom_vjp(run)
-    fn.defvjp(run_fwd, run_bwd)
+    fn.defvjp(run_fwd, run_bwd, symbolic_zeros=True)
     return fn
+
+
+def _is_primal(p: Any) -> bool:
+    return isinstance(p, CustomVJPPrimal)
+
+
+def _is_zero(z: Any) -> bool:
+    return isinstance(z, SymbolicZero)
+
+
+def _real(z: Any) -> Array:
+    return jnp.zeros(z.shape, z.aval.dtype) if _is_zero(z) else z
 
 
 # ---------------------------------------------------------------------------------------------

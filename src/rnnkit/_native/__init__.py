@@ -255,13 +255,15 @@ def backward(
     d_outs: Array,
     d_final: tuple[Array, ...],
     lengths: Array,
-) -> tuple[Array, Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    need_dx: bool = True,
+) -> tuple[Array | None, Array, Array, tuple[Array, ...], tuple[Array, ...]]:
     """The layer's gradients from its outputs' and final state's: (d_x, d_w_in, d_b_in,
-    d_ws, d_state0)."""
-    results = [_f32(*x.shape), _f32(*w_in.shape), _f32(w_in.shape[1]), *(_f32(*w.shape) for w in ws)]
+    d_ws, d_state0). Without `need_dx` the kernel skips the input's gradient and d_x is None."""
+    results = [_f32(*x.shape) if need_dx else _f32(0), _f32(*w_in.shape), _f32(w_in.shape[1])]
+    results += [_f32(*w.shape) for w in ws]
     results += [_f32(*d.shape) for d in d_final]
     loop_weights = ws[:1] if kind == "gru_reset_after" else ws  # its hidden bias is not needed
     d_x, d_w_in, d_b_in, *rest = _call(
         f"rnnkit_{kind}_bwd", results, x, w_in, *loop_weights, *saved, d_outs, *d_final, lengths
     )
-    return d_x, d_w_in, d_b_in, tuple(rest[: len(ws)]), tuple(rest[len(ws) :])
+    return d_x if need_dx else None, d_w_in, d_b_in, tuple(rest[: len(ws)]), tuple(rest[len(ws) :])

@@ -792,9 +792,10 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   }
 }
 
-// Backward: from the outputs' gradient, the input's [T, B, I] and the input projection's
-// weight and bias gradients; the kind adds its loop weight gradients and keeps the initial
-// state's gradient. `dloop`: whether the kind needs a second gradient buffer.
+// Backward: from the outputs' gradient, the input's [T, B, I] (unless dx is null: nothing
+// asked for it) and the input projection's weight and bias gradients; the kind adds its loop
+// weight gradients and keeps the initial state's gradient. `dloop`: whether the kind needs a
+// second gradient buffer.
 template <class Kind>
 void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const float* d_outs, float* dx,
               float* dw_in, float* db_in) {
@@ -803,7 +804,7 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
   Scratch dz(block * d.B * d.G), dl(dloop ? block * d.B * d.G : 0);
   zero(dw_in, d.I * d.G);
   zero(db_in, d.G);
-  const Weights proj_t(w_in, d.G, d.G, d.I, true);
+  const Weights proj_t = dx ? Weights(w_in, d.G, d.G, d.I, true) : Weights();
   for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
     const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
     const int64_t n = row_threads(d.B);
@@ -818,7 +819,7 @@ void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const f
     parallel(kThreads, [&](int64_t i) {  // weight gradients by columns, the input's by rows
       add_weight_grad(i, kThreads, rows, x + t0 * d.B * d.I, d.I, d.I, dz.data(), d.G, d.G, dw_in, d.G, db_in);
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-      proj_t.mul(r1 - r0, dz.data() + r0 * d.G, d.G, false, dx + (t0 * d.B + r0) * d.I, d.I);
+      if (dx) proj_t.mul(r1 - r0, dz.data() + r0 * d.G, d.G, false, dx + (t0 * d.B + r0) * d.I, d.I);
       kind.block_grads(t0, steps, dz.data(), dl.data(), i, kThreads);
     });
   }
@@ -828,6 +829,9 @@ Dims dims(const Arg& x, const Arg& w_in) {
   const auto xd = x.dimensions();
   return Dims{xd[0], xd[1], xd[2], 0, w_in.dimensions()[1]};
 }
+
+// A result's data, or null when it has no elements (the caller did not ask for it).
+float* wanted(Ret r) { return r->element_count() > 0 ? r->typed_data() : nullptr; }
 
 std::vector<float> from(const Arg& a) { return std::vector<float>(a.typed_data(), a.typed_data() + a.element_count()); }
 
@@ -870,7 +874,7 @@ ffi::Error RnnBwd(Arg x, Arg w_in, Arg wh, Arg saved_h, Arg prev_h, Arg d_outs, 
             from(d_h_t),
             std::vector<float>(d.B * d.G)};
   zero(k.d_wh, d.G * d.G);
-  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
@@ -916,7 +920,7 @@ ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Ar
              from(d_h_t),
              std::vector<float>(d.B * H)};
   zero(k.d_wh, H * d.G);
-  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_c0->typed_data(), k.dc.data(), k.dc.size());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
@@ -965,7 +969,7 @@ ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_
   k.rh_block.resize(block_steps(d) * d.B * H);
   zero(k.d_wg, H * 2 * H);
   zero(k.d_wc, H * H);
-  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
@@ -1008,7 +1012,7 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
                  std::vector<float>(d.B * H)};
   zero(k.d_w_hidden, H * d.G);
   zero(k.d_b_hidden, H);
-  backward(k, true, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), dx->typed_data(), dw_in->typed_data(),
+  backward(k, true, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
            db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();

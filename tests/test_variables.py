@@ -4,6 +4,7 @@ trips, and TF1's initializers."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,49 @@ def test_reset_after_gru_initializers() -> None:
     check_uniform(variables[f"{prefix}/candidate/input_projection/kernel"], glorot_limit(100, 300))
     check_uniform(variables[f"{prefix}/candidate/hidden_projection/kernel"], glorot_limit(300, 300))
     assert not variables[f"{prefix}/candidate/hidden_projection/bias"].any()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_glorot_draws_do_not_depend_on_the_optimisation_level(dtype: Any, x64: None) -> None:
+    """(2u - 1) * limit from u ~ U[0, 1): the same values compiled at XLA's optimisation level
+    0 (as the one-program initialisation is, for its compile time) and at the default, equal
+    to NumPy's evaluation of that formula on the same u."""
+    from rnnkit._cells import glorot_uniform
+
+    key, shape = jax.random.key(5), (37, 70)
+
+    def compiled(level: int) -> np.ndarray:
+        lowered = jax.jit(glorot_uniform, static_argnums=(1, 2)).lower(key, shape, dtype)
+        return np.asarray(lowered.compile({"xla_backend_optimization_level": level})(key))
+
+    u = np.asarray(jax.random.uniform(key, shape, dtype))
+    limit = np.asarray(glorot_limit(*shape), u.dtype)
+    want = (2 * u - 1) * limit
+    assert want.dtype == np.dtype(dtype)
+    for level in (0, 2):
+        np.testing.assert_array_equal(compiled(level), want)
+    check_uniform(want, glorot_limit(*shape))
+
+
+def test_one_program_build_draws_what_the_cells_draw_op_by_op() -> None:
+    """build_classifier draws every weight in one program, compiled at XLA's optimisation
+    level 0 for its compile time: the weights equal those of the cells and head built op by
+    op (each op compiled at the default level)."""
+    from rnnkit.models.classifier import build_classifier, parse_cells
+
+    key = jax.random.key(9)
+    model = build_classifier(
+        parse_cells("lstm:12,gru:10"), input_size=5, num_classes=3, num_steps=4, mode="dynamic", key=key
+    )
+    keys = jax.random.split(key, 3)
+    cells = [rk.LSTMCell(12, input_size=5, key=keys[0]), rk.GRUCell(10, input_size=12, key=keys[1])]
+    want = rk.get_variables(rk.MultiRNNCell(cells))
+    got = model.variables()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value)
+    from rnnkit._cells import glorot_uniform
+
+    np.testing.assert_array_equal(got["fully_connected/weights"], glorot_uniform(keys[2], (10, 3), jnp.float32))
 
 
 def test_different_keys_give_different_weights_same_key_the_same() -> None:

@@ -41,10 +41,16 @@ class LSTMStateTuple(NamedTuple):
 def glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Array:
     """TF1's default initializer (`tf.get_variable` with no initializer): U(-limit, limit),
     limit = sqrt(6 / (fan_in + fan_out)), over the whole matrix. For a vector TF counts
-    fan_in = fan_out = its length."""
+    fan_in = fan_out = its length.
+
+    Drawn as (2u - 1) * limit from u ~ U[0, 1): 2u - 1 is exact, so each value takes one
+    rounding whatever the compiler does. (`uniform(minval=-limit, maxval=limit)` computes
+    u * 2 limit - limit, which a compiler may fuse into one FMA or not: the values then
+    depended on the optimisation level, and the one-program initialisation below could not be
+    compiled at a lower one.)"""
     fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else (shape[0], shape[1])
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
+    return (2 * jax.random.uniform(key, shape, dtype) - 1) * limit
 
 
 class RNNCell(eqx.Module):

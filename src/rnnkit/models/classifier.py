@@ -281,7 +281,10 @@ def build_classifier(
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small
 # program per distinct op and shape: the seed's model's first build took 2.6 s on two CPU cores
 # that way and 1.65 s this way, JAX's start-up included (the values are bit for bit the same).
-@eqx.filter_jit
+# LLVM's optimisations took most of that compile, for a program that runs once: at level 0 the
+# build takes 0.7-0.9 s (compile 0.4 s against 1.2-1.5 s), the program 20 ms longer to run.
+# The values are the same at any level (glorot_uniform, tests/test_variables.py).
+@eqx.filter_jit(compiler_options={"xla_backend_optimization_level": 0})
 def _initialised(
     specs: tuple[CellSpec, ...],
     input_size: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,30 @@ def test_tf1_adam_follows_tf1s_update_rule() -> None:
         params = params + updates
         np.testing.assert_allclose(np.asarray(params), var, rtol=1e-6, atol=1e-7)
     assert int(state.count) == 5
+
+
+def test_tf1_adam_init_copies_zeros_without_compiling(caplog: pytest.LogCaptureFixture) -> None:
+    """Adam's moments start as zeros copied from the host, placed as the parameters are
+    (committed only where they are: a committed argument would compile the train step again
+    on its second call), one buffer each (both are donated); under jit, zeros_like as before."""
+    import jax
+    import jax.numpy as jnp
+
+    from rnnkit.workflows.train import tf1_adam
+
+    params = {"a": jnp.ones((3, 7), jnp.float32), "b": jax.device_put(np.ones(5, np.float32), jax.devices()[0])}
+    with jax.log_compiles(), caplog.at_level(logging.DEBUG):
+        state = tf1_adam(1e-3).init(params)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+    for name, p in params.items():
+        for moment in (state.mu[name], state.nu[name]):
+            np.testing.assert_array_equal(np.asarray(moment), np.zeros(p.shape, np.float32))
+            assert moment.dtype == p.dtype
+            assert moment.committed == p.committed
+            assert moment.sharding == p.sharding
+        assert state.mu[name].unsafe_buffer_pointer() != state.nu[name].unsafe_buffer_pointer()
+    traced = jax.jit(lambda p: tf1_adam(1e-3).init(p).mu)(params)
+    np.testing.assert_array_equal(np.asarray(traced["a"]), np.zeros((3, 7), np.float32))
 
 
 def three_steps_logged(run: Path) -> bool:

@@ -220,6 +220,18 @@ def test_one_program_build_draws_what_the_cells_draw_op_by_op() -> None:
 
     np.testing.assert_array_equal(got["fully_connected/weights"], glorot_uniform(keys[2], (10, 3), jnp.float32))
 
+    # Under another trace: a key traced with it (eval_shape, a jit taking the key) makes the
+    # draws part of that program; a concrete key still draws them in their own program.
+    def build(k: Any) -> Any:
+        return build_classifier(
+            parse_cells("lstm:12,gru:10"), input_size=5, num_classes=3, num_steps=4, mode="dynamic", key=k
+        )
+
+    assert jax.eval_shape(build, key).weights.shape == (10, 3)
+    under_jit = [jax.jit(lambda k: build(k).weights)(key), jax.jit(lambda: build(key).weights)()]
+    for weights in under_jit:
+        np.testing.assert_array_equal(weights, got["fully_connected/weights"])
+
 
 def test_different_keys_give_different_weights_same_key_the_same() -> None:
     a = rk.get_variables(rk.GRUCell(8, input_size=4, key=jax.random.key(0)))

@@ -273,9 +273,11 @@ def build_classifier(
         precision = check_precision(precision)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return _initialised(
-        specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key
-    )
+    args = (specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key)
+    if isinstance(key, jax.core.Tracer):  # under eval_shape, or a jit taking the key: part of that program
+        return _initialised_traced(*args)
+    with jax.ensure_compile_time_eval():  # a program of its own (options are for top-level programs only)
+        return _initialised(*args)
 
 
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small
@@ -284,8 +286,7 @@ def build_classifier(
 # LLVM's optimisations took most of that compile, for a program that runs once: at level 0 the
 # build takes 0.7-0.9 s (compile 0.4 s against 1.2-1.5 s), the program 20 ms longer to run.
 # The values are the same at any level (glorot_uniform, tests/test_variables.py).
-@eqx.filter_jit(compiler_options={"xla_backend_optimization_level": 0})
-def _initialised(
+def _draw(
     specs: tuple[CellSpec, ...],
     input_size: int,
     num_classes: int,
@@ -311,3 +312,7 @@ def _initialised(
     weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
     biases = jnp.zeros((num_classes,), jnp.float32)
     return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation, precision)
+
+
+_initialised = eqx.filter_jit(_draw, compiler_options={"xla_backend_optimization_level": 0})
+_initialised_traced = eqx.filter_jit(_draw)

@@ -220,8 +220,8 @@ def test_one_program_build_draws_what_the_cells_draw_op_by_op() -> None:
 
     np.testing.assert_array_equal(got["fully_connected/weights"], glorot_uniform(keys[2], (10, 3), jnp.float32))
 
-    # Under another trace: a key traced with it (eval_shape, a jit taking the key) makes the
-    # draws part of that program; a concrete key still draws them in their own program.
+    # Under another trace (eval_shape, a jit taking the key or closing over it) the draws are
+    # part of that program, as jit refuses compile options there.
     def build(k: Any) -> Any:
         return build_classifier(
             parse_cells("lstm:12,gru:10"), input_size=5, num_classes=3, num_steps=4, mode="dynamic", key=k

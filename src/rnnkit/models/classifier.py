@@ -274,10 +274,12 @@ def build_classifier(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     args = (specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key)
-    if isinstance(key, jax.core.Tracer):  # under eval_shape, or a jit taking the key: part of that program
-        return _initialised_traced(*args)
-    with jax.ensure_compile_time_eval():  # a program of its own (options are for top-level programs only)
-        return _initialised(*args)
+    if not isinstance(key, jax.core.Tracer):  # else (eval_shape, a jit taking the key) part of that program
+        try:
+            return _initialised(*args)
+        except ValueError:  # under someone's jit all the same: compile options are for top-level programs
+            pass  # (an error of the model's own comes again from the call below)
+    return _initialised_traced(*args)
 
 
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small

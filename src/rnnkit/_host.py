@@ -94,6 +94,7 @@ def tune_allocator() -> bool:
 # --- the compilation cache -------------------------------------------------------------------
 
 CACHE_OPT_OUT = "RNNKIT_NO_COMPILE_CACHE"  # set to 1 to compile afresh in every process
+MIN_COMPILE_TIME_S = 0.2  # programs that compile faster are not worth a file
 
 
 def default_cache_dir() -> str:
@@ -107,8 +108,8 @@ def enable_compile_cache(path: str | None = None) -> str | None:
     or None where it left things alone.
 
     A static model is where this matters: the seed's static training step takes ~25 s to
-    compile on two CPU cores and ~1.5 s to load from the cache. Only programs that took over a
-    second to compile are stored. It does nothing when `RNNKIT_NO_COMPILE_CACHE=1`, or when
+    compile on two CPU cores and ~1.5 s to load from the cache. Only programs that took over
+    0.2 s to compile are stored. It does nothing when `RNNKIT_NO_COMPILE_CACHE=1`, or when
     the user already chose a cache (`JAX_COMPILATION_CACHE_DIR` or jax's
     `jax_compilation_cache_dir`): theirs is used as it is."""
     import jax
@@ -128,8 +129,10 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 
 def use_compile_cache(path: str) -> None:
     """Point JAX's persistent compilation cache at `path`, unconditionally, storing programs that
-    took over a second to compile (`rnnkit bench` gives each measurement an empty one)."""
+    took over 0.2 s to compile (`rnnkit bench` gives each measurement an empty one). JAX's own
+    threshold, a second, would leave out the program drawing a model's initial weights
+    (0.4-1.4 s to compile, by machine load): a new process then compiled it again."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)

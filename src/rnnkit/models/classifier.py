@@ -274,7 +274,9 @@ def build_classifier(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     args = (specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key)
-    if not isinstance(key, jax.core.Tracer):  # else (eval_shape, a jit taking the key) part of that program
+    # Level 0 on CPUs only, where it was measured (GPU compilers take it too, untried). A traced
+    # key (eval_shape, a jit taking the key) draws inside that program.
+    if jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer):
         try:
             return _initialised(*args)
         except ValueError:  # under someone's jit all the same: compile options are for top-level programs
@@ -317,4 +319,4 @@ def _draw(
 
 
 _initialised = eqx.filter_jit(_draw, compiler_options={"xla_backend_optimization_level": 0})
-_initialised_traced = eqx.filter_jit(_draw)
+_initialised_traced = eqx.filter_jit(_draw)  # the default level: under another trace, or off CPUs

@@ -239,6 +239,31 @@ def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
     _assert_trees_close(native, plain, 1e-4)
 
 
+def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
+    """LSTM and GRU layers with a whole 32-unit panel or more for every kernel thread, in equal
+    and unequal parts, then a reset-after GRU (split by rows), with 5 examples of 7 steps."""
+    units = 32 * max(2, _native.threads())
+    k = jax.random.split(jax.random.key(13), 3)
+    cell = rk.MultiRNNCell(
+        [
+            rk.LSTMCell(units, input_size=INPUT_SIZE, key=k[0]),
+            rk.GRUCell(units + 32, input_size=units, key=k[1]),
+            rk.GRUCell(units, input_size=units + 32, key=k[2], reset_after=True),
+        ]
+    )
+    return cell, random_inputs((5, 7, INPUT_SIZE), jnp.float32), np.array([7, 3, 0, 5, 7])
+
+
+def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> None:
+    """With fewer than 32 rows per thread, the forward pass gives every thread all rows and a
+    range of units instead, the threads meeting twice a step. Values and gradients (the
+    backward reads what that forward saved) equal per_step's."""
+    cell, x, lengths = _unit_split_layers()
+    native = _value_and_grads(cell, x, lengths, False, "native")
+    plain = _value_and_grads(cell, x, lengths, False, "per_step")
+    _assert_trees_close(native, plain, 1e-4)
+
+
 def _lowered_backward_dx(loss: Any, *args: Any) -> list[str]:
     """The type of the first result (the input's gradient) of every backward kernel call in
     the lowered gradient of `loss`, in program order."""
@@ -280,18 +305,19 @@ def test_native_without_avx512_equals_plain_path(native_kernel: None) -> None:
     """A CPU without AVX-512 gets a build whose every product, weight gradients included, is
     OpenBLAS's sgemm and whose bias gradients are separate column sums. Built here with
     -mno-avx512f, under FFI target names of its own (benchmarks/native_ab.py's loader), it
-    says it has no AVX-512 and computes what per_step does, on the layers with partial panels."""
+    says it has no AVX-512 and computes what per_step does, on the layers with partial panels
+    and on a small batch whose steps the threads split by units (OpenBLAS on column slices)."""
     if not _native.avx512():
         pytest.skip("this machine's build already is the one without AVX-512")
     ab = benchmark_script("native_ab")
     ab.load_other(_native.SOURCE, "noavx512_", ("-mno-avx512f",))
     ab.load_other.library.rnnkit_avx512.restype = ctypes.c_int64
     assert ab.load_other.library.rnnkit_avx512() == 0
-    cell, x, lengths = _wide_layers()
-    with ab._targets_prefixed("noavx512_"):
-        native = _value_and_grads(cell, x, lengths, False, "native")
-    plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    _assert_trees_close(native, plain, 1e-4)
+    for cell, x, lengths in (_wide_layers(), _unit_split_layers()):
+        with ab._targets_prefixed("noavx512_"):
+            native = _value_and_grads(cell, x, lengths, False, "native")
+        plain = _value_and_grads(cell, x, lengths, False, "per_step")
+        _assert_trees_close(native, plain, 1e-4)
 
 
 def test_unknown_implementation_is_refused() -> None:

@@ -257,11 +257,21 @@ def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
 def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> None:
     """With fewer than 32 rows per thread, the forward pass gives every thread all rows and a
     range of units instead, the threads meeting twice a step. Values and gradients (the
-    backward reads what that forward saved) equal per_step's."""
+    backward reads what that forward saved) equal per_step's; and inference over two blocks of
+    steps (5 rows x 830 steps: the blocks hold about 4096 rows), whose projections share one
+    scratch buffer the threads take turns with."""
     cell, x, lengths = _unit_split_layers()
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
     _assert_trees_close(native, plain, 1e-4)
+
+    long_x = random_inputs((5, 830, INPUT_SIZE), jnp.float32)
+    long_lengths = np.array([830, 400, 0, 829, 12])
+
+    def outputs(how: str) -> Any:
+        return jax.jit(lambda v: rk.dynamic_rnn(cell, v, long_lengths, implementation=how))(long_x)
+
+    _assert_trees_close(outputs("native"), outputs("per_step"), 1e-4)
 
 
 def _lowered_backward_dx(loss: Any, *args: Any) -> list[str]:

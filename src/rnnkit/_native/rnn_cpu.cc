@@ -870,29 +870,34 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   // on two cores against the rows-only split (benchmarks/native_ab.py, 300 pairs): inference
   // 1.15x faster at batch 16, 1.18x at 32, training 1.04x at 16; at batch 1 no change (0.99x:
   // the two meetings a step cost what the halved products save).
-  bool columns = false;
-  if constexpr (Kind::kColumns) columns = d.H % kUnitAlign == 0 && d.H / kUnitAlign >= kThreads && kThreads > 1;
-  SpinBarrier all(kThreads);
   const int64_t block = block_steps(d);
   Scratch z(in_slots ? 0 : block * d.B * d.G);
+  auto block_z = [&](int64_t t0) { return in_slots ? kind.slot(t0) : z.data(); };  // [steps, B, G]
+  if constexpr (Kind::kColumns) {
+    if (d.H % kUnitAlign == 0 && d.H / kUnitAlign >= kThreads && kThreads > 1) {
+      SpinBarrier all(kThreads);
+      parallel(kThreads, [&](int64_t i) {  // one set of threads for every block: their meetings are cheaper
+        const int64_t u0 = kUnitAlign * part(d.H / kUnitAlign, i, kThreads);
+        const int64_t u1 = kUnitAlign * part(d.H / kUnitAlign, i + 1, kThreads);
+        for (int64_t t0 = 0; t0 < d.T; t0 += block) {
+          const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
+          const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
+          project(r1 - r0, x + (t0 * d.B + r0) * d.I, block_z(t0) + r0 * d.G);  // the block's, by rows
+          all.wait();
+          for (int64_t t = t0; t < t0 + steps; ++t)  // the steps, all rows, this thread's units
+            kind.fwd_cols(t, block_z(t0) + (t - t0) * d.B * d.G, outs + t * d.B * d.H, u0, u1, all);
+        }
+      });
+      return;
+    }
+  }
   for (int64_t t0 = 0; t0 < d.T; t0 += block) {
     const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
-    float* zb = in_slots ? kind.slot(t0) : z.data();  // the block's steps, [steps, B, G]
+    float* zb = block_z(t0);
     parallel(kThreads, [&](int64_t i) {  // the input projection of the block, by rows
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
       project(r1 - r0, x + (t0 * d.B + r0) * d.I, zb + r0 * d.G);
     });
-    if constexpr (Kind::kColumns) {
-      if (columns) {  // the steps, every thread all rows and its units, meeting twice a step
-        parallel(kThreads, [&](int64_t i) {
-          const int64_t u0 = kUnitAlign * part(d.H / kUnitAlign, i, kThreads);
-          const int64_t u1 = kUnitAlign * part(d.H / kUnitAlign, i + 1, kThreads);
-          for (int64_t t = t0; t < t0 + steps; ++t)
-            kind.fwd_cols(t, zb + (t - t0) * d.B * d.G, outs + t * d.B * d.H, u0, u1, all);
-        });
-        continue;
-      }
-    }
     parallel(n, [&](int64_t i) {  // the steps, by batch rows
       for (int64_t t = t0; t < t0 + steps; ++t)
         kind.fwd_step(t, zb + (t - t0) * d.B * d.G, outs + t * d.B * d.H, part(d.B, i, n), part(d.B, i + 1, n));

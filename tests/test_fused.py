@@ -255,9 +255,9 @@ def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
 
 
 def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> None:
-    """With fewer than 32 rows per thread, the forward pass gives every thread all rows and a
-    range of units instead, the threads meeting twice a step. Values and gradients (the
-    backward reads what that forward saved) equal per_step's; and inference over two blocks of
+    """With fewer than 32 rows per thread, the forward and backward passes give every thread
+    all rows and a range of units instead, the threads meeting once or twice a step. Values
+    and gradients equal per_step's; and inference over two blocks of
     steps (5 rows x 830 steps: the blocks hold about 4096 rows), whose projections share one
     scratch buffer the threads take turns with."""
     cell, x, lengths = _unit_split_layers()

@@ -134,11 +134,14 @@ inline void zero(float* to, int64_t n) { std::memset(to, 0, sizeof(float) * n); 
 // benchmark that alternated the two; at 2048-row input projections, even or slower.
 // Without AVX-512 the products are OpenBLAS's, with B stored untransposed (OpenBLAS ran 72
 // against about 100 GFLOP/s reading it transposed).
-#if defined(__AVX512F__)
+//
 // Panels of 32 columns (two vectors), each K x 32 contiguous and zero-padded past N; the
 // microkernel keeps a block of up to 8 rows x 32 columns of C in 16 registers, over at most
-// 256 of K (a panel's 32 KiB stays in L1) and 64 rows of A at a time (in L2).
-constexpr int64_t kPanel = 32, kDepth = 256, kRowGroup = 64;
+// 256 of K (a panel's 32 KiB stays in L1) and 64 rows of A at a time (in L2). Threads that
+// split a product's columns take whole panels (that split is the same without AVX-512).
+constexpr int64_t kPanel = 32;
+#if defined(__AVX512F__)
+constexpr int64_t kDepth = 256, kRowGroup = 64;
 
 // The first n (clamped to 0..16) lanes of a vector.
 inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
@@ -444,14 +447,11 @@ inline void add_weight_grad(int64_t i, int64_t n, int64_t rows, const float* a, 
   if (sums) add_column_sums(d, rows, ldd, j0, j1 - j0, sums + j0);
 }
 
-// Units per part when the threads split a step's columns: a whole panel (see Weights).
-constexpr int64_t kUnitAlign = 32;
-
 // Whether a layer's steps can be split by units: a whole panel of them for every thread.
-inline bool columns(const Dims& d) { return kThreads > 1 && d.H % kUnitAlign == 0 && d.H / kUnitAlign >= kThreads; }
+inline bool columns(const Dims& d) { return kThreads > 1 && d.H % kPanel == 0 && d.H / kPanel >= kThreads; }
 
 // Where the i-th thread's units start, in whole panels.
-inline int64_t unit_part(const Dims& d, int64_t i) { return kUnitAlign * part(d.H / kUnitAlign, i, kThreads); }
+inline int64_t unit_part(const Dims& d, int64_t i) { return kPanel * part(d.H / kPanel, i, kThreads); }
 
 // Threads for per-step work over B rows: at least 32 rows each.
 inline int64_t row_threads(int64_t B) { return std::max<int64_t>(1, std::min<int64_t>(kThreads, B / 32)); }
@@ -923,15 +923,18 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
   const int64_t block = block_steps(d);
   Scratch z(in_slots ? 0 : block * d.B * d.G);
   auto block_z = [&](int64_t t0) { return in_slots ? kind.slot(t0) : z.data(); };  // [steps, B, G]
+  auto project_block = [&](int64_t t0, int64_t steps, int64_t i) {  // the i-th thread's rows of it
+    const int64_t rows = steps * d.B, r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
+    project(r1 - r0, x + (t0 * d.B + r0) * d.I, block_z(t0) + r0 * d.G);
+  };
   if constexpr (Kind::kColumns) {
     if (columns(d)) {
       SpinBarrier all(kThreads);
       parallel(kThreads, [&](int64_t i) {  // one set of threads for every block: their meetings are cheaper
         const int64_t u0 = unit_part(d, i), u1 = unit_part(d, i + 1);
         for (int64_t t0 = 0; t0 < d.T; t0 += block) {
-          const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
-          const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-          project(r1 - r0, x + (t0 * d.B + r0) * d.I, block_z(t0) + r0 * d.G);  // the block's, by rows
+          const int64_t steps = std::min(block, d.T - t0);
+          project_block(t0, steps, i);
           all.wait();
           for (int64_t t = t0; t < t0 + steps; ++t)  // the steps, all rows, this thread's units
             kind.fwd_cols(t, block_z(t0) + (t - t0) * d.B * d.G, outs + t * d.B * d.H, u0, u1, all);
@@ -941,12 +944,9 @@ void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, f
     }
   }
   for (int64_t t0 = 0; t0 < d.T; t0 += block) {
-    const int64_t steps = std::min(block, d.T - t0), rows = steps * d.B;
+    const int64_t steps = std::min(block, d.T - t0);
     float* zb = block_z(t0);
-    parallel(kThreads, [&](int64_t i) {  // the input projection of the block, by rows
-      const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-      project(r1 - r0, x + (t0 * d.B + r0) * d.I, zb + r0 * d.G);
-    });
+    parallel(kThreads, [&](int64_t i) { project_block(t0, steps, i); });  // the block's input projection, by rows
     parallel(n, [&](int64_t i) {  // the steps, by batch rows
       for (int64_t t = t0; t < t0 + steps; ++t)
         kind.fwd_step(t, zb + (t - t0) * d.B * d.G, outs + t * d.B * d.H, part(d.B, i, n), part(d.B, i + 1, n));

@@ -173,3 +173,15 @@ def test_precision_none_follows_jax_default_and_bad_precision_is_refused() -> No
     assert "Precision." not in jaxpr
     with pytest.raises(ValueError, match=r"precision must be None, 'default', 'high' or 'highest' .* got 'fast'"):
         rk.LSTMCell(3, input_size=2, key=jax.random.key(0), precision="fast")
+
+
+@pytest.mark.parametrize("precision", ["TF32_TF32_F32_X3", jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X6])
+def test_a_dot_algorithm_preset_reaches_every_matmul(precision: object) -> None:
+    """JAX's named algorithms (near-float32 multi-pass products on GPU tensor cores) are taken as
+    a precision, by name or as the enum, and every matmul asks XLA for that algorithm."""
+    cell = rk.LSTMCell(3, input_size=2, key=jax.random.key(0), precision=precision)
+    jaxpr = str(jax.make_jaxpr(lambda x: cell(x, cell.zero_state(1)))(jnp.ones((1, 2))))
+    name = getattr(precision, "name", precision)
+    assert jaxpr.count("dot_general[") == jaxpr.count(f"precision={name}") == 1
+    with pytest.raises(ValueError, match=r"DotAlgorithmPreset such as 'TF32_TF32_F32_X3'; got 'TF32_X3'"):
+        rk.GRUCell(3, input_size=2, key=jax.random.key(0), precision="TF32_X3")

@@ -77,6 +77,22 @@ def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
         assert "rnnkit_gru_fwd" in jaxpr
 
 
+@pytest.mark.parametrize(
+    ("precision", "native"), [("highest", True), (None, True), ("F32_F32_F32", True), ("BF16_BF16_F32_X3", False)]
+)
+def test_the_kernel_takes_only_full_float32_precisions(native_kernel: None, precision: object, native: bool) -> None:
+    """The kernel multiplies in float32 and nothing else, so a cell that asks for another algorithm
+    runs per_step through XLA, which does what the algorithm says (or refuses it)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the native kernel is CPU-only")
+    cell = rk.GRUCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), precision=precision)
+    jaxpr = str(
+        jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(random_inputs((2, 3, INPUT_SIZE)))
+    )
+    assert ("rnnkit_gru_fwd" in jaxpr) is native
+    assert ("precision=BF16_BF16_F32_X3" in jaxpr) is not native
+
+
 def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_native, "LIBRARY", tmp_path / "no-such-dir" / "librnnkit_cpu.so")
     with pytest.raises(_native.NativeUnavailableError, match=r"can't write next to the package"):

@@ -35,17 +35,33 @@ def check_float_dtype(dtype: Any, *, name: str) -> jnp.dtype:
 
 
 def check_precision(precision: Any) -> Any:
-    """A matmul precision JAX accepts: None (JAX's default) or "default" / "high" / "highest"
-    (or a `jax.lax.Precision`). Returned as given, so it stays hashable for a static field."""
-    if precision is None or isinstance(precision, jax.lax.Precision):
+    """A matmul precision JAX accepts: None (JAX's default), "default" / "high" / "highest"
+    (or a `jax.lax.Precision`), or a `jax.lax.DotAlgorithmPreset` or its name, such as
+    "TF32_TF32_F32_X3" (three TF32 passes: near float32's accuracy on GPU tensor cores).
+    Returned as given, so it stays hashable for a static field. Whether a backend runs an
+    algorithm is JAX's to say, when the matmul is compiled."""
+    if precision is None or isinstance(precision, (jax.lax.Precision, jax.lax.DotAlgorithmPreset)):
+        return precision
+    if isinstance(precision, str) and precision in jax.lax.DotAlgorithmPreset.__members__:
         return precision
     try:
         jax.lax.Precision(precision)
     except (ValueError, TypeError) as err:
         raise ValueError(
-            f"precision must be None, 'default', 'high' or 'highest' (a jax.lax.Precision); got {precision!r}"
+            "precision must be None, 'default', 'high' or 'highest' (a jax.lax.Precision), or the name of a "
+            f"jax.lax.DotAlgorithmPreset such as 'TF32_TF32_F32_X3'; got {precision!r}"
         ) from err
     return precision
+
+
+def full_float32(precision: Any) -> bool:
+    """True when `precision` lets a float32 matmul run as XLA's CPU backend runs it, in full
+    float32: a `jax.lax.Precision` (or its name), None, or the DEFAULT / F32_F32_F32 algorithms.
+    The native CPU kernel computes that way, so it takes only these."""
+    if precision is None or isinstance(precision, jax.lax.Precision):
+        return True
+    name = precision.name if isinstance(precision, jax.lax.DotAlgorithmPreset) else precision
+    return name not in jax.lax.DotAlgorithmPreset.__members__ or name in ("DEFAULT", "F32_F32_F32")
 
 
 def check_inputs(x: Any, *, name: str, cell: Any, rank: int, layout: str) -> jax.Array:

@@ -48,6 +48,7 @@ from jaxtyping import Array
 
 from rnnkit import _native
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, LSTMStateTuple, RNNCell
+from rnnkit._checks import full_float32
 from rnnkit._wrappers import MultiRNNCell
 
 
@@ -81,9 +82,10 @@ def supports(cell: RNNCell) -> bool:
 
 
 def native_supports(cell: RNNCell) -> bool:
-    """True when the native CPU kernel can run `cell`: a cell `supports` takes, in float32."""
+    """True when the native CPU kernel can run `cell`: a cell `supports` takes, in float32, at a
+    precision that multiplies in full float32 (the kernel has no other arithmetic)."""
     cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
-    return supports(cell) and all(jnp.dtype(c.dtype) == jnp.float32 for c in cells)
+    return supports(cell) and all(jnp.dtype(c.dtype) == jnp.float32 and full_float32(c.precision) for c in cells)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
 # The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 590 s (timeout_s): the jobs' own limits add up to 550.
+# limit of 330 s (timeout_s): the jobs' own limits add up to 285.
 #
-# Its first run (2026-11-27, benchmarks/RESULTS.md "GPU") measured rnnkit's fused path at unroll
-# 1-16, PyTorch (cuDNN) and Flax, and left these open, which this second version measures, the
-# most wanted first:
-#   1. probe-default: rnnkit at unroll 4 (the default), fused (a loop per layer, what auto runs)
-#      against fused_stack (one loop for the whole stack); then probe-tf32: precision "default"
-#      (TF32) instead of "highest" (TF1's numbers): does either close the gap to the targets?
-#   2. torch-eager and torch-eager-fp32: cuDNN as PyTorch runs it by default, and with TF32 off;
-#      the two show whether the issue's cuDNN figures were TF32 ones.
-#   3. probe-cmdbuf: rnnkit with XLA's command buffers (CUDA graphs) taking the while loops too:
-#      the fused step is launch-bound (about 15 us per scan iteration at T=28 batch 128).
-#   4. rnnkit-dynamic (time to first step in a new process, after the allocator change 2e78fcd)
-#      and rnnkit-static (never run on a GPU), training at T=28 batch 128 and inference.
+# Its second run (2026-11-27, benchmarks/RESULTS.md "GPU, second run") settled fused against
+# fused_stack, TF32 against full float32 on both sides, command buffers and the first step's
+# compile. This third version measures what that run left open, in about 300 s:
+#   1. probe-x3: JAX's multi-pass tensor-core algorithms, TF32_TF32_F32_X3 and BF16_BF16_F32_X6,
+#      which give near-float32 products: at T=28 batch 128, T=784 and inference at batch 4096,
+#      the two targets the full-float32 fused path misses;
+#   2. precision: how far each precision moves the seed model's logits and gradients from the
+#      CPU's full-float32 figures (benchmarks/precision_probe.py), the floor being "highest";
+#   3. compile-*: the first training step of a new process (21-23 s at "highest", 10 s at
+#      "default") with XLA's GEMM autotuning off and with Triton GEMMs off: is autotuning what
+#      the cold compile spends, and what does the step lose without it?
 #
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
@@ -54,21 +53,16 @@ bench() {  # bench ROW LIMIT_S WORKLOADS
     job "$1" "$2" python3 -m rnnkit.cli bench --rows "$1" --workloads "$3" --repeats 5 --min-time 0.5 \
         --out "$out/jobs/$1"
 }
-all=train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28
-short=train:128:28:28,infer:4096:28:28
+short=train:128:28:28,train:128:784:1,infer:4096:28:28
+b128=train:128:28:28
 
 flags="${XLA_FLAGS:-}"
-probe probe-default 140 "$flags" --workloads "$all" --unroll 4 --implementations auto,fused_stack
-probe probe-tf32 80 "$flags" --workloads "$all" --unroll 4 --precisions default
-bench torch-eager 60 "$all"
-bench torch-eager-fp32 60 "$all"
-# XLA's command buffers record runs of kernels as CUDA graphs; WHILE and CONDITIONAL let them
-# take whole loops (no host round trip per iteration). An XLA that does not know a type refuses
-# the flag at start-up: the job then fails at once, and the log says why.
-cmdbuf=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
-probe probe-cmdbuf 90 "${flags:+$flags }$cmdbuf" --workloads "$short,train:128:784:1" --unroll 1,4
-bench rnnkit-dynamic 45 train:128:28:28
-bench rnnkit-static 75 "$short"
+probe probe-x3 100 "$flags" --workloads "$short" --unroll 4 --precisions TF32_TF32_F32_X3,BF16_BF16_F32_X6
+job precision 80 python3 benchmarks/precision_probe.py --out "$out/jobs/precision.json" \
+    --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default
+probe compile-default 35 "$flags" --workloads "$b128" --unroll 4
+probe compile-autotune0 35 "${flags:+$flags }--xla_gpu_autotune_level=0" --workloads "$b128" --unroll 4
+probe compile-notriton 35 "${flags:+$flags }--xla_gpu_enable_triton_gemm=false" --workloads "$b128" --unroll 4
 date -u
 # The device tool returns at most 8 files: the jobs' results travel as one archive.
 tar czf "$out/gpu.tgz" -C "$out" jobs && rm -rf "$out/jobs"

@@ -11,7 +11,9 @@ TF1 builds a cell lazily on its first call; here sizes are explicit at construct
 Matmul precision: every cell multiplies at `precision="highest"` by default, which is what
 TF1 did (full float32). On GPUs JAX's own default lets float32 matmuls run in TF32 or
 bfloat16 passes, which moved results by ~1e-3 on an H200; pass `precision=None` to a cell to
-take JAX's default (and its `jax.default_matmul_precision` setting) for speed instead.
+take JAX's default (and its `jax.default_matmul_precision` setting) for speed instead, or the
+name of a `jax.lax.DotAlgorithmPreset` such as "TF32_TF32_F32_X3" (near float32's error from
+three TF32 products on tensor cores).
 """
 
 from __future__ import annotations

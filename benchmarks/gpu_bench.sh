@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 330 s (timeout_s): the jobs' own limits add up to 285.
+# limit of 450 s (timeout_s): the jobs' own limits add up to 400.
 #
-# Its second run (2026-11-27, benchmarks/RESULTS.md "GPU, second run") settled fused against
-# fused_stack, TF32 against full float32 on both sides, command buffers and the first step's
-# compile. This third version measures what that run left open, in about 300 s:
-#   1. probe-x3: JAX's multi-pass tensor-core algorithms, TF32_TF32_F32_X3 and BF16_BF16_F32_X6,
-#      which give near-float32 products: at T=28 batch 128, T=784 and inference at batch 4096,
-#      the two targets the full-float32 fused path misses;
-#   2. precision: how far each precision moves the seed model's logits and gradients from the
-#      CPU's full-float32 figures (benchmarks/precision_probe.py), the floor being "highest";
-#   3. compile-*: the first training step of a new process (21-23 s at "highest", 10 s at
-#      "default") with XLA's GEMM autotuning off and with Triton GEMMs off: is autotuning what
-#      the cold compile spends, and what does the step lose without it?
+# Its second and third runs (2026-11-27, benchmarks/RESULTS.md "GPU, second and third runs")
+# settled fused against fused_stack, TF32 and the near-float32 tensor-core algorithms, command
+# buffers, and what the cold first step spends (XLA's GEMM autotuning). This fourth version, in
+# about 400 s (each job under its own limit):
+#   1. headline: rnnkit-dynamic, PyTorch with its defaults and PyTorch in full float32 in one
+#      bench run, so the issue's ratios come from one run (they came from separate processes);
+#   2. infer-impl: fused against per_step for inference at batch 4096, interleaved in one
+#      process (per_step and static came 5-10% ahead of fused in both earlier runs, but each from
+#      its own process): should auto run per_step where nothing is differentiated?
+#   3. autotune-cache-*: two new processes sharing XLA's per-fusion autotuning cache: does the
+#      second skip the 15 s of autotuning a different program of the same shapes would redo?
+#      If so, rnnkit could keep that cache beside its compilation cache.
 #
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
@@ -53,16 +54,16 @@ bench() {  # bench ROW LIMIT_S WORKLOADS
     job "$1" "$2" python3 -m rnnkit.cli bench --rows "$1" --workloads "$3" --repeats 5 --min-time 0.5 \
         --out "$out/jobs/$1"
 }
-short=train:128:28:28,train:128:784:1,infer:4096:28:28
+all=train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28
 b128=train:128:28:28
 
 flags="${XLA_FLAGS:-}"
-probe probe-x3 100 "$flags" --workloads "$short" --unroll 4 --precisions TF32_TF32_F32_X3,BF16_BF16_F32_X6
-job precision 80 python3 benchmarks/precision_probe.py --out "$out/jobs/precision.json" \
-    --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default
-probe compile-default 35 "$flags" --workloads "$b128" --unroll 4
-probe compile-autotune0 35 "${flags:+$flags }--xla_gpu_autotune_level=0" --workloads "$b128" --unroll 4
-probe compile-notriton 35 "${flags:+$flags }--xla_gpu_enable_triton_gemm=false" --workloads "$b128" --unroll 4
+bench rnnkit-dynamic,torch-eager,torch-eager-fp32 270 "$all"
+probe infer-impl 60 "$flags" --workloads infer:4096:28:28 --unroll 4 --implementations auto,per_step,auto,per_step
+cache=$(mktemp -d)
+tuned="${flags:+$flags }--xla_gpu_per_fusion_autotune_cache_dir=$cache"
+probe autotune-cache-1 35 "$tuned" --workloads "$b128" --unroll 4
+probe autotune-cache-2 35 "$tuned" --workloads "$b128" --unroll 4
 date -u
 # The device tool returns at most 8 files: the jobs' results travel as one archive.
 tar czf "$out/gpu.tgz" -C "$out" jobs && rm -rf "$out/jobs"

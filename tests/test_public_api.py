@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import rnnkit as rk
 
@@ -118,3 +122,16 @@ def test_registry_covers_every_public_cell() -> None:
             if hasattr(cell, "cell"):
                 stack.append(cell.cell)
     assert public_cells - seen == set()
+
+
+@pytest.mark.parametrize("module", ["rnnkit.workflows.convert", "rnnkit.convert"])
+def test_modules_import_first_in_a_new_interpreter(module: str) -> None:
+    """rnnkit.convert re-exports two functions of rnnkit.workflows.convert, which imports
+    rnnkit.convert's modules: imported first, either used to be a circular import."""
+    code = f"import {module}; import rnnkit.convert as rc; print(rc.write_run_dir.__module__, rc.export_torch_file.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["rnnkit.workflows.convert", "export_torch_file"]
+    import rnnkit.convert as rc
+
+    assert all(getattr(rc, name) is not None for name in rc.__all__)

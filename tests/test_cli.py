@@ -49,6 +49,7 @@ def test_run_demo_result_agrees() -> None:
         (["train", "--learning-rate", "-1"], "argument --learning-rate: expected a positive number; got -1.0"),
         (["train", "--epochs", "2", "--train-samples", "9"], "not allowed with argument --epochs"),
         (["train", "--mode", "eager"], "argument --mode: invalid choice: 'eager'"),
+        (["train", "--precision", "fast"], "--precision must be highest, high, default or the name of a"),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],

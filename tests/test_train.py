@@ -346,3 +346,40 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(data_dir: Path, tmp_path: Path)
     assert "Traceback" not in err
     _, _, step = ckpt.load_checkpoint(run)  # a consistent, resumable pair
     assert step == int(match.group(1)) >= 3
+
+
+def test_precision_is_kept_with_the_run_and_eval_falls_back_where_the_backend_lacks_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import jax
+
+    from rnnkit.workflows.convert import load_run_model
+
+    run = tmp_path / "run"
+    train(config(data_dir, run, train_samples=3 * 16 + 1, precision="default"))
+    assert json.loads((run / ckpt.CONFIG).read_text())["precision"] == "default"
+    model = load_run_model(run)
+    assert [model.precision, *(c.precision for c in model.cell.cells)] == ["default"] * 3
+    at_default = evaluate_run(run).accuracy
+
+    saved = json.loads((run / ckpt.CONFIG).read_text())
+    (run / ckpt.CONFIG).write_text(json.dumps({**saved, "precision": "fast"}))
+    line = one_line_error(*run_cli(["eval", str(run)], capsys)[::2])
+    assert "config.json: precision must be None, 'default', 'high' or 'highest'" in line
+    assert "got 'fast'" in line
+
+    if jax.default_backend() != "cpu":
+        return  # the rest needs a backend without TF32 algorithms
+    (run / ckpt.CONFIG).write_text(json.dumps({**saved, "precision": "TF32_TF32_F32_X3"}))
+    model = load_run_model(run)  # trained on a GPU, say: evaluated here in full float32
+    assert [model.precision, *(c.precision for c in model.cell.cells)] == ["highest"] * 3
+    assert evaluate_run(run).accuracy == pytest.approx(at_default, abs=1e-12)  # XLA's CPU: float32 either way
+    line = one_line_error(*run_cli(["train", "--run-dir", str(run), "--resume"], capsys)[::2])
+    assert line.endswith(
+        "--precision TF32_TF32_F32_X3: JAX's cpu backend does not run it "
+        "(The precision 'TF32_TF32_F32_X3' is not supported by dot_general on CPU)"
+    )
+    line = one_line_error(
+        *run_cli(["train", "--precision", "BF16_BF16_BF16", "--data-dir", str(data_dir)], capsys)[::2]
+    )
+    assert "--precision BF16_BF16_BF16: JAX's cpu backend does not run it" in line

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from rnnkit._checks import check_precision
 from rnnkit._version import __version__
 from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
 from rnnkit.errors import CheckpointError, ConfigError
@@ -60,6 +61,10 @@ class TrainConfig:
     validation_size: int = 5000  # examples held out of the training set for per-epoch validation
     seed: int = 0  # weights, data order, validation split and dropout all derive from it
     eval_batch_size: int = 1000  # batch for validation and test passes (no gradients)
+    # Every matmul's precision (build_classifier): "highest" is full float32, TF1's numbers; on
+    # NVIDIA GPUs "default" multiplies float32 in TF32 (faster for large batches, ~1e-3 off),
+    # and JAX's algorithm names such as "TF32_TF32_F32_X3" are taken where the backend runs them.
+    precision: str = "highest"
     # Filled in from the data when training starts, so eval / predict can rebuild the model:
     image_shape: tuple[int, int] | None = None  # [height, width] of the images
     num_classes: int | None = None  # 1 + the largest label
@@ -101,6 +106,7 @@ class TrainConfig:
         if self.mode not in ("static", "dynamic"):
             raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
         parse_cells(self.cells)
+        check_backend_precision(self.precision)
 
 
 @dataclass
@@ -156,7 +162,35 @@ def build_model(config: TrainConfig, data_shape: tuple[int, int], num_classes: i
         mode=config.mode,
         key=jax.random.fold_in(jax.random.key(config.seed), 0),
         dropout=config.dropout,
+        precision=config.precision,
     )
+
+
+def check_backend_precision(precision: str) -> None:
+    """Refuse, as a ConfigError naming --precision, a precision that isn't one, or one that JAX's
+    default backend does not run (most of JAX's algorithm names are GPU-only), so a run fails
+    before it loads data rather than at its first step."""
+    try:
+        check_precision(precision)
+    except ValueError:
+        raise ConfigError(
+            "--precision must be highest, high, default or the name of a jax.lax.DotAlgorithmPreset "
+            f"(e.g. TF32_TF32_F32_X3); got {precision!r}"
+        ) from None
+    refusal = _backend_refusal(precision)
+    if refusal is not None:
+        raise ConfigError(f"--precision {precision}: JAX's {jax.default_backend()} backend does not run it ({refusal})")
+
+
+def _backend_refusal(precision: str) -> str | None:
+    """Why JAX's default backend won't run a float32 matmul at `precision` (the first line of its
+    error), or None where it will: found by lowering one tiny matmul."""
+    x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+    try:
+        jax.jit(lambda a: jnp.matmul(a, a, precision=precision)).lower(x)
+    except Exception as err:  # JAX's refusal comes as ValueError or an XLA error, by backend
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return None
 
 
 def _zeros_like(p: Any) -> Any:
@@ -401,6 +435,14 @@ def load_model(run_dir: Path, config: TrainConfig) -> tuple[SequenceClassifier, 
     and the step the checkpoint was saved at."""
     if config.num_classes is None:
         raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
+    try:
+        check_precision(config.precision)
+    except ValueError as err:
+        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG}: {err}") from None
+    if _backend_refusal(config.precision) is not None:
+        # Trained with an algorithm this backend lacks (a GPU's TF32_TF32_F32_X3, evaluated on a
+        # CPU): full float32, which those algorithms approximate, is the nearest this one runs.
+        config = dataclasses.replace(config, precision="highest")
     model = build_model(config, config.model_input_shape(), config.num_classes)
     variables, step = ckpt.load_model_variables(run_dir)
     return _with_checkpoint_weights(model, variables, run_dir, config), step
@@ -428,6 +470,7 @@ def _resolve_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Pa
         saved = TrainConfig.from_dict(ckpt.read_config(run_dir))
         if not ckpt.has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({ckpt.MODEL} is missing)")
+        check_backend_precision(saved.precision)  # a run started on a GPU, continued on a CPU
         return saved, run_dir
     run_dir = Path(config.run_dir) if config.run_dir is not None else _default_run_dir(config)
     if ckpt.has_checkpoint(run_dir) or (run_dir / ckpt.CONFIG).exists():

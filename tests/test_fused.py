@@ -254,6 +254,25 @@ def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
     return cell, random_inputs((5, 7, INPUT_SIZE), jnp.float32), np.array([7, 3, 0, 5, 7])
 
 
+def _few_rows_cases() -> list[tuple[rk.RNNCell, jax.Array, np.ndarray]]:
+    """_wide_layers' cell on batches of one to three rows: the products a build with AVX2 but
+    not AVX-512 runs on its own kernel (rows_product), 32 columns at a time with partial last
+    chunks; the first case's input projection (3 steps x 1 row) is one of them, with its bias."""
+    cell, _, _ = _wide_layers()
+    return [
+        (cell, random_inputs((1, 3, 20), jnp.float32), np.array([3])),
+        (cell, random_inputs((2, 5, 20), jnp.float32), np.array([5, 2])),
+        (cell, random_inputs((3, 4, 20), jnp.float32), np.array([4, 0, 3])),
+    ]
+
+
+def test_native_batches_of_one_to_three_rows(native_kernel: None) -> None:
+    for cell, x, lengths in _few_rows_cases():
+        native = _value_and_grads(cell, x, lengths, False, "native")
+        plain = _value_and_grads(cell, x, lengths, False, "per_step")
+        _assert_trees_close(native, plain, 1e-4)
+
+
 def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> None:
     """With fewer than 32 rows per thread, the forward and backward passes give every thread
     all rows and a range of units instead, the threads meeting once or twice a step. Values
@@ -310,21 +329,38 @@ def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_ker
     assert all(t != "tensor<0xf32>" for t in both)
 
 
+# The builds a CPU with fewer vector extensions gets, made here with the compiler's -mno-*
+# flags: (flags, rnnkit_avx512(), rnnkit_avx2_rows()) of each.
+OTHER_BUILDS = [
+    pytest.param(("-mno-avx512f",), 0, 1, id="avx2"),  # AVX2 + FMA: OpenBLAS and the few-rows kernel
+    pytest.param(("-mno-avx512f", "-mno-avx2"), 0, 0, id="plain"),  # OpenBLAS for every product
+]
+
+
 @pytest.mark.slow
-def test_native_without_avx512_equals_plain_path(native_kernel: None) -> None:
-    """A CPU without AVX-512 gets a build whose every product, weight gradients included, is
-    OpenBLAS's sgemm and whose bias gradients are separate column sums. Built here with
-    -mno-avx512f, under FFI target names of its own (benchmarks/native_ab.py's loader), it
-    says it has no AVX-512 and computes what per_step does, on the layers with partial panels
-    and on a small batch whose steps the threads split by units (OpenBLAS on column slices)."""
-    if not _native.avx512():
-        pytest.skip("this machine's build already is the one without AVX-512")
+@pytest.mark.parametrize(("flags", "avx512", "avx2_rows"), OTHER_BUILDS)
+def test_native_builds_for_other_cpus_equal_plain_path(
+    native_kernel: None, flags: tuple[str, ...], avx512: int, avx2_rows: int
+) -> None:
+    """A CPU without AVX-512 gets a build whose products are OpenBLAS's sgemm (the products of
+    one to three rows on a kernel of its own where there is AVX2) and whose bias gradients are
+    separate column sums. Built here with -mno-* flags, under FFI target names of its own
+    (benchmarks/native_ab.py's loader), each says which it is and computes what per_step does:
+    on the layers with partial panels, on a small batch whose steps the threads split by units,
+    and on batches of one to three rows."""
+    import subprocess
+
+    probe = subprocess.run(["c++", "-march=native", "-dM", "-E", "-x", "c++", "/dev/null"], capture_output=True)
+    if avx2_rows and b"__AVX2__" not in probe.stdout:
+        pytest.skip("this CPU has no AVX2")
     ab = benchmark_script("native_ab")
-    ab.load_other(_native.SOURCE, "noavx512_", ("-mno-avx512f",))
-    ab.load_other.library.rnnkit_avx512.restype = ctypes.c_int64
-    assert ab.load_other.library.rnnkit_avx512() == 0
-    for cell, x, lengths in (_wide_layers(), _unit_split_layers()):
-        with ab._targets_prefixed("noavx512_"):
+    prefix = "other_" + "_".join(f.strip("-").replace("-", "") for f in flags) + "_"
+    ab.load_other(_native.SOURCE, prefix, flags)
+    library = ab.load_other.library
+    library.rnnkit_avx512.restype = library.rnnkit_avx2_rows.restype = ctypes.c_int64
+    assert (library.rnnkit_avx512(), library.rnnkit_avx2_rows()) == (avx512, avx2_rows)
+    for cell, x, lengths in (_wide_layers(), _unit_split_layers(), *_few_rows_cases()):
+        with ab._targets_prefixed(prefix):
             native = _value_and_grads(cell, x, lengths, False, "native")
         plain = _value_and_grads(cell, x, lengths, False, "per_step")
         _assert_trees_close(native, plain, 1e-4)

@@ -15,7 +15,8 @@
 //
 // Products by a weight matrix run on the microkernel of `Weights` (AVX-512), the weights
 // packed once per call; the weight gradients on the same microkernel, both operands packed a
-// chunk of rows at a time. On CPUs without AVX-512 every product is OpenBLAS's sgemm.
+// chunk of rows at a time. On CPUs without AVX-512 every product is OpenBLAS's sgemm, but
+// those of one to three rows, which with AVX2 run on a kernel of their own (rows_product).
 //
 // Layout: time-major, row-major. x [T, B, I], states [B, H], W_in [I, G], W_loop [H, *].
 // Blocks are `block_steps` steps long so that their matrices have about 4096 rows.
@@ -28,7 +29,7 @@
 // threads (see kThreads).
 
 #include <cblas.h>  // scipy-openblas32's: its functions carry the scipy_ prefix
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -195,6 +196,69 @@ inline void micro_rows(int64_t rows, int64_t K, const float* a, int64_t lda, con
     default: return micro<1, KStep>(K, a, lda, panel, c, ldc, add, cols, bias);
   }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define RNNKIT_AVX2_ROWS 1
+
+// The first n (clamped to 0..8) lanes of a vector, as maskload / maskstore take them.
+inline __m256i lanes8(int64_t n) {
+  const int32_t k = static_cast<int32_t>(std::clamp<int64_t>(n, 0, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Without AVX-512 the products are OpenBLAS's, except those of one to three rows (a batch of
+// one to three stepping alone, as in batch-1 inference), for which OpenBLAS is slow: on an AVX2
+// machine (AMD EPYC, two cores) batch-1 inference of the seed's model ran 1.5x faster with
+// this kernel (benchmarks/native_ab.py pairs, RESULTS.md). rows_product computes columns
+// [n0, n1) of c [R, N] = A [R, K] @ B [K, N] (row-major, row stride ldb), plus c when `add`,
+// plus `bias` [N] when given; 32 columns at a time in 4R accumulators (the last chunk masked),
+// each entry summed over k in order.
+template <int R, bool Tail>
+inline void rows_chunk(int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                       bool add, int64_t cols, const float* bias) {
+  __m256i m[4];
+  __m256 acc[R][4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    m[j] = lanes8(cols - 8 * j);
+    const __m256 start = bias ? _mm256_maskload_ps(bias + 8 * j, m[j]) : _mm256_setzero_ps();
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r) acc[r][j] = start;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* w = b + k * ldb;
+    __m256 wj[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) wj[j] = Tail ? _mm256_maskload_ps(w + 8 * j, m[j]) : _mm256_loadu_ps(w + 8 * j);
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_fmadd_ps(av, wj[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r) {
+      float* cr = c + r * ldc + 8 * j;
+      if (add) acc[r][j] = _mm256_add_ps(acc[r][j], _mm256_maskload_ps(cr, m[j]));
+      _mm256_maskstore_ps(cr, m[j], acc[r][j]);
+    }
+  }
+}
+
+template <int R>
+inline void rows_product(int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                         bool add, int64_t n0, int64_t n1, const float* bias) {
+  for (int64_t n = n0; n < n1; n += 32) {
+    const int64_t cols = std::min<int64_t>(32, n1 - n);
+    const float* bn = bias ? bias + n : nullptr;
+    if (cols == 32)
+      rows_chunk<R, false>(K, a, lda, b + n, ldb, c + n, ldc, add, cols, bn);
+    else
+      rows_chunk<R, true>(K, a, lda, b + n, ldb, c + n, ldc, add, cols, bn);
+  }
+}
 #endif
 
 struct FreeFloats {
@@ -271,6 +335,15 @@ class Weights {
           }
         }
       }
+      return;
+    }
+#endif
+#if defined(RNNKIT_AVX2_ROWS)
+    if (m <= 3 && K_ > 0 && !transposed_) {
+      const float* bias = with_bias ? bias_.data() : nullptr;
+      if (m == 3) rows_product<3>(K_, a, lda, plain_, ld_, c, ldc, accumulate, n0, n1, bias);
+      if (m == 2) rows_product<2>(K_, a, lda, plain_, ld_, c, ldc, accumulate, n0, n1, bias);
+      if (m == 1) rows_product<1>(K_, a, lda, plain_, ld_, c, ldc, accumulate, n0, n1, bias);
       return;
     }
 #endif
@@ -1202,9 +1275,18 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
 // How many threads the kernel runs (at least one); called by rnnkit/_native once it is loaded.
 extern "C" void rnnkit_set_threads(int64_t n) { kThreads = std::max<int64_t>(1, n); }
 extern "C" int64_t rnnkit_threads() { return kThreads; }
-// Whether this build runs its products on the AVX-512 microkernels (1) or on OpenBLAS (0).
+// Whether this build runs its products on the AVX-512 microkernels (1) or not (0).
 extern "C" int64_t rnnkit_avx512() {
 #if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+// Whether this build multiplies one to three rows by a weight matrix on its AVX2 kernel
+// (1: AVX2 with FMA but not AVX-512) rather than on OpenBLAS (0).
+extern "C" int64_t rnnkit_avx2_rows() {
+#if defined(RNNKIT_AVX2_ROWS)
   return 1;
 #else
   return 0;

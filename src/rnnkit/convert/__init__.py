@@ -30,6 +30,8 @@ from rnnkit.convert._torch import from_torch_state_dict as from_torch_state_dict
 from rnnkit.convert._torch import load_torch_file as load_torch_file
 from rnnkit.convert._torch import to_torch_state_dict as to_torch_state_dict
 from rnnkit.convert._torch import torch_modules as torch_modules
+from rnnkit.workflows.convert import export_torch_file as export_torch_file
+from rnnkit.workflows.convert import write_run_dir as write_run_dir
 
 __all__ = [
     "AdamState",
@@ -48,16 +50,3 @@ __all__ = [
     "torch_modules",
     "write_run_dir",
 ]
-
-# Two of the names live with the run-directory code, which imports this package's modules:
-# importing them here at once would make `import rnnkit.workflows.convert`, done first, a
-# circular import. So they are looked up when first used.
-_FROM_WORKFLOWS = ("export_torch_file", "write_run_dir")
-
-
-def __getattr__(name: str) -> object:
-    if name in _FROM_WORKFLOWS:
-        from rnnkit.workflows import convert as workflows_convert
-
-        return getattr(workflows_convert, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -37,12 +37,15 @@ import optax
 import safetensors.numpy
 
 from rnnkit._atomic import fsync_dir
-from rnnkit.convert._stack import Conversion
 from rnnkit.data import to_layout
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
+
+if TYPE_CHECKING:  # an annotation only: rnnkit.convert re-exports this module's functions, so
+    # importing it here, with this module imported first, would be a circular import
+    from rnnkit.convert._stack import Conversion
 
 
 def check_target(run_dir: Path, force: bool, flag: str = "--out") -> None:

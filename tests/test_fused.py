@@ -255,10 +255,12 @@ def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
 
 
 def _few_rows_cases() -> list[tuple[rk.RNNCell, jax.Array, np.ndarray]]:
-    """_wide_layers' cell on batches of one to three rows: the products a build with AVX2 but
-    not AVX-512 runs on its own kernel (rows_product), 32 columns at a time with partial last
-    chunks; the first case's input projection (3 steps x 1 row) is one of them, with its bias."""
-    cell, _, _ = _wide_layers()
+    """Batches of one to three rows: the products a build with AVX2 but not AVX-512 runs on
+    its own kernel (rows_product), 32 columns at a time, with partial last chunks (the GRU's
+    80 gate and 40 candidate columns, the LSTM's 144); the first case's input projection
+    (3 steps x 1 row) is one of them, with its bias. Two layers, to keep the compiles short."""
+    k = jax.random.split(jax.random.key(14), 2)
+    cell = rk.MultiRNNCell([rk.GRUCell(40, input_size=20, key=k[0]), rk.LSTMCell(36, input_size=40, key=k[1])])
     return [
         (cell, random_inputs((1, 3, 20), jnp.float32), np.array([3])),
         (cell, random_inputs((2, 5, 20), jnp.float32), np.array([5, 2])),

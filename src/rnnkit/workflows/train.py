@@ -184,7 +184,14 @@ def check_backend_precision(precision: str) -> None:
 
 def _backend_refusal(precision: str) -> str | None:
     """Why JAX's default backend won't run a float32 matmul at `precision` (the first line of its
-    error), or None where it will: found by lowering one tiny matmul."""
+    error), or None where it will: found by lowering one tiny matmul, except for the
+    `jax.lax.Precision` names ("highest", the default, among them), which every backend runs;
+    so train, eval and predict don't compile a program (and start the backend) for those."""
+    try:
+        jax.lax.Precision(precision)
+        return None
+    except (ValueError, TypeError):
+        pass
     x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     try:
         jax.jit(lambda a: jnp.matmul(a, a, precision=precision)).lower(x)

@@ -50,9 +50,35 @@ def glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Arr
     u * 2 limit - limit, which a compiler may fuse into one FMA or not: the values then
     depended on the optimisation level, and the one-program initialisation below could not be
     compiled at a lower one.)"""
+    shape, dtype = tuple(shape), jnp.dtype(dtype)
+    if jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer):
+        try:
+            return _glorot_uniform_level0(key, shape, dtype)
+        except ValueError:  # under someone's jit all the same: compile options are for top-level programs
+            pass  # (a mistake of the caller's comes again from the call below)
+    return _glorot_uniform_program(key, shape, dtype)
+
+
+def _glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Array:
     fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else (shape[0], shape[1])
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return (2 * jax.random.uniform(key, shape, dtype) - 1) * limit
+
+
+# One compiled program per shape and dtype. Drawn op by op, uniform, 2u, - 1 and * limit were
+# a compilation each, and building four small cells took 5.8 s on a two-core machine; 3.6 s
+# with this, most of it threefry's compilation, which LLVM's lowest optimisation level halves
+# on CPUs (the values don't depend on it, see above; models/classifier.py does the same).
+_glorot_uniform_program = jax.jit(_glorot_uniform, static_argnums=(1, 2))
+_glorot_uniform_level0 = jax.jit(
+    _glorot_uniform, static_argnums=(1, 2), compiler_options={"xla_backend_optimization_level": 0}
+)
+
+
+def _filled(shape: tuple[int, ...], value: float, dtype: Any) -> Array:
+    """A constant weight (a bias's zeros or ones), copied from the host: `jnp.zeros` outside a
+    trace compiles a program per shape."""
+    return jnp.asarray(np.full(shape, value, dtype=jnp.dtype(dtype)))
 
 
 class RNNCell(eqx.Module):
@@ -190,7 +216,7 @@ class BasicRNNCell(_LeafCell):
         self.precision = check_precision(precision)
         self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.kernel = glorot_uniform(key, (input_size + num_units, num_units), self._dtype)
-        self.bias = jnp.zeros((num_units,), self._dtype)
+        self.bias = _filled((num_units,), 0.0, self._dtype)
 
     @property
     def output_size(self) -> int:
@@ -241,7 +267,7 @@ class BasicLSTMCell(_LeafCell):
         self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.forget_bias = float(forget_bias)
         self.kernel = glorot_uniform(key, (input_size + num_units, 4 * num_units), self._dtype)
-        self.bias = jnp.zeros((4 * num_units,), self._dtype)
+        self.bias = _filled((4 * num_units,), 0.0, self._dtype)
 
     @property
     def output_size(self) -> int:
@@ -330,7 +356,7 @@ class LSTMCell(_LeafCell):
         k_kernel, k_f, k_i, k_o, k_proj = jax.random.split(key, 5)
         h_size = num_proj or num_units
         self.kernel = glorot_uniform(k_kernel, (input_size + h_size, 4 * num_units), self._dtype)
-        self.bias = jnp.zeros((4 * num_units,), self._dtype)
+        self.bias = _filled((4 * num_units,), 0.0, self._dtype)
         if use_peepholes:
             self.w_f_diag = glorot_uniform(k_f, (num_units,), self._dtype)
             self.w_i_diag = glorot_uniform(k_i, (num_units,), self._dtype)
@@ -433,16 +459,16 @@ class GRUCell(_LeafCell):
         k_gates, k_cand, k_hidden = jax.random.split(key, 3)
         dt = self._dtype
         self.gates_kernel = glorot_uniform(k_gates, (input_size + num_units, 2 * num_units), dt)
-        self.gates_bias = jnp.ones((2 * num_units,), dt)
+        self.gates_bias = _filled((2 * num_units,), 1.0, dt)
         if reset_after:
             self.candidate_kernel = self.candidate_bias = None
             self.candidate_input_kernel = glorot_uniform(k_cand, (input_size, num_units), dt)
-            self.candidate_input_bias = jnp.zeros((num_units,), dt)
+            self.candidate_input_bias = _filled((num_units,), 0.0, dt)
             self.candidate_hidden_kernel = glorot_uniform(k_hidden, (num_units, num_units), dt)
-            self.candidate_hidden_bias = jnp.zeros((num_units,), dt)
+            self.candidate_hidden_bias = _filled((num_units,), 0.0, dt)
         else:
             self.candidate_kernel = glorot_uniform(k_cand, (input_size + num_units, num_units), dt)
-            self.candidate_bias = jnp.zeros((num_units,), dt)
+            self.candidate_bias = _filled((num_units,), 0.0, dt)
             self.candidate_input_kernel = self.candidate_input_bias = None
             self.candidate_hidden_kernel = self.candidate_hidden_bias = None
 

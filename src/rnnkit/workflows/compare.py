@@ -688,7 +688,22 @@ def _warm_up(config: CompareConfig) -> None:
 
 
 def run_compare(config: CompareConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Every measurement; the dict `compare.json` holds."""
+    """Every measurement; the dict `compare.json` holds. JAX's persistent compilation cache is
+    off meanwhile: with one set (`JAX_COMPILATION_CACHE_DIR`), a second run would time loading
+    programs from disk as their build."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    cache_was_on = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # JAX decides once whether to use its cache, then keeps to it
+    try:
+        return _run_compare(config, log)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was_on)
+        compilation_cache.reset_cache()
+
+
+def _run_compare(config: CompareConfig, log: Callable[[str], None]) -> dict[str, Any]:
     config.validate()
     t0 = time.perf_counter()
     _warm_up(config)

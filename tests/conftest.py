@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
-import jax
 import pytest
-
-# Any silent float32 -> float64 or bfloat16 -> float32 promotion inside rnnkit is a bug.
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 # The CLI's host settings (rnnkit/_host.py) stay out of the test processes: no compilation
 # cache in the user's home, glibc's allocator as it is. tests/test_host.py turns them on where
 # it tests them, in subprocesses.
 os.environ.setdefault("RNNKIT_NO_COMPILE_CACHE", "1")
 os.environ.setdefault("RNNKIT_KEEP_ALLOCATOR", "1")
+
+# Instead, one JAX compilation cache for the whole run, in a temporary folder: the first
+# conftest to load (pytest's own process, before it starts xdist's workers) makes it, and the
+# workers and every subprocess a test starts inherit it through the environment. Most of the
+# suite's time is XLA compiling, and many programs come again in another worker or process
+# (a resumed run, the distributed tests' processes). rnnkit compare and bench measure
+# compile times with the cache off (their own tests included).
+_OWN_CACHE = "RNNKIT_TEST_COMPILE_CACHE" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["RNNKIT_TEST_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="rnnkit-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["RNNKIT_TEST_COMPILE_CACHE"]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+import jax  # noqa: E402 (after the environment it reads)
+
+# Any silent float32 -> float64 or bfloat16 -> float32 promotion inside rnnkit is a bug.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["RNNKIT_TEST_COMPILE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

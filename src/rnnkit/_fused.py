@@ -388,32 +388,33 @@ def _stack_recurrence(
 @functools.cache
 def _native_layer(kind_name: str, forget_bias: float) -> Callable:
     """One layer in rnnkit's native CPU kernel (rnnkit/_native), input projection, loop and
-    gradients: layer(w_in, b_in, ws, x [T,B,I], state0, lengths [B] int32) -> (outputs
-    [T,B,H], final state), differentiable in all but the lengths."""
+    gradients: layer(weights, x [T,B,I], state0, lengths [B] int32) -> (outputs [T,B,H],
+    final state), differentiable in all but the lengths; `weights` as `_cell_weights` gives
+    them (the cell's own arrays, which the forward call reads in place)."""
 
-    def run(w_in, b_in, ws, x, state0, lengths):
-        outs, final, _ = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=False)
+    def run(weights, x, state0, lengths):
+        outs, final, _ = _native.forward(kind_name, x, weights, state0, lengths, forget_bias, save=False)
         return outs, final
 
     # Symbolic zeros: the forward learns which inputs are differentiated (`perturbed`), so the
     # backward skips the input's gradient, dz @ W_in^T, when nothing asks for it (a model's
     # first layer on its data); and a cotangent nothing produced (an unused final state) comes
     # as a SymbolicZero, made real here since the kernel reads every cotangent.
-    def run_fwd(w_in, b_in, ws, x, state0, lengths):
+    def run_fwd(weights, x, state0, lengths):
         need_dx = x.perturbed
-        w_in, b_in, ws, x, state0, lengths = jax.tree.map(
-            lambda p: p.value, (w_in, b_in, ws, x, state0, lengths), is_leaf=_is_primal
-        )
-        outs, final, saved = _native.forward(kind_name, x, w_in, b_in, ws, state0, lengths, forget_bias, save=True)
-        return (outs, final), (w_in, ws, x, saved, lengths, need_dx)
+        weights, x, state0, lengths = jax.tree.map(lambda p: p.value, (weights, x, state0, lengths), is_leaf=_is_primal)
+        outs, final, saved = _native.forward(kind_name, x, weights, state0, lengths, forget_bias, save=True)
+        return (outs, final), (weights, x, saved, lengths, need_dx)
 
     def run_bwd(residuals, cotangents):
-        w_in, ws, x, saved, lengths, need_dx = residuals
+        weights, x, saved, lengths, need_dx = residuals
         d_outs, d_final = jax.tree.map(_real, cotangents, is_leaf=_is_zero)
+        w_in, _, ws = _in_and_loop(kind_name, weights, x.shape[-1])
         d_x, d_w_in, d_b_in, d_ws, d_state0 = _native.backward(
             kind_name, x, w_in, ws, saved, d_outs, tuple(d_final), lengths, need_dx=need_dx
         )
-        return d_w_in, d_b_in, d_ws, d_x, d_state0, np.zeros(lengths.shape, jax.dtypes.float0)
+        d_weights = _cell_weight_grads(kind_name, d_w_in, d_b_in, d_ws)
+        return d_weights, d_x, d_state0, np.zeros(lengths.shape, jax.dtypes.float0)
 
     fn = jax.custom_vjp(run)
     fn.defvjp(run_fwd, run_bwd, symbolic_zeros=True)
@@ -438,17 +439,47 @@ def _real(z: Any) -> Array:
 
 def _split_weights(cell: RNNCell, kind: str) -> tuple[Array, Array, tuple[Array, ...]]:
     """(input kernel [input, G], input-side bias [G], loop weights) in the fused layout."""
-    n_in = cell.input_size
+    return _in_and_loop(kind, _cell_weights(cell, kind), cell.input_size)
+
+
+def _cell_weights(cell: RNNCell, kind: str) -> tuple[Array, ...]:
+    """The arrays the native kernel's forward call takes: the cell's own (kernel and bias; a
+    GRU's gates' and candidate's kernels and biases), but a reset-after GRU's, prepared as
+    (W_in, b_in, W_hidden, b_hidden)."""
     if kind in ("rnn", "lstm"):
-        return cell.kernel[:n_in], cell.bias, (cell.kernel[n_in:],)
+        return cell.kernel, cell.bias
     if kind == "gru":
-        w_in = jnp.concatenate([cell.gates_kernel[:n_in], cell.candidate_kernel[:n_in]], axis=1)
-        b_in = jnp.concatenate([cell.gates_bias, cell.candidate_bias])
-        return w_in, b_in, (cell.gates_kernel[n_in:], cell.candidate_kernel[n_in:])
+        return cell.gates_kernel, cell.candidate_kernel, cell.gates_bias, cell.candidate_bias
+    n_in = cell.input_size
     w_in = jnp.concatenate([cell.gates_kernel[:n_in], cell.candidate_input_kernel], axis=1)
     b_in = jnp.concatenate([cell.gates_bias, cell.candidate_input_bias])
     w_hidden = jnp.concatenate([cell.gates_kernel[n_in:], cell.candidate_hidden_kernel], axis=1)
-    return w_in, b_in, (w_hidden, cell.candidate_hidden_bias)
+    return w_in, b_in, w_hidden, cell.candidate_hidden_bias
+
+
+def _in_and_loop(kind: str, weights: tuple[Array, ...], n_in: int) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`_cell_weights`'s arrays as (W_in [input, G], b_in [G], loop weights)."""
+    if kind in ("rnn", "lstm"):
+        kernel, bias = weights
+        return kernel[:n_in], bias, (kernel[n_in:],)
+    if kind == "gru":
+        gates, candidate, gates_bias, candidate_bias = weights
+        w_in = jnp.concatenate([gates[:n_in], candidate[:n_in]], axis=1)
+        return w_in, jnp.concatenate([gates_bias, candidate_bias]), (gates[n_in:], candidate[n_in:])
+    w_in, b_in, w_hidden, b_hidden = weights
+    return w_in, b_in, (w_hidden, b_hidden)
+
+
+def _cell_weight_grads(kind: str, d_w_in: Array, d_b_in: Array, d_ws: tuple[Array, ...]) -> tuple[Array, ...]:
+    """The gradients of `_cell_weights`'s arrays from those of (W_in, b_in, loop weights)."""
+    if kind in ("rnn", "lstm"):
+        return jnp.concatenate([d_w_in, d_ws[0]], axis=0), d_b_in
+    if kind == "gru":
+        n = d_ws[0].shape[1]  # the gates' columns
+        d_gates = jnp.concatenate([d_w_in[:, :n], d_ws[0]], axis=0)
+        d_candidate = jnp.concatenate([d_w_in[:, n:], d_ws[1]], axis=0)
+        return d_gates, d_candidate, d_b_in[:n], d_b_in[n:]
+    return d_w_in, d_b_in, *d_ws
 
 
 def _layer(
@@ -458,12 +489,12 @@ def _layer(
     `lengths` (int32 [B]) the loop runs in the native kernel, else in XLA with mask `valid`."""
     kind = _leaf_kind(cell)
     assert kind is not None
-    w_in, b_in, ws = _split_weights(cell, kind)
     forget_bias = getattr(cell, "forget_bias", 0.0)
     state0 = (state.c, state.h) if kind == "lstm" else (state,)
     if lengths is not None:
-        outputs, final = _native_layer(kind, forget_bias)(w_in, b_in, ws, x, state0, lengths)
+        outputs, final = _native_layer(kind, forget_bias)(_cell_weights(cell, kind), x, state0, lengths)
     else:
+        w_in, b_in, ws = _split_weights(cell, kind)
         xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
         run = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)
         outputs, final = run(ws, xp, state0, valid)

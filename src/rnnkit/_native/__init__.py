@@ -237,27 +237,27 @@ def _call(target: str, results: list[jax.ShapeDtypeStruct], *args: Array, **attr
 def forward(
     kind: str,
     x: Array,
-    w_in: Array,
-    b_in: Array,
-    ws: tuple[Array, ...],
+    weights: tuple[Array, ...],
     state0: tuple[Array, ...],
     lengths: Array,
     forget_bias: float,
     save: bool,
 ) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
     """One layer over x [T, B, I]: (outputs [T, B, H], final state, what `backward` needs;
-    the last is empty arrays unless `save`). `_fused._split_weights` gives w_in, b_in, ws."""
+    the last is empty arrays unless `save`). `weights` are the cell's own arrays (`_fused.
+    _cell_weights`): the kernel reads its input and loop parts where they lie, so the
+    program makes no copies of them before the call (at batch 1 those small XLA operations
+    around the kernel's call cost more than the call: 3x the time on two cores)."""
     t, b, _ = x.shape
-    g = w_in.shape[1]
     h = state0[-1].shape[-1]
-    n_saved = {"rnn": h, "lstm": g, "gru": g, "gru_reset_after": 4 * h}[kind]
+    n_saved = {"rnn": h, "lstm": 4 * h, "gru": 3 * h, "gru_reset_after": 4 * h}[kind]
     saved = _f32(t, b, n_saved) if save else _f32(0)
     seq = _f32(t, b, h) if save else _f32(0)
     states = [_f32(b, h) for _ in state0]
     extra = [seq, seq] if kind == "lstm" else []  # tanh(c) and the previous c
     attrs = {"forget_bias": np.float32(forget_bias)} if kind == "lstm" else {}
     results = [_f32(t, b, h), *states, saved, *extra, seq]
-    outs, *rest = _call(f"rnnkit_{kind}_fwd", results, x, w_in, b_in, *ws, *state0, lengths, **attrs)
+    outs, *rest = _call(f"rnnkit_{kind}_fwd", results, x, *weights, *state0, lengths, **attrs)
     return outs, tuple(rest[: len(state0)]), tuple(rest[len(state0) :])
 
 

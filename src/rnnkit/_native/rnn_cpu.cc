@@ -962,13 +962,24 @@ struct GruAfterKind {
 // ------------------------------------------------------------------------------------------
 // The drivers.
 
+// The input projection z [rows, G] = x [rows, I] @ W_in + b_in, W_in one matrix or two side
+// by side (a GRU's gates' and candidate's input rows, read where the cell keeps them: nothing
+// is sliced or concatenated before the call; see rnnkit/_native's `forward`).
+struct Projection {
+  Weights first, second;  // second: columns from `split` on, or empty
+  int64_t split = 0;
+  void mul(int64_t rows, const float* x, int64_t ldx, float* z, int64_t ldz) const {
+    first.mul(rows, x, ldx, false, z, ldz);
+    second.mul(rows, x, ldx, false, z + split, ldz);
+  }
+};
+
 // Forward: outputs [T, B, H] (zeros past each length); the kind keeps the final state.
 template <class Kind>
-void forward(Kind& kind, const float* x, const float* w_in, const float* b_in, float* outs) {
+void forward(Kind& kind, const float* x, const Projection& proj, float* outs) {
   const Dims& d = kind.c.d;
-  const Weights proj(w_in, d.G, d.I, d.G, false, b_in);
   auto project = [&](int64_t rows, const float* x_rows, float* z_rows) {  // z = x @ W_in + b_in
-    proj.mul(rows, x_rows, d.I, false, z_rows, d.G);
+    proj.mul(rows, x_rows, d.I, z_rows, d.G);
   };
   // Training: where the kind saves each step's activations (kind.slot(t), computed in place
   // from the projection), the projection goes straight there instead of through scratch and a
@@ -1093,23 +1104,25 @@ Common common(Dims d, int64_t H, const Lengths& lengths, bool save) {
 }
 
 // ------------------------------------------------------------------------------------------
-// FFI entry points. Forward: (x, W_in, b_in, loop weights..., initial state..., lengths) ->
-// (outputs, final state..., saved...); saved results have size 0 for inference. Backward:
-// (x, W_in, loop weights..., saved..., d_outputs, d_final state..., lengths) ->
-// (d_x, d_W_in, d_b_in, d_loop weights..., d_initial state...).
+// FFI entry points. Forward: (x, the cell's weights..., initial state..., lengths) ->
+// (outputs, final state..., saved...); saved results have size 0 for inference. The weights
+// are the cell's own arrays, kernel [I + H, G] (W_in its first I rows, the loop's the rest)
+// and bias, a GRU's two kernels and two biases; a reset-after GRU's come prepared, (W_in,
+// b_in, W_hidden, b_hidden). Backward: (x, W_in, loop weights..., saved..., d_outputs,
+// d_final state..., lengths) -> (d_x, d_W_in, d_b_in, d_loop weights..., d_initial state...).
 
-ffi::Error RnnFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved_h,
-                  Ret prev_h) {
-  Dims d = dims(x, w_in);
+ffi::Error RnnFwd(Arg x, Arg kernel, Arg bias, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved_h, Ret prev_h) {
+  Dims d = dims(x, kernel);
+  const float* w = kernel.typed_data();
   RnnKind k{common(d, d.G, len, saved_h->element_count() > 0),
-            Weights(wh.typed_data(), d.G, d.G, d.G, false),
+            Weights(w + d.I * d.G, d.G, d.G, d.G, false),
             saved_h->typed_data(),
             prev_h->typed_data(),
             nullptr,
             from(h0),
             {},
             {}};
-  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  forward(k, x.typed_data(), Projection{Weights(w, d.G, d.I, d.G, false, bias.typed_data())}, outs->typed_data());
   copy(h_t->typed_data(), k.h.data(), k.h.size());
   return ffi::Error::Success();
 }
@@ -1132,11 +1145,12 @@ ffi::Error RnnBwd(Arg x, Arg w_in, Arg wh, Arg saved_h, Arg prev_h, Arg d_outs, 
   return ffi::Error::Success();
 }
 
-ffi::Error LstmFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg c0, Arg h0, Lengths len, float forget_bias, Ret outs,
-                   Ret c_t, Ret h_t, Ret acts, Ret tanh_c, Ret prev_c, Ret prev_h) {
-  Dims d = dims(x, w_in);
+ffi::Error LstmFwd(Arg x, Arg kernel, Arg bias, Arg c0, Arg h0, Lengths len, float forget_bias, Ret outs, Ret c_t,
+                   Ret h_t, Ret acts, Ret tanh_c, Ret prev_c, Ret prev_h) {
+  Dims d = dims(x, kernel);
+  const float* w = kernel.typed_data();
   LstmKind k{common(d, d.G / 4, len, acts->element_count() > 0),
-             Weights(wh.typed_data(), d.G, d.G / 4, d.G, false),
+             Weights(w + d.I * d.G, d.G, d.G / 4, d.G, false),
              forget_bias,
              acts->typed_data(),
              tanh_c->typed_data(),
@@ -1148,7 +1162,7 @@ ffi::Error LstmFwd(Arg x, Arg w_in, Arg b_in, Arg wh, Arg c0, Arg h0, Lengths le
              {},
              {},
              {}};
-  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  forward(k, x.typed_data(), Projection{Weights(w, d.G, d.I, d.G, false, bias.typed_data())}, outs->typed_data());
   copy(c_t->typed_data(), k.cs.data(), k.cs.size());
   copy(h_t->typed_data(), k.h.data(), k.h.size());
   return ffi::Error::Success();
@@ -1179,13 +1193,16 @@ ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Ar
   return ffi::Error::Success();
 }
 
-ffi::Error GruFwd(Arg x, Arg w_in, Arg b_in, Arg wg, Arg wc, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved,
-                  Ret prev_h) {
-  Dims d = dims(x, w_in);
-  const int64_t H = d.G / 3;
+ffi::Error GruFwd(Arg x, Arg gates_kernel, Arg candidate_kernel, Arg gates_bias, Arg candidate_bias, Arg h0,
+                  Lengths len, Ret outs, Ret h_t, Ret saved, Ret prev_h) {
+  Dims d = dims(x, candidate_kernel);
+  const int64_t H = d.G;
+  d.G = 3 * H;
+  const float* wg = gates_kernel.typed_data();
+  const float* wc = candidate_kernel.typed_data();
   GruKind k{common(d, H, len, saved->element_count() > 0),
-            Weights(wg.typed_data(), 2 * H, H, 2 * H, false),
-            Weights(wc.typed_data(), H, H, H, false),
+            Weights(wg + d.I * 2 * H, 2 * H, H, 2 * H, false),
+            Weights(wc + d.I * H, H, H, H, false),
             saved->typed_data(),
             prev_h->typed_data(),
             nullptr,
@@ -1196,7 +1213,9 @@ ffi::Error GruFwd(Arg x, Arg w_in, Arg b_in, Arg wg, Arg wc, Arg h0, Lengths len
             {},
             {},
             {}};
-  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  const Projection proj{Weights(wg, 2 * H, d.I, 2 * H, false, gates_bias.typed_data()),
+                        Weights(wc, H, d.I, H, false, candidate_bias.typed_data()), 2 * H};
+  forward(k, x.typed_data(), proj, outs->typed_data());
   copy(h_t->typed_data(), k.h.data(), k.h.size());
   return ffi::Error::Success();
 }
@@ -1242,7 +1261,8 @@ ffi::Error GruAfterFwd(Arg x, Arg w_in, Arg b_in, Arg w_hidden, Arg b_hidden, Ar
                  std::vector<float>(d.B * d.G),
                  {},
                  {}};
-  forward(k, x.typed_data(), w_in.typed_data(), b_in.typed_data(), outs->typed_data());
+  forward(k, x.typed_data(), Projection{Weights(w_in.typed_data(), d.G, d.I, d.G, false, b_in.typed_data())},
+          outs->typed_data());
   copy(h_t->typed_data(), k.h.data(), k.h.size());
   return ffi::Error::Success();
 }
@@ -1302,7 +1322,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitRnnFwd, RnnFwd,
                                   .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()
-                                  .Arg<Arg>()
                                   .Arg<Lengths>()
                                   .Ret<Arg>()
                                   .Ret<Arg>()
@@ -1325,7 +1344,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitRnnBwd, RnnBwd,
                                   .Ret<Arg>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitLstmFwd, LstmFwd,
                               ffi::Ffi::Bind()
-                                  .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()

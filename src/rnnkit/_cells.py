@@ -48,8 +48,8 @@ def glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Arr
     Drawn as (2u - 1) * limit from u ~ U[0, 1): 2u - 1 is exact, so each value takes one
     rounding whatever the compiler does. (`uniform(minval=-limit, maxval=limit)` computes
     u * 2 limit - limit, which a compiler may fuse into one FMA or not: the values then
-    depended on the optimisation level, and the one-program initialisation below could not be
-    compiled at a lower one.)"""
+    depended on the optimisation level, and neither the program below nor the classifier's
+    one-program initialisation (models/classifier.py) could be compiled at a lower one.)"""
     shape, dtype = tuple(shape), jnp.dtype(dtype)
     if jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer):
         try:

@@ -10,7 +10,9 @@ this checkout's `rnn_cpu.cc` ("this") and one built from `--other` (say, the pre
 FFI target names, and the seed's model is compiled once against each. Their steps then run
 alternately, this, other, this, other, ..., so drift falls on both alike; the figure that
 counts is the median of the paired ratios (other's step time over this one's: above 1, this
-build is faster).
+build is faster). Both builds are called the same way, so they must share the FFI signatures:
+a `rnn_cpu.cc` from before 0d8b00d (forward calls taking prepared weights) can't be paired with
+a later one; compare those with `rnnkit bench` runs alternating between two checkouts.
 """
 
 from __future__ import annotations

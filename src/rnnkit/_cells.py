@@ -51,12 +51,21 @@ def glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Arr
     depended on the optimisation level, and neither the program below nor the classifier's
     one-program initialisation (models/classifier.py) could be compiled at a lower one.)"""
     shape, dtype = tuple(shape), jnp.dtype(dtype)
+    return draw_at_level0_on_cpu(_glorot_uniform_level0, _glorot_uniform_program, key, key, shape, dtype)
+
+
+def draw_at_level0_on_cpu(level0: Callable[..., Any], default: Callable[..., Any], key: Any, *args: Any) -> Any:
+    """`level0(*args)`: a program drawing initial weights from `key`, compiled at LLVM's lowest
+    optimisation level, on CPUs, where that was measured (the values don't depend on the level,
+    and the compile takes half the time or less). `default(*args)`, the same program at the
+    default level, elsewhere, for a traced key (the draw then runs inside the caller's program)
+    and under someone's jit all the same (compile options are for top-level programs only)."""
     if jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer):
         try:
-            return _glorot_uniform_level0(key, shape, dtype)
-        except ValueError:  # under someone's jit all the same: compile options are for top-level programs
+            return level0(*args)
+        except ValueError:  # under a jit: compile options refused
             pass  # (a mistake of the caller's comes again from the call below)
-    return _glorot_uniform_program(key, shape, dtype)
+    return default(*args)
 
 
 def _glorot_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Array:

@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, RNNCell, glorot_uniform
+from rnnkit._cells import (
+    BasicLSTMCell,
+    BasicRNNCell,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+    draw_at_level0_on_cpu,
+    glorot_uniform,
+)
 from rnnkit._checks import check_precision
 from rnnkit._rnn import dynamic_rnn, last_relevant, static_rnn
 from rnnkit._variables import get_variables, set_variables
@@ -274,14 +282,9 @@ def build_classifier(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     args = (specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key)
-    # Level 0 on CPUs only, where it was measured (GPU compilers take it too, untried). A traced
-    # key (eval_shape, a jit taking the key) draws inside that program.
-    if jax.default_backend() == "cpu" and not isinstance(key, jax.core.Tracer):
-        try:
-            return _initialised(*args)
-        except ValueError:  # under someone's jit all the same: compile options are for top-level programs
-            pass  # (an error of the model's own comes again from the call below)
-    return _initialised_traced(*args)
+    # Level 0 on CPUs only (GPU compilers take it too, untried). A traced key (eval_shape, a jit
+    # taking the key) draws inside that program.
+    return draw_at_level0_on_cpu(_initialised, _initialised_traced, key, *args)
 
 
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small

@@ -20,11 +20,11 @@ os.environ.setdefault("RNNKIT_KEEP_ALLOCATOR", "1")
 # workers and every subprocess a test starts inherit it through the environment. Most of the
 # suite's time is XLA compiling, and many programs come again in another worker or process
 # (a resumed run, the distributed tests' processes). rnnkit compare and bench measure
-# compile times with the cache off (their own tests included).
-_OWN_CACHE = "RNNKIT_TEST_COMPILE_CACHE" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+# compile times with the cache off (their own tests included). A cache already set (the
+# user's, or this run's in a worker) is used as it is, and only its maker removes it.
+_OWN_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="rnnkit-test-xla-")
 if _OWN_CACHE:
-    os.environ["RNNKIT_TEST_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="rnnkit-test-xla-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["RNNKIT_TEST_COMPILE_CACHE"]
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax  # noqa: E402 (after the environment it reads)
@@ -35,7 +35,7 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE:
-        shutil.rmtree(os.environ["RNNKIT_TEST_COMPILE_CACHE"], ignore_errors=True)
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

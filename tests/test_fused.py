@@ -371,7 +371,8 @@ def test_native_builds_for_other_cpus_equal_plain_path(
 def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
     with pytest.raises(
-        ValueError, match=r"implementation must be one of auto, per_step, fused, fused_stack, native; got 'cudnn'"
+        ValueError,
+        match=r"implementation must be one of auto, per_step, fused, fused_stack, native, pallas; got 'cudnn'",
     ):
         rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)), implementation="cudnn")
 

@@ -483,10 +483,17 @@ def _cell_weight_grads(kind: str, d_w_in: Array, d_b_in: Array, d_ws: tuple[Arra
 
 
 def _layer(
-    cell: RNNCell, x: Array, state: Any, valid: Array | None, lengths: Array | None, unroll: int | bool
+    cell: RNNCell,
+    x: Array,
+    state: Any,
+    valid: Array | None,
+    lengths: Array | None,
+    unroll: int | bool,
+    pallas: bool = False,
 ) -> tuple[Array, Any]:
     """One cell over time-major x [T, B, input]: (outputs [T, B, output], final state). With
-    `lengths` (int32 [B]) the loop runs in the native kernel, else in XLA with mask `valid`."""
+    `lengths` (int32 [B]) the loop runs in the native kernel, else in XLA with mask `valid`,
+    or with `pallas` and no mask in Pallas kernels where `_pallas.supports` the layer."""
     kind = _leaf_kind(cell)
     assert kind is not None
     forget_bias = getattr(cell, "forget_bias", 0.0)
@@ -496,8 +503,14 @@ def _layer(
     else:
         w_in, b_in, ws = _split_weights(cell, kind)
         xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
-        run = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)
-        outputs, final = run(ws, xp, state0, valid)
+        from rnnkit import _pallas  # Pallas is imported only where it runs
+
+        if pallas and valid is None and _pallas.supports(kind, state0[-1].shape[-1], x.dtype):
+            outputs, final = _pallas.recurrence(kind, cell.precision, float(forget_bias), unroll)(ws, xp, state0)
+        else:
+            outputs, final = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)(
+                ws, xp, state0, valid
+            )
     return outputs, (LSTMStateTuple(*final) if kind == "lstm" else final[0])
 
 
@@ -509,23 +522,25 @@ def run_time_major(
     unroll: int | bool,
     native: bool = False,
     one_loop: bool = False,
+    pallas: bool = False,
 ) -> tuple[Array, Any]:
     """`dynamic_rnn` on time-major x [T, B, input] for a cell `supports` accepts: the top
     layer's outputs [T, B, output] (zero past each length) and the final state. `native` runs
     the loops in rnnkit's native CPU kernel (float32; see `native_supports`); `one_loop` runs a
-    MultiRNNCell in one loop over time (`_stack_recurrence`) instead of a loop per layer."""
+    MultiRNNCell in one loop over time (`_stack_recurrence`) instead of a loop per layer;
+    `pallas` runs the loops of the layers `_pallas.supports` as Pallas kernels."""
     valid = native_lengths = None
     if native:
         native_lengths = jnp.full(x.shape[1], x.shape[0], jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     elif lengths is not None:
         valid = (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
     if type(cell) is not MultiRNNCell:
-        return _layer(cell, x, state, valid, native_lengths, unroll)
+        return _layer(cell, x, state, valid, native_lengths, unroll, pallas)
     if one_loop and not native:
         return _run_stack(cell, x, state, valid, unroll)
     finals = []
     for layer, layer_state in zip(cell.cells, state, strict=True):
-        x, final = _layer(layer, x, layer_state, valid, native_lengths, unroll)
+        x, final = _layer(layer, x, layer_state, valid, native_lengths, unroll, pallas)
         finals.append(final)
     return x, tuple(finals)
 

@@ -25,7 +25,14 @@ from rnnkit._checks import check_inputs, check_sequence_length, check_state, dty
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-IMPLEMENTATIONS = ("auto", "per_step", "fused", "fused_stack", "native")  # dynamic_rnn's ways of arranging the loop
+IMPLEMENTATIONS = (
+    "auto",
+    "per_step",
+    "fused",
+    "fused_stack",
+    "native",
+    "pallas",
+)  # dynamic_rnn's ways of arranging the loop
 
 
 def auto_implementation() -> str:
@@ -138,7 +145,7 @@ GPU_FUSED_UNROLL = 4
 def default_unroll(path: str) -> int:
     """The unroll factor `unroll=None` means for the path that runs (fused, fused_stack,
     native or per_step) on JAX's default backend."""
-    return GPU_FUSED_UNROLL if path in ("fused", "fused_stack") and jax.default_backend() != "cpu" else 1
+    return GPU_FUSED_UNROLL if path in ("fused", "fused_stack", "pallas") and jax.default_backend() != "cpu" else 1
 
 
 def _check_unroll(unroll: Any) -> int | bool | None:
@@ -193,7 +200,11 @@ def dynamic_rnn(
     `"fused_stack"` is fused with one loop for a whole MultiRNNCell instead of one per layer:
     each iteration steps every layer, only the first layer's input projection hoisted (half
     the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
-    not yet measured on one). `"native"` (CPU, float32, the cells fused takes) runs each
+    1.07-1.22x slower than fused on an H200). `"pallas"` is fused with each time step of an
+    LSTM or TF1 GRU layer as one Pallas (Triton) kernel each way (two for a GRU's), for GPUs
+    (other backends run them in Pallas's interpreter, slowly); layers it does not take, and
+    sequence_length masks, run fused (see rnnkit/_pallas.py). Experimental: 3-14x slower than
+    fused on an H200 (benchmarks/RESULTS.md, "GPU"). `"native"` (CPU, float32, the cells fused takes) runs each
     layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by `make
     install`, or by `python -m rnnkit._native`); it raises `NativeUnavailableError` where the
     kernel is not built.
@@ -223,13 +234,20 @@ def dynamic_rnn(
     path = "per_step"
     if implementation == "native" and not return_all_states and _fused.native_supports(cell):
         path = "native"
-    elif implementation in ("fused", "fused_stack") and not return_all_states and _fused.supports(cell):
+    elif implementation in ("fused", "fused_stack", "pallas") and not return_all_states and _fused.supports(cell):
         path = implementation
     if unroll is None:
         unroll = default_unroll(path)
     if path != "per_step":
         outputs, final_state = _fused.run_time_major(
-            cell, x, state, lengths, unroll, native=path == "native", one_loop=path == "fused_stack"
+            cell,
+            x,
+            state,
+            lengths,
+            unroll,
+            native=path == "native",
+            one_loop=path == "fused_stack",
+            pallas=path == "pallas",
         )
         return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
 

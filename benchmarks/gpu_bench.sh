@@ -3,19 +3,14 @@
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
 # limit of 450 s (timeout_s): the jobs' own limits add up to 400.
 #
-# Its second and third runs (2026-11-27, benchmarks/RESULTS.md "GPU, second and third runs")
-# settled fused against fused_stack, TF32 and the near-float32 tensor-core algorithms, command
-# buffers, and what the cold first step spends (XLA's GEMM autotuning). This fourth version, in
-# about 400 s (each job under its own limit):
-#   1. headline: rnnkit-dynamic, PyTorch with its defaults and PyTorch in full float32 in one
-#      bench run, so the issue's ratios come from one run (they came from separate processes);
-#   2. infer-impl: fused against per_step for inference at batch 4096, interleaved in one
-#      process (per_step and static came 5-10% ahead of fused in both earlier runs, but each from
-#      its own process): should auto run per_step where nothing is differentiated?
-#   3. autotune-cache-*: two new processes sharing XLA's per-fusion autotuning cache: does the
-#      second skip the 15 s of autotuning a different program of the same shapes would redo?
-#      If so, rnnkit could keep that cache beside its compilation cache.
-#
+# Its fifth version (the fourth, at 69f4031, never ran: no session had a device) measures the
+# per-step Pallas kernels (implementation="pallas", src/rnnkit/_pallas.py) against the fused path
+# XLA runs now, in about 400 s, each job under its own limit:
+#   1. check: pallas's and fused's logits and gradients against the same model on the host CPU
+#      (benchmarks/precision_probe.py), so a kernel that computes wrong numbers shows first;
+#   2. probe: fused and pallas at the issue's four GPU workloads, one process;
+#   3. tiles: other tilings of the pallas kernels (batch rows x hidden units x warps);
+#   4. torch: PyTorch's cuDNN rows with its defaults, for the issue's ratios in the same run.
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
 # README); they are installed from there first. Everything goes to $OUT (default runs/gpu): log,
@@ -44,26 +39,16 @@ job() {
     echo "== $name (limit $limit s) $(date -u +%T)"
     timeout "$limit" "$@" || echo "== $name: exit status $? (124: over its limit)"
 }
-probe() {  # probe NAME LIMIT_S XLA_FLAGS PROBE_ARGS...
-    local name=$1 limit=$2 flags=$3
-    shift 3
-    job "$name" "$limit" env XLA_FLAGS="$flags" \
-        python3 benchmarks/unroll_probe.py --out "$out/jobs/$name.json" --repeats 5 --min-time 0.5 "$@"
-}
-bench() {  # bench ROW LIMIT_S WORKLOADS
-    job "$1" "$2" python3 -m rnnkit.cli bench --rows "$1" --workloads "$3" --repeats 5 --min-time 0.5 \
-        --out "$out/jobs/$1"
-}
-all=train:128:28:28,train:1024:28:28,train:128:784:1,infer:4096:28:28
-b128=train:128:28:28
+all=train:128:28:28,train:128:784:1,infer:4096:28:28,train:1024:28:28
 
-flags="${XLA_FLAGS:-}"
-bench rnnkit-dynamic,torch-eager,torch-eager-fp32 270 "$all"
-probe infer-impl 60 "$flags" --workloads infer:4096:28:28 --unroll 4 --implementations auto,per_step,auto,per_step
-cache=$(mktemp -d)
-tuned="${flags:+$flags }--xla_gpu_per_fusion_autotune_cache_dir=$cache"
-probe autotune-cache-1 35 "$tuned" --workloads "$b128" --unroll 4
-probe autotune-cache-2 35 "$tuned" --workloads "$b128" --unroll 4
+job check 60 python3 benchmarks/precision_probe.py --out "$out/jobs/check.json" --precisions highest \
+    --implementations fused,pallas --workloads train:128:28:28,train:16:100:1
+job probe 200 python3 benchmarks/unroll_probe.py --out "$out/jobs/probe.json" --repeats 3 --min-time 0.3 \
+    --workloads "$all" --implementations pallas,fused --unroll 4
+job tiles 70 python3 benchmarks/unroll_probe.py --out "$out/jobs/tiles.json" --repeats 3 --min-time 0.3 \
+    --workloads train:128:28:28 --implementations pallas --pallas-tiles 16x16x2,16x64x4,32x32x4,16x32x2 --unroll 4
+job torch 70 python3 -m rnnkit.cli bench --rows torch-eager --workloads train:128:28:28,train:128:784:1,infer:4096:28:28 \
+    --repeats 3 --min-time 0.3 --out "$out/jobs/torch"
 date -u
 # The device tool returns at most 8 files: the jobs' results travel as one archive.
 tar czf "$out/gpu.tgz" -C "$out" jobs && rm -rf "$out/jobs"

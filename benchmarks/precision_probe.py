@@ -4,19 +4,21 @@ algorithms such as TF32_TF32_F32_X3 or BF16_BF16_F32_X6 multiply on tensor cores
 passes, for near-float32 results).
 
     PYTHONPATH=src python benchmarks/precision_probe.py --out precision.json \\
-        --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default
+        --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default --implementations auto,pallas
 
 The reference is the same model at "highest" on the host CPU (full float32, XLA's CPU
 backend), same weights and batch. Each precision's figures are relative errors against it:
 max |logits - ref| / max |ref|, and over every weight's gradient max |g - ref| / max |ref|.
 "highest" on the accelerator shows the floor (two float32 computations summing in different
-orders). Workloads: the seed's (batch 128, 28 steps of 28) and pixel MNIST (batch 32, 784
+orders). `--implementations` checks dynamic_rnn's ways of running the loop the same way
+(each against the same reference). Workloads: the seed's (batch 128, 28 steps of 28) and pixel MNIST (batch 32, 784
 steps of 1), where rounding has 28 times as many steps to grow.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import optax
 
+    from rnnkit.cli import _workload_list
     from rnnkit.models.classifier import build_classifier, parse_cells
     from rnnkit.workflows.bench_rows import GRU_UNITS, LSTM_UNITS, NUM_CLASSES, Workload
     from rnnkit.workflows.checkpoint import atomic_write_text
@@ -43,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--precisions", default="highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default")
+    p.add_argument("--implementations", default="auto")
+    p.add_argument("--workloads", default="train:128:28:28,train:32:784:1")
+    p.add_argument("--pallas-precision", default=None, help="the pallas kernels' matmul precision")
     args = p.parse_args(argv)
+    from rnnkit import _pallas
+
+    _pallas.DOT_PRECISION = args.pallas_precision
     cpu = jax.devices("cpu")[0]
     data: dict[str, Any] = {"command": " ".join(sys.argv), "jax": jax.__version__, "backend": jax.default_backend()}
     data["device"], data["figures"] = str(jax.devices()[0].device_kind), []
@@ -57,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return value, logits, jax.tree.leaves(eqx.filter(grads, eqx.is_array))
 
     run = eqx.filter_jit(loss_and_grads)
-    for w in (Workload("train", 128, 28, 28), Workload("train", 32, 784, 1)):
+    for w in _workload_list(args.workloads):
         x, y = w.batch_arrays(0)
 
-        def build(precision: Any, w: Workload = w) -> Any:
+        def build(precision: Any, implementation: str = "auto", w: Workload = w) -> Any:
             return build_classifier(
                 parse_cells(f"lstm:{LSTM_UNITS},gru:{GRU_UNITS}"),
                 input_size=w.features,
@@ -69,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                 mode="dynamic",
                 key=jax.random.key(0),
                 precision=precision,
+                implementation=implementation,
             )
 
         ref_model = jax.device_put(build("highest"), cpu)
         ref_loss, ref_logits, ref_grads = run(ref_model, jax.device_put(x, cpu), jax.device_put(jnp.asarray(y), cpu))
-        for precision in args.precisions.split(","):
+        for impl, precision in itertools.product(args.implementations.split(","), args.precisions.split(",")):
             try:
-                loss, logits, grads = run(build(precision), jnp.asarray(x), jnp.asarray(y))
+                loss, logits, grads = run(build(precision, impl), jnp.asarray(x), jnp.asarray(y))
                 figure = {
                     "status": "ok",
                     "logits": _errors(logits, ref_logits),
@@ -86,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a precision the backend refuses is recorded; the rest still run
                 figure = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
                 line = figure["error"]
-            figure.update(workload=w.key, precision=precision)
+            figure.update(workload=w.key, precision=precision, implementation=impl)
             data["figures"].append(figure)
             atomic_write_text(Path(args.out), json.dumps(data, indent=1))
-            print(f"{w.key:22s} {precision:18s} {line}", flush=True)
+            print(f"{w.key:22s} {impl:8s} {precision:18s} {line}", flush=True)
     return 0
 
 

@@ -281,10 +281,11 @@ def build_classifier(
         precision = check_precision(precision)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    args = (specs, input_size, num_classes, num_steps, mode, dropout, unroll, implementation, precision, key)
     # Level 0 on CPUs only (GPU compilers take it too, untried). A traced key (eval_shape, a jit
     # taking the key) draws inside that program.
-    return draw_at_level0_on_cpu(_initialised, _initialised_traced, key, *args)
+    args = (specs, input_size, num_classes, dropout, precision, key)
+    stack, weights, biases = draw_at_level0_on_cpu(_initialised, _initialised_traced, key, *args)
+    return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation, precision)
 
 
 # One compiled program draws every initial weight. Run op by op, the same draws compile a small
@@ -292,19 +293,17 @@ def build_classifier(
 # that way and 1.65 s this way, JAX's start-up included (the values are bit for bit the same).
 # LLVM's optimisations took most of that compile, for a program that runs once: at level 0 the
 # build takes 0.7-0.9 s (compile 0.4 s against 1.2-1.5 s), the program 20 ms longer to run.
-# The values are the same at any level (glorot_uniform, tests/test_variables.py).
+# The values are the same at any level (glorot_uniform, tests/test_variables.py). The program
+# takes only what the weights depend on, so models that differ in mode, steps, unroll or
+# implementation (rnnkit compare builds a dozen) share one compilation.
 def _draw(
     specs: tuple[CellSpec, ...],
     input_size: int,
     num_classes: int,
-    num_steps: int,
-    mode: str,
     dropout: float,
-    unroll: int | None,
-    implementation: str,
     precision: Any,
     key: PRNGKeyArray,
-) -> SequenceClassifier:
+) -> tuple[RNNCell, Array, Array]:
     keys = jax.random.split(key, len(specs) + 1)
     cells: list[RNNCell] = []
     size = input_size
@@ -318,7 +317,7 @@ def _draw(
     # tf.contrib.layers.fully_connected: xavier (glorot-uniform) weights, zero biases.
     weights = glorot_uniform(keys[-1], (size, num_classes), jnp.float32)
     biases = jnp.zeros((num_classes,), jnp.float32)
-    return SequenceClassifier(stack, weights, biases, mode, num_steps, unroll, implementation, precision)
+    return stack, weights, biases
 
 
 _initialised = eqx.filter_jit(_draw, compiler_options={"xla_backend_optimization_level": 0})

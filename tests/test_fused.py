@@ -399,12 +399,11 @@ def test_forward_mode_and_second_order_need_per_step(native_kernel: None) -> Non
         hvp("native")
 
 
-def test_native_reads_and_writes_each_cells_weights_where_they_lie(native_kernel: None) -> None:
-    """The kernel's calls take the cells' own arrays (a GRU's two kernels and two biases) and
-    the backward calls write their gradients in the same shapes, so no slice or concatenation
-    of weights runs around them, forward or backward: with the weights a jitted function's
-    arguments, those small XLA operations around the forward calls made batch-1 inference of
-    the seed's model 3x slower on two cores."""
+def test_native_forward_reads_each_cells_weights_where_they_lie(native_kernel: None) -> None:
+    """The forward calls take the cells' own arrays (a GRU's two kernels and two biases), so
+    no slice or concatenation of weights runs before them: with the weights a jitted
+    function's arguments, those small XLA operations around the calls made batch-1 inference
+    of the seed's model 3x slower on two cores."""
     k = jax.random.split(jax.random.key(15), 3)
     cell = rk.MultiRNNCell(
         [
@@ -419,21 +418,10 @@ def test_native_reads_and_writes_each_cells_weights_where_they_lie(native_kernel
     def run(p: Any, v: jax.Array) -> Any:
         return rk.dynamic_rnn(eqx.combine(p, static), v, implementation="native")
 
-    def loss(p: Any, v: jax.Array) -> jax.Array:
-        outputs, state = run(p, v)
-        return jnp.sum(outputs) + sum(jnp.sum(s) for s in jax.tree_util.tree_leaves(state))
-
-    kinds = ["lstm", "gru", "rnn"]
-    for program, calls in [
-        (jax.jit(run).lower(params, x).as_text(), [f"rnnkit_{k}_fwd" for k in kinds]),
-        (
-            jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text(),
-            [f"rnnkit_{k}_fwd" for k in kinds] + [f"rnnkit_{k}_bwd" for k in reversed(kinds)],
-        ),
-    ]:
-        assert re.findall(r"custom_call @(rnnkit_\w+)", program) == calls
-        assert "stablehlo.slice" not in program
-        assert "stablehlo.concatenate" not in program
+    text = jax.jit(run).lower(params, x).as_text()
+    assert re.findall(r"custom_call @(rnnkit_\w+)", text) == ["rnnkit_lstm_fwd", "rnnkit_gru_fwd", "rnnkit_rnn_fwd"]
+    assert "stablehlo.slice" not in text
+    assert "stablehlo.concatenate" not in text
 
 
 def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:

@@ -409,9 +409,11 @@ def _native_layer(kind_name: str, forget_bias: float) -> Callable:
     def run_bwd(residuals, cotangents):
         weights, x, saved, lengths, need_dx = residuals
         d_outs, d_final = jax.tree.map(_real, cotangents, is_leaf=_is_zero)
-        d_x, d_weights, d_state0 = _native.backward(
-            kind_name, x, weights, saved, d_outs, tuple(d_final), lengths, need_dx=need_dx
+        w_in, _, ws = _in_and_loop(kind_name, weights, x.shape[-1])
+        d_x, d_w_in, d_b_in, d_ws, d_state0 = _native.backward(
+            kind_name, x, w_in, ws, saved, d_outs, tuple(d_final), lengths, need_dx=need_dx
         )
+        d_weights = _cell_weight_grads(kind_name, d_w_in, d_b_in, d_ws)
         return d_weights, d_x, d_state0, np.zeros(lengths.shape, jax.dtypes.float0)
 
     fn = jax.custom_vjp(run)
@@ -466,6 +468,18 @@ def _in_and_loop(kind: str, weights: tuple[Array, ...], n_in: int) -> tuple[Arra
         return w_in, jnp.concatenate([gates_bias, candidate_bias]), (gates[n_in:], candidate[n_in:])
     w_in, b_in, w_hidden, b_hidden = weights
     return w_in, b_in, (w_hidden, b_hidden)
+
+
+def _cell_weight_grads(kind: str, d_w_in: Array, d_b_in: Array, d_ws: tuple[Array, ...]) -> tuple[Array, ...]:
+    """The gradients of `_cell_weights`'s arrays from those of (W_in, b_in, loop weights)."""
+    if kind in ("rnn", "lstm"):
+        return jnp.concatenate([d_w_in, d_ws[0]], axis=0), d_b_in
+    if kind == "gru":
+        n = d_ws[0].shape[1]  # the gates' columns
+        d_gates = jnp.concatenate([d_w_in[:, :n], d_ws[0]], axis=0)
+        d_candidate = jnp.concatenate([d_w_in[:, n:], d_ws[1]], axis=0)
+        return d_gates, d_candidate, d_b_in[:n], d_b_in[n:]
+    return d_w_in, d_b_in, *d_ws
 
 
 def _layer(

@@ -264,21 +264,21 @@ def forward(
 def backward(
     kind: str,
     x: Array,
-    weights: tuple[Array, ...],
+    w_in: Array,
+    ws: tuple[Array, ...],
     saved: tuple[Array, ...],
     d_outs: Array,
     d_final: tuple[Array, ...],
     lengths: Array,
     need_dx: bool = True,
-) -> tuple[Array | None, tuple[Array, ...], tuple[Array, ...]]:
-    """The layer's gradients from its outputs' and final state's: (d_x, the gradients of
-    `weights` (the forward's, see `forward`), d_state0). The kernel reads the kernels where
-    they lie and writes their gradients likewise (no slicing or joining in XLA around the
-    call). Without `need_dx` the kernel skips the input's gradient and d_x is None."""
-    results = [_f32(*x.shape) if need_dx else _f32(0)]
-    results += [_f32(*w.shape) for w in weights]
+) -> tuple[Array | None, Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    """The layer's gradients from its outputs' and final state's: (d_x, d_w_in, d_b_in,
+    d_ws, d_state0). Without `need_dx` the kernel skips the input's gradient and d_x is None."""
+    results = [_f32(*x.shape) if need_dx else _f32(0), _f32(*w_in.shape), _f32(w_in.shape[1])]
+    results += [_f32(*w.shape) for w in ws]
     results += [_f32(*d.shape) for d in d_final]
-    # The kernels only: a GRU's two, a reset-after GRU's W_in and W_hidden (no biases needed).
-    kernels = (weights[0], weights[2]) if kind == "gru_reset_after" else weights[: 2 if kind == "gru" else 1]
-    d_x, *rest = _call(f"rnnkit_{kind}_bwd", results, x, *kernels, *saved, d_outs, *d_final, lengths)
-    return d_x if need_dx else None, tuple(rest[: len(weights)]), tuple(rest[len(weights) :])
+    loop_weights = ws[:1] if kind == "gru_reset_after" else ws  # its hidden bias is not needed
+    d_x, d_w_in, d_b_in, *rest = _call(
+        f"rnnkit_{kind}_bwd", results, x, w_in, *loop_weights, *saved, d_outs, *d_final, lengths
+    )
+    return d_x if need_dx else None, d_w_in, d_b_in, tuple(rest[: len(ws)]), tuple(rest[len(ws) :])

@@ -1038,37 +1038,19 @@ void forward(Kind& kind, const float* x, const Projection& proj, float* outs) {
   }
 }
 
-// The input side of a layer's weights as the backward pass reads and writes them: W_in [I, G]
-// in one or two column blocks (a GRU's gates' and candidate's input rows), each the first I rows
-// of one of the cell's kernels, read and written where the cell keeps them (nothing is sliced
-// or concatenated around the call; see rnnkit/_native's `backward`), with its bias's gradient.
-struct InputSide {
-  struct Part {
-    const float* w;  // [I, cols], row stride cols
-    float *dw, *db;  // its gradient [I, cols] and its bias's [cols]
-    int64_t col0, cols;  // its columns of the projection's G
-  };
-  Part parts[2];
-  int n;
-};
-
 // Backward: from the outputs' gradient, the input's [T, B, I] (unless dx is null: nothing
-// asked for it) and the input side's weight and bias gradients; the kind adds its loop
+// asked for it) and the input projection's weight and bias gradients; the kind adds its loop
 // weight gradients and keeps the initial state's gradient. `dloop`: whether the kind needs a
 // second gradient buffer.
 template <class Kind>
-void backward(Kind& kind, bool dloop, const float* x, const InputSide& in, const float* d_outs, float* dx) {
+void backward(Kind& kind, bool dloop, const float* x, const float* w_in, const float* d_outs, float* dx,
+              float* dw_in, float* db_in) {
   const Dims& d = kind.c.d;
   const int64_t block = block_steps(d);
   Scratch dz(block * d.B * d.G), dl(dloop ? block * d.B * d.G : 0);
-  for (int p = 0; p < in.n; ++p) {
-    zero(in.parts[p].dw, d.I * in.parts[p].cols);
-    zero(in.parts[p].db, in.parts[p].cols);
-  }
-  // dx = dz @ W_in^T, a product per part, the second adding to the first
-  const Weights first_t = dx ? Weights(in.parts[0].w, in.parts[0].cols, in.parts[0].cols, d.I, true) : Weights();
-  const Weights second_t =
-      dx && in.n > 1 ? Weights(in.parts[1].w, in.parts[1].cols, in.parts[1].cols, d.I, true) : Weights();
+  zero(dw_in, d.I * d.G);
+  zero(db_in, d.G);
+  const Weights proj_t = dx ? Weights(w_in, d.G, d.G, d.I, true) : Weights();
   for (int64_t t1 = d.T; t1 > 0; t1 -= block) {
     const int64_t t0 = std::max<int64_t>(0, t1 - block), steps = t1 - t0, rows = steps * d.B;
     const int64_t n = row_threads(d.B);
@@ -1098,26 +1080,12 @@ void backward(Kind& kind, bool dloop, const float* x, const InputSide& in, const
         }
       });
     parallel(kThreads, [&](int64_t i) {  // weight gradients by columns, the input's by rows
-      const float* xb = x + t0 * d.B * d.I;
-      for (int p = 0; p < in.n; ++p) {
-        const InputSide::Part& q = in.parts[p];
-        add_weight_grad(i, kThreads, rows, xb, d.I, d.I, dz.data() + q.col0, d.G, q.cols, q.dw, q.cols, q.db);
-      }
+      add_weight_grad(i, kThreads, rows, x + t0 * d.B * d.I, d.I, d.I, dz.data(), d.G, d.G, dw_in, d.G, db_in);
       const int64_t r0 = part(rows, i, kThreads), r1 = part(rows, i + 1, kThreads);
-      if (dx) {
-        float* dxr = dx + (t0 * d.B + r0) * d.I;
-        first_t.mul(r1 - r0, dz.data() + r0 * d.G + in.parts[0].col0, d.G, false, dxr, d.I);
-        if (in.n > 1) second_t.mul(r1 - r0, dz.data() + r0 * d.G + in.parts[1].col0, d.G, true, dxr, d.I);
-      }
+      if (dx) proj_t.mul(r1 - r0, dz.data() + r0 * d.G, d.G, false, dx + (t0 * d.B + r0) * d.I, d.I);
       kind.block_grads(t0, steps, dz.data(), dl.data(), i, kThreads);
     });
   }
-}
-
-// One kernel [I + H, cols] and its gradient: W_in is its first I rows.
-InputSide whole(const Arg& kernel, Ret d_kernel, Ret d_bias) {
-  const int64_t cols = kernel.dimensions()[1];
-  return InputSide{{{kernel.typed_data(), d_kernel->typed_data(), d_bias->typed_data(), 0, cols}, {}}, 1};
 }
 
 Dims dims(const Arg& x, const Arg& w_in) {
@@ -1140,10 +1108,8 @@ Common common(Dims d, int64_t H, const Lengths& lengths, bool save) {
 // (outputs, final state..., saved...); saved results have size 0 for inference. The weights
 // are the cell's own arrays, kernel [I + H, G] (W_in its first I rows, the loop's the rest)
 // and bias, a GRU's two kernels and two biases; a reset-after GRU's come prepared, (W_in,
-// b_in, W_hidden, b_hidden). Backward: (x, the kernels (W_in and W_hidden for a reset-after
-// GRU), saved..., d_outputs, d_final state..., lengths) -> (d_x, the gradients of every weight
-// the forward took, in its order, d_initial state...), written where they lie as the forward
-// reads the weights.
+// b_in, W_hidden, b_hidden). Backward: (x, W_in, loop weights..., saved..., d_outputs,
+// d_final state..., lengths) -> (d_x, d_W_in, d_b_in, d_loop weights..., d_initial state...).
 
 ffi::Error RnnFwd(Arg x, Arg kernel, Arg bias, Arg h0, Lengths len, Ret outs, Ret h_t, Ret saved_h, Ret prev_h) {
   Dims d = dims(x, kernel);
@@ -1161,19 +1127,20 @@ ffi::Error RnnFwd(Arg x, Arg kernel, Arg bias, Arg h0, Lengths len, Ret outs, Re
   return ffi::Error::Success();
 }
 
-ffi::Error RnnBwd(Arg x, Arg kernel, Arg saved_h, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len, Ret dx,
-                  Ret d_kernel, Ret d_bias, Ret d_h0) {
-  Dims d = dims(x, kernel);
+ffi::Error RnnBwd(Arg x, Arg w_in, Arg wh, Arg saved_h, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len, Ret dx,
+                  Ret dw_in, Ret db_in, Ret d_wh, Ret d_h0) {
+  Dims d = dims(x, w_in);
   RnnKind k{common(d, d.G, len, true),
-            Weights(kernel.typed_data() + d.I * d.G, d.G, d.G, d.G, true),
+            Weights(wh.typed_data(), d.G, d.G, d.G, true),
             saved_h.typed_data(),
             prev_h.typed_data(),
-            d_kernel->typed_data() + d.I * d.G,
+            d_wh->typed_data(),
             {},
             from(d_h_t),
             std::vector<float>(d.B * d.G)};
   zero(k.d_wh, d.G * d.G);
-  backward(k, false, x.typed_data(), whole(kernel, d_kernel, d_bias), d_outs.typed_data(), wanted(dx));
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
+           db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
 }
@@ -1201,25 +1168,26 @@ ffi::Error LstmFwd(Arg x, Arg kernel, Arg bias, Arg c0, Arg h0, Lengths len, flo
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBwd(Arg x, Arg kernel, Arg acts, Arg tanh_c, Arg prev_c, Arg prev_h, Arg d_outs, Arg d_c_t,
-                   Arg d_h_t, Lengths len, Ret dx, Ret d_kernel, Ret d_bias, Ret d_c0, Ret d_h0) {
-  Dims d = dims(x, kernel);
+ffi::Error LstmBwd(Arg x, Arg w_in, Arg wh, Arg acts, Arg tanh_c, Arg prev_c, Arg prev_h, Arg d_outs, Arg d_c_t,
+                   Arg d_h_t, Lengths len, Ret dx, Ret dw_in, Ret db_in, Ret d_wh, Ret d_c0, Ret d_h0) {
+  Dims d = dims(x, w_in);
   const int64_t H = d.G / 4;
   LstmKind k{common(d, H, len, true),
-             Weights(kernel.typed_data() + d.I * d.G, d.G, d.G, H, true),
+             Weights(wh.typed_data(), d.G, d.G, H, true),
              0.0f,
              acts.typed_data(),
              tanh_c.typed_data(),
              prev_c.typed_data(),
              prev_h.typed_data(),
-             d_kernel->typed_data() + d.I * d.G,
+             d_wh->typed_data(),
              {},
              {},
              from(d_c_t),
              from(d_h_t),
              std::vector<float>(d.B * H)};
   zero(k.d_wh, H * d.G);
-  backward(k, false, x.typed_data(), whole(kernel, d_kernel, d_bias), d_outs.typed_data(), wanted(dx));
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
+           db_in->typed_data());
   copy(d_c0->typed_data(), k.dc.data(), k.dc.size());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
@@ -1252,23 +1220,17 @@ ffi::Error GruFwd(Arg x, Arg gates_kernel, Arg candidate_kernel, Arg gates_bias,
   return ffi::Error::Success();
 }
 
-ffi::Error GruBwd(Arg x, Arg gates_kernel, Arg candidate_kernel, Arg saved, Arg prev_h, Arg d_outs, Arg d_h_t,
-                  Lengths len, Ret dx, Ret d_gates_kernel, Ret d_candidate_kernel, Ret d_gates_bias,
-                  Ret d_candidate_bias, Ret d_h0) {
-  Dims d = dims(x, candidate_kernel);
-  const int64_t H = d.G;
-  d.G = 3 * H;
-  const float* wg = gates_kernel.typed_data();
-  const float* wc = candidate_kernel.typed_data();
-  float* d_wg = d_gates_kernel->typed_data();
-  float* d_wc = d_candidate_kernel->typed_data();
+ffi::Error GruBwd(Arg x, Arg w_in, Arg wg, Arg wc, Arg saved, Arg prev_h, Arg d_outs, Arg d_h_t, Lengths len,
+                  Ret dx, Ret dw_in, Ret db_in, Ret d_wg, Ret d_wc, Ret d_h0) {
+  Dims d = dims(x, w_in);
+  const int64_t H = d.G / 3;
   GruKind k{common(d, H, len, true),
-            Weights(wg + d.I * 2 * H, 2 * H, 2 * H, H, true),
-            Weights(wc + d.I * H, H, H, H, true),
+            Weights(wg.typed_data(), 2 * H, 2 * H, H, true),
+            Weights(wc.typed_data(), H, H, H, true),
             saved.typed_data(),
             prev_h.typed_data(),
-            d_wg + d.I * 2 * H,
-            d_wc + d.I * H,
+            d_wg->typed_data(),
+            d_wc->typed_data(),
             {},
             {},
             from(d_h_t),
@@ -1278,10 +1240,8 @@ ffi::Error GruBwd(Arg x, Arg gates_kernel, Arg candidate_kernel, Arg saved, Arg 
   k.rh_block.resize(block_steps(d) * d.B * H);
   zero(k.d_wg, H * 2 * H);
   zero(k.d_wc, H * H);
-  const InputSide in{{{wg, d_wg, d_gates_bias->typed_data(), 0, 2 * H},
-                      {wc, d_wc, d_candidate_bias->typed_data(), 2 * H, H}},
-                     2};
-  backward(k, false, x.typed_data(), in, d_outs.typed_data(), wanted(dx));
+  backward(k, false, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
+           db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
 }
@@ -1324,8 +1284,8 @@ ffi::Error GruAfterBwd(Arg x, Arg w_in, Arg w_hidden, Arg saved, Arg prev_h, Arg
                  std::vector<float>(d.B * H)};
   zero(k.d_w_hidden, H * d.G);
   zero(k.d_b_hidden, H);
-  const InputSide in{{{w_in.typed_data(), dw_in->typed_data(), db_in->typed_data(), 0, d.G}, {}}, 1};
-  backward(k, true, x.typed_data(), in, d_outs.typed_data(), wanted(dx));
+  backward(k, true, x.typed_data(), w_in.typed_data(), d_outs.typed_data(), wanted(dx), dw_in->typed_data(),
+           db_in->typed_data());
   copy(d_h0->typed_data(), k.dh.data(), k.dh.size());
   return ffi::Error::Success();
 }
@@ -1375,7 +1335,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitRnnBwd, RnnBwd,
                                   .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()
+                                  .Arg<Arg>()
                                   .Arg<Lengths>()
+                                  .Ret<Arg>()
                                   .Ret<Arg>()
                                   .Ret<Arg>()
                                   .Ret<Arg>()
@@ -1407,7 +1369,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitLstmBwd, LstmBwd,
                                   .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()
+                                  .Arg<Arg>()
                                   .Arg<Lengths>()
+                                  .Ret<Arg>()
                                   .Ret<Arg>()
                                   .Ret<Arg>()
                                   .Ret<Arg>()
@@ -1428,6 +1392,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruFwd, GruFwd,
                                   .Ret<Arg>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitGruBwd, GruBwd,
                               ffi::Ffi::Bind()
+                                  .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()
                                   .Arg<Arg>()

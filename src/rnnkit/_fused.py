@@ -503,14 +503,17 @@ def _layer(
     else:
         w_in, b_in, ws = _split_weights(cell, kind)
         xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
-        from rnnkit import _pallas  # Pallas is imported only where it runs
+        run = None
+        if pallas and valid is None:
+            from rnnkit import _pallas  # Pallas is imported only where it runs
 
-        if pallas and valid is None and _pallas.supports(kind, state0[-1].shape[-1], x.dtype):
-            outputs, final = _pallas.recurrence(kind, cell.precision, float(forget_bias), unroll)(ws, xp, state0)
+            if _pallas.supports(kind, state0[-1].shape[-1], x.dtype):
+                run = _pallas.recurrence(kind, cell.precision, float(forget_bias), unroll)
+        if run is not None:
+            outputs, final = run(ws, xp, state0)
         else:
-            outputs, final = _recurrence(kind, cell.precision, forget_bias, unroll, valid is not None)(
-                ws, xp, state0, valid
-            )
+            masked = valid is not None
+            outputs, final = _recurrence(kind, cell.precision, forget_bias, unroll, masked)(ws, xp, state0, valid)
     return outputs, (LSTMStateTuple(*final) if kind == "lstm" else final[0])
 
 

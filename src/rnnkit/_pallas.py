@@ -65,8 +65,9 @@ def _tiles(batch: int, n: int) -> tuple[int, int, int]:
 
 
 def _call(kernel: Any, grid: tuple[int, int], num_warps: int, outs: tuple[Array, ...], ins: tuple[Any, ...]) -> Any:
-    """One kernel launch: `ins` are read, `outs` (the loop's buffers) are updated in place and
-    returned; the kernel sees (t, *ins, *outs' inputs, *outs)."""
+    """One kernel launch: `ins` (the step t as an int32 [1] first) are read, `outs` (the loop's
+    buffers) are updated in place and returned; the kernel's refs are (*ins, *outs as inputs,
+    *outs)."""
     kwargs: dict[str, Any] = {"interpret": True}
     if not _interpret():
         from jax.experimental.pallas import triton as pl_triton

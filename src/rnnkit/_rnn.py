@@ -25,14 +25,8 @@ from rnnkit._checks import check_inputs, check_sequence_length, check_state, dty
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-IMPLEMENTATIONS = (
-    "auto",
-    "per_step",
-    "fused",
-    "fused_stack",
-    "native",
-    "pallas",
-)  # dynamic_rnn's ways of arranging the loop
+# dynamic_rnn's ways of arranging the loop
+IMPLEMENTATIONS = ("auto", "per_step", "fused", "fused_stack", "native", "pallas")
 
 
 def auto_implementation() -> str:
@@ -203,9 +197,9 @@ def dynamic_rnn(
     1.07-1.22x slower than fused on an H200). `"pallas"` is fused with each time step of an
     LSTM or TF1 GRU layer as one Pallas (Triton) kernel each way (two for a GRU's), for GPUs
     (other backends run them in Pallas's interpreter, slowly); layers it does not take, and
-    sequence_length masks, run fused (see rnnkit/_pallas.py). Experimental: 3-14x slower than
-    fused on an H200 (benchmarks/RESULTS.md, "GPU"). `"native"` (CPU, float32, the cells fused takes) runs each
-    layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by `make
+    sequence_length masks, run fused (see rnnkit/_pallas.py). Experimental: 3-14x slower
+    than fused on an H200 (benchmarks/RESULTS.md, "GPU"). `"native"` (CPU, float32, the
+    cells fused takes) runs each layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by `make
     install`, or by `python -m rnnkit._native`); it raises `NativeUnavailableError` where the
     kernel is not built.
     `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,

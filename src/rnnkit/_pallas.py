@@ -37,6 +37,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array
 
+from rnnkit._fused import _outer_sum
+
 KINDS = ("lstm", "gru")
 # Tiles: (batch rows, hidden units) per program, and warps per program. None picks by size;
 # benchmarks/unroll_probe.py sets them to compare.
@@ -64,6 +66,19 @@ def _tiles(batch: int, n: int) -> tuple[int, int, int]:
     return bb, min(hb, n), NUM_WARPS or 4
 
 
+def _launch(batch: int, n: int, precision: Any) -> tuple[tuple[int, int], int, dict[str, Any]]:
+    """A layer's kernels' grid, warps, and the sizes and precision each kernel takes."""
+    bb, hb, warps = _tiles(batch, n)
+    return (batch // bb, n // hb), warps, dict(n=n, bb=bb, hb=hb, precision=DOT_PRECISION or precision)
+
+
+def _pad_batch(a: Array, pad: int) -> Array:
+    """`a` with `pad` zero rows more along its batch axis (the second to last)."""
+    if not pad:
+        return a
+    return jnp.pad(a, [(0, pad) if axis == a.ndim - 2 else (0, 0) for axis in range(a.ndim)])
+
+
 def _call(kernel: Any, grid: tuple[int, int], num_warps: int, outs: tuple[Array, ...], ins: tuple[Any, ...]) -> Any:
     """One kernel launch: `ins` (the step t as an int32 [1] first) are read, `outs` (the loop's
     buffers) are updated in place and returned; the kernel's refs are (*ins, *outs as inputs,
@@ -88,10 +103,6 @@ def _tile(bb: int, hb: int) -> tuple[Any, Any]:
     return pl.ds(pl.program_id(0) * bb, bb), pl.program_id(1) * hb
 
 
-def _sigmoid(x: Array) -> Array:
-    return jax.nn.sigmoid(x)
-
-
 # ---- LSTM ------------------------------------------------------------------------------------
 
 
@@ -106,7 +117,7 @@ def _lstm_fwd_kernel(t_ref, xp_ref, w_ref, _h, _c, _g, h_ref, c_ref, g_ref, *, n
         cols = pl.ds(g * n + j0, hb)
         return xp_ref[t, rows, cols] + jnp.dot(h, w_ref[:, cols], precision=precision)
 
-    si, tj, sf, so = _sigmoid(z(0)), jnp.tanh(z(1)), _sigmoid(z(2) + forget_bias), _sigmoid(z(3))
+    si, tj, sf, so = jax.nn.sigmoid(z(0)), jnp.tanh(z(1)), jax.nn.sigmoid(z(2) + forget_bias), jax.nn.sigmoid(z(3))
     cols = pl.ds(j0, hb)
     c = c_ref[t, rows, cols] * sf + si * tj
     c_ref[t + 1, rows, cols] = c
@@ -140,7 +151,7 @@ def _gru_gates_kernel(t_ref, xp_ref, w_ref, h_ref, _ru, _rh, ru_ref, rh_ref, *, 
     rows, j0 = _tile(bb, hb)
     h = h_ref[t, rows, :]
     r, u = (
-        _sigmoid(
+        jax.nn.sigmoid(
             xp_ref[t, rows, pl.ds(g * n + j0, hb)] + jnp.dot(h, w_ref[:, pl.ds(g * n + j0, hb)], precision=precision)
         )
         for g in range(2)
@@ -215,9 +226,7 @@ def _forward(
     """The forward loop: lstm -> (h [T+1,B,n], c [T+1,B,n], gates); gru -> (h, ru, rh, c)."""
     steps, batch = xp.shape[:2]
     n = state0[-1].shape[-1]
-    bb, hb, warps = _tiles(batch, n)
-    grid = (batch // bb, n // hb)
-    kw = dict(n=n, bb=bb, hb=hb, precision=DOT_PRECISION or precision)
+    grid, warps, kw = _launch(batch, n, precision)
 
     def stacked(first: Array | None, width: int, length: int) -> Array:
         buf = jnp.zeros((length, batch, width), xp.dtype)
@@ -261,9 +270,7 @@ def _backward(
     the outputs' gradient dy [T,B,n] and the final state's."""
     h_all = saved[0]
     steps, batch, n = dy.shape
-    bb, hb, warps = _tiles(batch, n)
-    grid = (batch // bb, n // hb)
-    kw = dict(n=n, bb=bb, hb=hb, precision=DOT_PRECISION or precision)
+    grid, warps, kw = _launch(batch, n, precision)
     dy = dy.at[-1].add(d_final[-1])  # the final h's gradient joins the last output's
     prev_h = h_all[:steps]
     if kind == "lstm":
@@ -276,7 +283,7 @@ def _backward(
         )
         d_xp = dz[:steps]
         d_h0 = jnp.matmul(dz[0], w.T, precision=precision)
-        d_w = jnp.einsum("tbm,tbn->mn", prev_h, d_xp, precision=precision)
+        d_w = _outer_sum(prev_h, d_xp, precision)
         return (d_w,), d_xp, (dc, d_h0)
     w_gates, w_cand = ws
     _, ru, rh, c_all = saved
@@ -295,8 +302,8 @@ def _backward(
     dxp, p, _ = _loop(steps, body, bufs, unroll, reverse=True)
     d_xp = dxp[:steps]
     d_h0 = p + jnp.matmul(dxp[0, :, : 2 * n], wg_t, precision=precision)
-    d_wg = jnp.einsum("tbm,tbn->mn", prev_h, d_xp[..., : 2 * n], precision=precision)
-    d_wc = jnp.einsum("tbm,tbn->mn", rh, d_xp[..., 2 * n :], precision=precision)
+    d_wg = _outer_sum(prev_h, d_xp[..., : 2 * n], precision)
+    d_wc = _outer_sum(rh, d_xp[..., 2 * n :], precision)
     return (d_wg, d_wc), d_xp, (d_h0,)
 
 
@@ -309,10 +316,7 @@ def recurrence(kind: str, precision: Any, forget_bias: float, unroll: int | bool
         batch = xp.shape[1]
         bb = _tiles(batch, state0[-1].shape[-1])[0]
         pad = -batch % bb
-        if pad:
-            xp = jnp.pad(xp, ((0, 0), (0, pad), (0, 0)))
-            state0 = tuple(jnp.pad(s, ((0, pad), (0, 0))) for s in state0)
-        return xp, state0, batch
+        return _pad_batch(xp, pad), tuple(_pad_batch(s, pad) for s in state0), batch
 
     def results(bufs: tuple[Array, ...], batch: int) -> tuple[Array, tuple[Array, ...]]:
         h_all = bufs[0][:, :batch]
@@ -320,8 +324,7 @@ def recurrence(kind: str, precision: Any, forget_bias: float, unroll: int | bool
         return h_all[1:], final
 
     def run(ws, xp, state0):
-        xp, state0, batch = padded(xp, state0)
-        return results(_forward(kind, ws, xp, state0, forget_bias, precision, unroll), batch)
+        return run_fwd(ws, xp, state0)[0]
 
     def run_fwd(ws, xp, state0):
         xp, state0_p, batch = padded(xp, state0)
@@ -333,10 +336,8 @@ def recurrence(kind: str, precision: Any, forget_bias: float, unroll: int | bool
         d_outs, d_final = cotangents
         batch = d_outs.shape[1]
         pad = bufs[0].shape[1] - batch
-        if pad:
-            d_outs = jnp.pad(d_outs, ((0, 0), (0, pad), (0, 0)))
-            d_final = tuple(jnp.pad(d, ((0, pad), (0, 0))) for d in d_final)
-        d_ws, d_xp, d_state0 = _backward(kind, ws, bufs, d_outs, tuple(d_final), precision, unroll)
+        d_final = tuple(_pad_batch(d, pad) for d in d_final)
+        d_ws, d_xp, d_state0 = _backward(kind, ws, bufs, _pad_batch(d_outs, pad), d_final, precision, unroll)
         return d_ws, d_xp[:, :batch], tuple(d[:batch] for d in d_state0)
 
     fn = jax.custom_vjp(run)

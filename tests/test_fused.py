@@ -79,39 +79,33 @@ def _assert_trees_close(got: Any, want: Any, tol: float) -> None:
 
 # With sequence_length (the masked backward is the harder one); without it, the float32 test
 # below. "stack" holds every fused kind but BasicLSTMCell, which has its own case; the kinds
-# one by one are a slow sweep (pytest -m slow).
-ONE_BY_ONE = [
-    pytest.param(name, "fused", marks=pytest.mark.slow) for name in FUSED_KINDS if name != "basic_lstm_forget_bias_0.5"
+# one by one, and the seed's two layers (LSTM and GRU, both in "stack"), are a slow sweep
+# (pytest -m slow). A stack runs both fast paths: fused (a loop per layer) and fused_stack
+# (one loop for every layer; a single cell is fused's case), against one plain-path result.
+SLOW_KINDS = [
+    pytest.param(name, marks=pytest.mark.slow)
+    for name in [*FUSED_KINDS, "multi_lstm_gru"]
+    if name != "basic_lstm_forget_bias_0.5"
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "how"),
-    [
-        ("stack", "fused"),
-        ("basic_lstm_forget_bias_0.5", "fused"),
-        *ONE_BY_ONE,
-        ("multi_lstm_gru", "fused"),
-        ("stack", "fused_stack"),  # one loop for every fused kind; a single cell is fused's case
-    ],
-)
-def test_fast_path_equals_plain_path_values_and_gradients(name: str, how: str, x64: None) -> None:
+@pytest.mark.parametrize("name", ["stack", "basic_lstm_forget_bias_0.5", *SLOW_KINDS])
+def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) -> None:
     cell = _make(name, jnp.float64)
     assert _fused.supports(cell)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
-    fast = _value_and_grads(cell, x, LENGTHS, False, how)
     plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
-    _assert_trees_close(fast, plain, 1e-11)
+    for how in ["fused", "fused_stack"] if isinstance(cell, rk.MultiRNNCell) else ["fused"]:
+        _assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
 
 
-@pytest.mark.parametrize("how", ["fused", "fused_stack"])
-def test_fast_path_time_major_float32_no_lengths(how: str) -> None:
-    """Time-major inputs, float32, no sequence_length: equal to float32 rounding."""
+def test_fast_path_time_major_float32_no_lengths() -> None:
+    """Time-major inputs, float32, no sequence_length: both fast paths equal to float32 rounding."""
     cell = _stack(jnp.float32)
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
-    fast = _value_and_grads(cell, x, None, True, how)
     plain = _value_and_grads(cell, x, None, True, "per_step")
-    _assert_trees_close(fast, plain, 2e-5)
+    for how in ["fused", "fused_stack"]:
+        _assert_trees_close(_value_and_grads(cell, x, None, True, how), plain, 2e-5)
 
 
 @pytest.mark.parametrize("unroll", [1, 4])
@@ -386,12 +380,13 @@ def test_forward_mode_and_second_order_need_per_step(native_kernel: None) -> Non
     def f(how: str) -> Any:
         return lambda v: jnp.sum(rk.dynamic_rnn(cell, v, implementation=how)[0] ** 2)
 
-    def hvp(how: str) -> jax.Array:
-        return jax.grad(lambda v: jnp.vdot(jax.grad(f(how))(v), v))(x)
+    def hvp(how: str) -> jax.Array:  # jitted, as every program here: one compilation each
+        return jax.jit(jax.grad(lambda v: jnp.vdot(jax.grad(f(how))(v), v)))(x)
 
-    np.testing.assert_allclose(jax.grad(f("native"))(x), jax.grad(f("per_step"))(x), rtol=1e-5, atol=1e-6)
-    _, tangent = jax.jvp(f("per_step"), (x,), (x,))
-    np.testing.assert_allclose(tangent, jnp.vdot(jax.grad(f("per_step"))(x), x), rtol=1e-5)
+    grad = jax.jit(jax.grad(f("per_step")))(x)
+    np.testing.assert_allclose(jax.jit(jax.grad(f("native")))(x), grad, rtol=1e-5, atol=1e-6)
+    _, tangent = jax.jit(lambda v: jax.jvp(f("per_step"), (v,), (v,)))(x)
+    np.testing.assert_allclose(tangent, jnp.vdot(grad, x), rtol=1e-5)
     np.testing.assert_allclose(hvp("fused"), hvp("per_step"), rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="forward-mode autodiff"):
         jax.jvp(f("native"), (x,), (x,))

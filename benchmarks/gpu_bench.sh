@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 450 s (timeout_s): the jobs' own limits add up to 400.
+# limit of 450 s (timeout_s): the jobs' own limits add up to 340.
 #
-# Its fifth version (the fourth, at 69f4031, never ran: no session had a device) measures the
-# per-step Pallas kernels (implementation="pallas", src/rnnkit/_pallas.py) against the fused path
-# XLA runs now, in about 400 s, each job under its own limit:
-#   1. check: pallas's and fused's logits and gradients against the same model on the host CPU
-#      (benchmarks/precision_probe.py), so a kernel that computes wrong numbers shows first;
-#   2. probe: fused and pallas at the issue's four GPU workloads, one process;
-#   3. tiles: other tilings of the pallas kernels (batch rows x hidden units x warps);
-#   4. torch: PyTorch's cuDNN rows with its defaults, for the issue's ratios in the same run.
+# Its sixth version asks whether a persistent kernel (one launch per layer, the time loop
+# inside; benchmarks/cuda_probe.py) gets a step under XLA's fused loop, in about 340 s, each job
+# under its own limit:
+#   1. cuda: the probe's LSTM forward kernel, checked against fused, then timed against it at
+#      T=28 and T=784 (batch 128), batch 1024 and 256 units, at several tilings;
+#   2. probe: fused (what auto runs) at the issue's four GPU workloads, for this run's baseline;
+#   3. torch: PyTorch's cuDNN rows with its defaults, for the issue's ratios in the same run.
+# The fifth version (git show 20035df:benchmarks/gpu_bench.sh) measured the per-step Pallas
+# kernels: RESULTS.md, "GPU, fourth run".
 # The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
 # matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
 # README); they are installed from there first. Everything goes to $OUT (default runs/gpu): log,
@@ -41,12 +42,9 @@ job() {
 }
 all=train:128:28:28,train:128:784:1,infer:4096:28:28,train:1024:28:28
 
-job check 60 python3 benchmarks/precision_probe.py --out "$out/jobs/check.json" --precisions highest \
-    --implementations fused,pallas --workloads train:128:28:28,train:16:100:1
-job probe 200 python3 benchmarks/unroll_probe.py --out "$out/jobs/probe.json" --repeats 3 --min-time 0.3 \
-    --workloads "$all" --implementations pallas,fused --unroll 4
-job tiles 70 python3 benchmarks/unroll_probe.py --out "$out/jobs/tiles.json" --repeats 3 --min-time 0.3 \
-    --workloads train:128:28:28 --implementations pallas --pallas-tiles 16x16x2,16x64x4,32x32x4,16x32x2 --unroll 4
+job cuda 120 env OUT="$out/jobs" python3 benchmarks/cuda_probe.py
+job probe 150 python3 benchmarks/unroll_probe.py --out "$out/jobs/probe.json" --repeats 3 --min-time 0.3 \
+    --workloads "$all" --implementations fused --unroll 4
 job torch 70 python3 -m rnnkit.cli bench --rows torch-eager --workloads train:128:28:28,train:128:784:1,infer:4096:28:28 \
     --repeats 3 --min-time 0.3 --out "$out/jobs/torch"
 date -u

@@ -1,0 +1,189 @@
+// XLA FFI glue for the persistent-kernel probe (benchmarks/cuda_probe.py): compiles
+// lstm_persistent.cu with NVRTC on first use, for the GPU it runs on, and launches it
+// cooperatively on XLA's stream. Built with the host C++ compiler alone: the CUDA driver and
+// NVRTC are opened at run time (dlopen), declared here with the few types they take, so no
+// CUDA headers or toolkit are needed to build it.
+
+#include <dlfcn.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// --- the CUDA driver API and NVRTC, as much as this file calls -------------------------------
+using CUresult = int;
+using CUdevice = int;
+using CUdeviceptr = unsigned long long;
+struct CUmod_st;
+struct CUfunc_st;
+struct CUstream_st;
+using CUmodule = CUmod_st*;
+using CUfunction = CUfunc_st*;
+using CUstream = CUstream_st*;
+using nvrtcResult = int;
+struct _nvrtcProgram;
+using nvrtcProgram = _nvrtcProgram*;
+
+constexpr int kComputeMajor = 75, kComputeMinor = 76;  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_*
+constexpr int kMaxDynamicShared = 8;                   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+struct Api {
+  CUresult (*cuCtxGetDevice)(CUdevice*);
+  CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice);
+  CUresult (*cuModuleLoadData)(CUmodule*, const void*);
+  CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
+  CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
+  CUresult (*cuLaunchCooperativeKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                        unsigned, CUstream, void**);
+  CUresult (*cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
+  CUresult (*cuGetErrorString)(CUresult, const char**);
+  nvrtcResult (*nvrtcCreateProgram)(nvrtcProgram*, const char*, const char*, int, const char* const*,
+                                    const char* const*);
+  nvrtcResult (*nvrtcCompileProgram)(nvrtcProgram, int, const char* const*);
+  nvrtcResult (*nvrtcGetProgramLogSize)(nvrtcProgram, size_t*);
+  nvrtcResult (*nvrtcGetProgramLog)(nvrtcProgram, char*);
+  nvrtcResult (*nvrtcGetCUBINSize)(nvrtcProgram, size_t*);
+  nvrtcResult (*nvrtcGetCUBIN)(nvrtcProgram, char*);
+  nvrtcResult (*nvrtcDestroyProgram)(nvrtcProgram*);
+};
+
+template <class F>
+bool bind(void* lib, const char* name, F*& fn) {
+  fn = reinterpret_cast<F*>(dlsym(lib, name));
+  return fn != nullptr;
+}
+
+// The driver (libcuda.so.1, which JAX has loaded) and NVRTC ($RNNKIT_NVRTC, else by name).
+std::string open_api(Api& a) {
+  void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  if (!cuda) return std::string("cannot open libcuda.so.1: ") + dlerror();
+  const char* path = std::getenv("RNNKIT_NVRTC");
+  void* nvrtc = nullptr;
+  for (const char* name : {path, "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"})
+    if (name && (nvrtc = dlopen(name, RTLD_NOW | RTLD_GLOBAL))) break;
+  if (!nvrtc) return "cannot open NVRTC: set RNNKIT_NVRTC to libnvrtc.so's path";
+  bool ok = bind(cuda, "cuCtxGetDevice", a.cuCtxGetDevice) && bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute) &&
+            bind(cuda, "cuModuleLoadData", a.cuModuleLoadData) &&
+            bind(cuda, "cuModuleGetFunction", a.cuModuleGetFunction) &&
+            bind(cuda, "cuFuncSetAttribute", a.cuFuncSetAttribute) &&
+            bind(cuda, "cuLaunchCooperativeKernel", a.cuLaunchCooperativeKernel) &&
+            bind(cuda, "cuMemsetD32Async", a.cuMemsetD32Async) && bind(cuda, "cuGetErrorString", a.cuGetErrorString) &&
+            bind(nvrtc, "nvrtcCreateProgram", a.nvrtcCreateProgram) &&
+            bind(nvrtc, "nvrtcCompileProgram", a.nvrtcCompileProgram) &&
+            bind(nvrtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize) &&
+            bind(nvrtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog) && bind(nvrtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize) &&
+            bind(nvrtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN) && bind(nvrtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
+  return ok ? "" : "a CUDA driver or NVRTC function is missing";
+}
+
+std::string cuda_error(const Api& a, CUresult rc, const char* what) {
+  const char* text = nullptr;
+  a.cuGetErrorString(rc, &text);
+  return std::string(what) + ": CUDA error " + std::to_string(rc) + " (" + (text ? text : "?") + ")";
+}
+
+// The compiled kernel, built once (the probe runs on one GPU).
+struct Kernel {
+  Api api{};
+  CUfunction fn = nullptr;
+  std::string error;
+};
+
+Kernel& kernel(std::string_view source) {
+  static Kernel k;
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    if (!(k.error = open_api(k.api)).empty()) return;
+    const Api& a = k.api;
+    CUdevice dev = 0;
+    int major = 0, minor = 0;
+    CUresult rc = a.cuCtxGetDevice(&dev);
+    if (rc == 0) rc = a.cuDeviceGetAttribute(&major, kComputeMajor, dev);
+    if (rc == 0) rc = a.cuDeviceGetAttribute(&minor, kComputeMinor, dev);
+    if (rc) {
+      k.error = cuda_error(a, rc, "device query");
+      return;
+    }
+    const std::string src(source), arch = "--gpu-architecture=sm_" + std::to_string(major * 10 + minor);
+    const char* opts[] = {arch.c_str(), "-std=c++17"};
+    nvrtcProgram prog = nullptr;
+    if (a.nvrtcCreateProgram(&prog, src.c_str(), "lstm_persistent.cu", 0, nullptr, nullptr)) {
+      k.error = "nvrtcCreateProgram failed";
+      return;
+    }
+    const nvrtcResult compiled = a.nvrtcCompileProgram(prog, 2, opts);
+    size_t size = 0;
+    a.nvrtcGetProgramLogSize(prog, &size);
+    std::string log(size, '\0');
+    a.nvrtcGetProgramLog(prog, log.data());
+    if (compiled) {
+      k.error = "NVRTC could not compile the kernel:\n" + log;
+      a.nvrtcDestroyProgram(&prog);
+      return;
+    }
+    a.nvrtcGetCUBINSize(prog, &size);
+    std::vector<char> cubin(size);
+    a.nvrtcGetCUBIN(prog, cubin.data());
+    a.nvrtcDestroyProgram(&prog);
+    CUmodule module = nullptr;
+    if ((rc = a.cuModuleLoadData(&module, cubin.data()))) k.error = cuda_error(a, rc, "cuModuleLoadData");
+    else if ((rc = a.cuModuleGetFunction(&k.fn, module, "lstm_fwd"))) k.error = cuda_error(a, rc, "cuModuleGetFunction");
+  });
+  return k;
+}
+
+// zx [T, nCTA, 4, U, B], wh [H, nCTA, 4, U], h0 and c0 [nCTA, U, B] -> hs [T, nCTA, U, B],
+// c_out [nCTA, U, B], barrier [1] (scratch).
+ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float forget_bias,
+                   ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> h0,
+                   ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_out,
+                   ffi::ResultBuffer<ffi::U32> barrier) {
+  const auto d = zx.dimensions();
+  if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
+  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = static_cast<int>(std::min<int64_t>(rows, B));
+  Kernel& k = kernel(source);
+  if (!k.error.empty()) return ffi::Error::Internal(k.error);
+  const Api& a = k.api;
+  const int shared = static_cast<int>(sizeof(float) * (4 * H * U + R * (H + 1) + U * B));
+  CUresult rc = a.cuFuncSetAttribute(k.fn, kMaxDynamicShared, shared);
+  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "shared memory size"));
+  auto* counter = barrier->typed_data();
+  if ((rc = a.cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counter), 0, 1, stream)))
+    return ffi::Error::Internal(cuda_error(a, rc, "barrier reset"));
+  const float* p_zx = zx.typed_data();
+  const float* p_wh = wh.typed_data();
+  const float* p_h0 = h0.typed_data();
+  const float* p_c0 = c0.typed_data();
+  float* p_hs = hs->typed_data();
+  float* p_c = c_out->typed_data();
+  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &counter, &T, &B, &H, &U, &R, &forget_bias};
+  rc = a.cuLaunchCooperativeKernel(k.fn, n_cta, 1, 1, 256, 1, 1, shared, stream, args);
+  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "cooperative launch"));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmFwd, LstmFwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Attr<std::string_view>("source")
+                                  .Attr<int64_t>("rows")
+                                  .Attr<float>("forget_bias")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());

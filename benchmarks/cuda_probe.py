@@ -3,30 +3,32 @@ rows (benchmarks/RESULTS.md, "GPU, fourth run": per-step kernels lost to a ~20 u
 per step, so the next attempt is one launch per layer with the time loop inside).
 
     python benchmarks/cuda_probe.py            # on a CUDA GPU: check, then time (about a minute)
-    python benchmarks/cuda_probe.py emulate    # anywhere: the kernel's index arithmetic in NumPy
+    python benchmarks/cuda_probe.py emulate    # anywhere: the kernels' index arithmetic in NumPy
 
-`cuda_probe/lstm_persistent.cu` is one TF1 LSTMCell layer's forward pass over the whole
-sequence, every CTA owning U hidden units and the CTAs meeting at a grid-wide barrier each
-step; `cuda_probe/ffi.cc` compiles it with NVRTC on first use and launches it cooperatively on
-XLA's stream (built here with the host C++ compiler; no CUDA toolkit needed). Forward only:
-whether one step can cost a few microseconds decides whether the backward kernel is worth
-writing.
+`cuda_probe/lstm_persistent.cu` holds a TF1 LSTMCell layer's forward and backward passes over
+the whole sequence, one launch each: every CTA owns U hidden units (and their slice of the loop
+weights, in shared memory) and the CTAs meet at a grid-wide barrier each step.
+`cuda_probe/ffi.cc` compiles them with NVRTC on first use and launches them cooperatively on
+XLA's stream (it builds with the host C++ compiler alone; no CUDA toolkit is needed).
+`persistent()` wraps the two in a custom VJP: the inputs' projection x W_x + b, the loop
+weights' gradient and the permutations into and out of the kernels' layouts stay in XLA.
 
-On a GPU: for each case (the seed's LSTM(128) at T=28 and T=784, batch 128; batch 1024; an
-LSTM as wide as the seed's GRU, 256 units), the outputs and final cell state against
-`_fused._recurrence` (the same formulas in XLA, float32 products), then microseconds per
-forward pass (mean of 30 calls after one warm-up) of fused at unroll 4 and of the kernel at
-several (U units per CTA, R rows staged at a time), the permutations into and out of the
-kernel's layouts included. With OUT set, the results also go to OUT/cuda_probe.json.
+On a GPU, for each case (the seed's LSTM(128) at T=28 and T=784, batch 128; batch 1024; an
+LSTM as wide as the seed's GRU, 256 units): `_fused._recurrence` (float32 products, unroll 4)
+and the kernels at several tilings (U units per CTA; R rows staged at a time, fewer where shared
+memory runs out), each checked against fused (values, and gradients in all four inputs), then
+timed: microseconds per forward pass and per gradient, mean of 30 calls after one warm-up.
+With OUT set, the results also go to OUT/cuda_probe.json.
 
-`emulate` runs the kernel's loops, written with its own index arithmetic over the same
-permuted buffers, in NumPy, against `_fused._recurrence` on the CPU: a check of the layouts and
-indexing (not of CUDA) that needs no GPU.
+`emulate` runs both kernels' loops, written with their own index arithmetic, in NumPy behind
+the same custom VJP (jax.pure_callback in place of the FFI call), against fused on the CPU: a
+check of the layouts, the indexing and the VJP's plumbing (not of CUDA) that needs no GPU.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import json
 import os
@@ -45,7 +47,7 @@ from rnnkit import _fused
 
 HERE = Path(__file__).with_name("cuda_probe")
 SOURCE = (HERE / "lstm_persistent.cu").read_text()
-TARGET = "rnnkit_probe_lstm_fwd"
+FWD_TARGET, BWD_TARGET = "rnnkit_probe_lstm_fwd", "rnnkit_probe_lstm_bwd"
 FORGET_BIAS = 1.0
 
 
@@ -81,13 +83,16 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def emulate_kernel(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, rows: int) -> tuple[Any, Any]:
+def emulate_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, rows: int, save: bool) -> tuple:
     """lstm_fwd's loops over flat buffers, each CTA in turn (the barrier: a step's CTAs all
-    finish before the next step starts), with the kernel's index expressions."""
+    finish before the next step starts), with the kernel's index expressions: hs, c_out, and
+    (save) gates and cs, else empty arrays."""
     steps, ctas, _, units, batch = zx.shape
     n = ctas * units
-    zx, wh, h0, c0 = (a.reshape(-1) for a in (zx, wh, h0, c0))
+    zx, wh, h0, c0 = (np.asarray(a, np.float32).reshape(-1) for a in (zx, wh, h0, c0))
     hs = np.zeros(steps * batch * n, np.float32)
+    gates = np.zeros(steps * 4 * n * batch if save else 0, np.float32)
+    cs = np.zeros(steps * n * batch if save else 0, np.float32)
     c_out = np.zeros(ctas * units * batch, np.float32)
     hp = n + 1
     c_s = [c0[k * units * batch : (k + 1) * units * batch].copy() for k in range(ctas)]
@@ -114,13 +119,70 @@ def emulate_kernel(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarra
                 acc = np.einsum("pq,pqg->pg", hrow, w_s[k].reshape(n, units, 4)[:, u, :].transpose(1, 0, 2))
                 at = u * batch + r0 + b
                 ai, aj, af, ao = (acc[:, g] + z_t[g * units * batch + at] for g in range(4))
-                c = c_s[k][at] * _sigmoid(af + FORGET_BIAS) + _sigmoid(ai) * np.tanh(aj)
+                si, tj, sf, so = _sigmoid(ai), np.tanh(aj), _sigmoid(af + FORGET_BIAS), _sigmoid(ao)
+                c = c_s[k][at] * sf + si * tj
                 c_s[k][at] = c
-                new[k * units * batch + at] = np.tanh(c) * _sigmoid(ao)
+                new[k * units * batch + at] = np.tanh(c) * so
+                if save:
+                    g_t = (t * ctas + k) * 4 * units * batch
+                    for g, v in enumerate((si, tj, sf, so)):
+                        gates[g_t + g * units * batch + at] = v
+                    cs[t * batch * n + k * units * batch + at] = c
         hs[t * batch * n : (t + 1) * batch * n] = new
     for k in range(ctas):
         c_out[k * units * batch : (k + 1) * units * batch] = c_s[k]
-    return hs.reshape(steps, ctas, units, batch), c_out.reshape(ctas, units, batch)
+    shape = (steps, ctas, units, batch)
+    saved = (gates.reshape(steps, ctas, 4, units, batch), cs.reshape(shape)) if save else (gates, cs)
+    return hs.reshape(shape), c_out.reshape(shape[1:]), *saved
+
+
+def emulate_bwd(
+    dh_out: np.ndarray, dc_T: np.ndarray, gates: np.ndarray, cs: np.ndarray, c0: np.ndarray, wh: np.ndarray, rows: int
+) -> tuple:
+    """lstm_bwd's loops, as emulate_fwd: dz, dh0, dc0."""
+    steps, ctas, _, units, batch = gates.shape
+    n = ctas * units
+    width, ub = 4 * n, units * batch
+    gp = width + 1
+    dh_out, dc_T, gates, cs, c0, wh = (np.asarray(a, np.float32).reshape(-1) for a in (dh_out, dc_T, gates, cs, c0, wh))
+    dz = np.zeros(steps * width * batch, np.float32)
+    w_s = [wh[k * units * width : (k + 1) * units * width].reshape(units, width) for k in range(ctas)]
+    dh_s = [np.zeros(ub, np.float32) for _ in range(ctas)]
+    dc_s = [dc_T[k * ub : (k + 1) * ub].copy() for k in range(ctas)]
+    p = np.arange(ub)
+    for t in reversed(range(steps)):
+        for k in range(ctas):  # each CTA's units, elementwise
+            mine = k * ub
+            g_t = gates[(t * ctas + k) * 4 * ub :]
+            si, tj, sf, so = (g_t[g * ub + p] for g in range(4))
+            c = cs[t * batch * n + mine + p]
+            c_prev = c0[mine + p] if t == 0 else cs[(t - 1) * batch * n + mine + p]
+            dh = dh_out[t * batch * n + mine + p] + dh_s[k][p]
+            tc = np.tanh(c)
+            dc = dc_s[k][p] + dh * so * (1 - tc * tc)
+            out = t * width * batch + k * 4 * ub + p
+            dz[out] = dc * tj * si * (1 - si)
+            dz[out + ub] = dc * si * (1 - tj * tj)
+            dz[out + 2 * ub] = dc * c_prev * sf * (1 - sf)
+            dz[out + 3 * ub] = dh * tc * so * (1 - so)
+            dc_s[k][p] = dc * sf
+        for k in range(ctas):  # after the barrier: dh_{t-1} for each CTA's units
+            for r0 in range(0, batch, rows):
+                count = min(rows, batch - r0)
+                z_s = np.zeros(rows * gp, np.float32)
+                e = np.arange(width * count)
+                col, b = e // count, e % count
+                z_s[b * gp + col] = dz[t * width * batch + col * batch + r0 + b]
+                q = np.arange(units * count)
+                u, b = q // count, q % count
+                acc = np.einsum("pq,pq->p", z_s.reshape(rows, gp)[b, :width], w_s[k][u])
+                dh_s[k][u * batch + r0 + b] = acc
+    state = (ctas, units, batch)
+    return (
+        dz.reshape(steps, ctas, 4, units, batch),
+        np.concatenate(dh_s).reshape(state),
+        np.concatenate(dc_s).reshape(state),
+    )
 
 
 # --- the real kernel --------------------------------------------------------------------------
@@ -161,23 +223,84 @@ def register() -> None:
         check=True,
     )
     lib = ctypes.cdll.LoadLibrary(str(library))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
+    jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
+    jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform="CUDA")
     print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
 
 
-def persistent(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array, units: int, rows: int) -> tuple[Any, Any]:
-    """The kernel: outputs [T, B, H] and the final c [B, H], like _fused._recurrence's."""
-    zx, whp, h0p, c0p = to_kernel(xp, wh, h0, c0, units)
-    steps, ctas, _, _, batch = zx.shape
-    out_types = (
-        jax.ShapeDtypeStruct((steps, ctas, units, batch), jnp.float32),
-        jax.ShapeDtypeStruct((ctas, units, batch), jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.uint32),
-    )
-    hs, c_out, _ = jax.ffi.ffi_call(TARGET, out_types)(
-        zx, whp, h0p, c0p, source=SOURCE, rows=np.int64(rows), forget_bias=np.float32(FORGET_BIAS)
-    )
-    return from_kernel(hs, c_out)
+def _kernel_calls(emulated: bool) -> tuple[Any, Any]:
+    """The forward and backward kernel calls on kernel-layout arrays: the CUDA kernels through
+    XLA FFI, or their NumPy emulation through jax.pure_callback."""
+    f32 = jnp.float32
+
+    def fwd_types(zx: jax.Array, save: bool) -> tuple:
+        steps, ctas, _, units, batch = zx.shape
+        return (
+            jax.ShapeDtypeStruct((steps, ctas, units, batch), f32),
+            jax.ShapeDtypeStruct((ctas, units, batch), f32),
+            jax.ShapeDtypeStruct(zx.shape if save else (0,), f32),
+            jax.ShapeDtypeStruct((steps, ctas, units, batch) if save else (0,), f32),
+        )
+
+    def bwd_types(gates: jax.Array) -> tuple:
+        state = jax.ShapeDtypeStruct(gates.shape[1:2] + gates.shape[3:], f32)
+        return (jax.ShapeDtypeStruct(gates.shape, f32), state, state)
+
+    barrier = jax.ShapeDtypeStruct((1,), jnp.uint32)
+    if emulated:
+
+        def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
+            run = functools.partial(emulate_fwd, rows=rows, save=save)
+            return jax.pure_callback(run, fwd_types(zx, save), zx, wh, h0, c0)
+
+        def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
+            run = functools.partial(emulate_bwd, rows=rows)
+            return jax.pure_callback(run, bwd_types(gates), dh, dc, gates, cs, c0, wh)
+
+        return fwd, bwd
+
+    def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
+        call = jax.ffi.ffi_call(FWD_TARGET, (*fwd_types(zx, save), barrier))
+        return call(zx, wh, h0, c0, source=SOURCE, rows=np.int64(rows), forget_bias=np.float32(FORGET_BIAS))[:4]
+
+    def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
+        call = jax.ffi.ffi_call(BWD_TARGET, (*bwd_types(gates), barrier))
+        return call(dh, dc, gates, cs, c0, wh, source=SOURCE, rows=np.int64(rows))[:3]
+
+    return fwd, bwd
+
+
+def persistent(units: int, rows: int, emulated: bool = False) -> Any:
+    """run(xp [T, B, 4H], wh [H, 4H], h0, c0 [B, H]) -> (outputs [T, B, H], final c [B, H]),
+    like _fused._recurrence's LSTM, differentiable in all four through the backward kernel."""
+    call_fwd, call_bwd = _kernel_calls(emulated)
+
+    @jax.custom_vjp
+    def run(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
+        hs, c_out, _, _ = call_fwd(*to_kernel(xp, wh, h0, c0, units), rows, False)
+        return from_kernel(hs, c_out)
+
+    def run_fwd(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
+        zx, whp, h0p, c0p = to_kernel(xp, wh, h0, c0, units)
+        hs, c_out, gates, cs = call_fwd(zx, whp, h0p, c0p, rows, True)
+        return from_kernel(hs, c_out), (hs, gates, cs, whp, h0p, c0p)
+
+    def run_bwd(res: tuple, cot: tuple) -> tuple:
+        hs, gates, cs, whp, h0p, c0p = res
+        d_outs, d_c = cot
+        steps, ctas, _, _, batch = gates.shape
+        n = ctas * units
+        dh = jnp.transpose(d_outs.reshape(steps, batch, ctas, units), (0, 2, 3, 1))
+        dc = jnp.transpose(d_c.reshape(batch, ctas, units), (1, 2, 0))
+        dz, dh0, dc0 = call_bwd(dh, dc, gates, cs, c0p, whp, rows)
+        d_xp = jnp.transpose(dz, (0, 4, 2, 1, 3)).reshape(steps, batch, 4 * n)
+        h_prev = jnp.concatenate([h0p[None], hs[:-1]]).reshape(steps, n, batch)  # units k*U + u
+        d_whp = jnp.einsum("tib,tjb->ij", h_prev, dz.reshape(steps, 4 * n, batch), precision="highest")
+        d_wh = jnp.transpose(d_whp.reshape(n, ctas, 4, units), (0, 2, 1, 3)).reshape(n, 4 * n)
+        return d_xp, d_wh, dh0.reshape(n, batch).T, dc0.reshape(n, batch).T
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
 
 
 def _inputs(steps: int, batch: int, n: int, seed: int = 0) -> tuple[Any, ...]:
@@ -189,14 +312,37 @@ def _inputs(steps: int, batch: int, n: int, seed: int = 0) -> tuple[Any, ...]:
     return xp, wh, h0, c0
 
 
-def _fused_fwd() -> Any:
+def _fused_lstm() -> Any:
+    """_fused._recurrence's LSTM (float32 products, unroll 4) with persistent()'s signature."""
     run = _fused._recurrence("lstm", "highest", FORGET_BIAS, 4, False)
 
-    def fwd(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
+    def fused(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
         outs, (c, _) = run((wh,), xp, (c0, h0), None)
         return outs, c
 
-    return jax.jit(fwd)
+    return fused
+
+
+def _programs(run: Any, args: tuple) -> tuple[Any, Any]:
+    """The forward program and the gradient program (of a loss reading every output and the
+    final c through fixed random weights) in all four inputs."""
+    rng = np.random.default_rng(1)
+    w_outs = jnp.asarray(rng.standard_normal(args[0].shape[:2] + args[1].shape[:1]), jnp.float32)
+    w_c = jnp.asarray(rng.standard_normal(args[2].shape), jnp.float32)
+
+    def loss(*a: jax.Array) -> jax.Array:
+        outs, c = run(*a)
+        return jnp.sum(outs * w_outs) + jnp.sum(c * w_c)
+
+    return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+
+def _max_diff(got: Any, want: Any) -> float:
+    """The largest absolute difference, relative to the largest magnitude, over every leaf."""
+    return max(
+        float(jnp.max(jnp.abs(g - w)) / jnp.maximum(jnp.max(jnp.abs(w)), 1e-30))
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True)
+    )
 
 
 def _mean_us(fn: Any, *args: Any, n: int = 30) -> float:
@@ -209,15 +355,18 @@ def _mean_us(fn: Any, *args: Any, n: int = 30) -> float:
 
 
 def emulate() -> None:
-    """The NumPy transliteration against fused on the CPU, on small shapes with partial row chunks."""
+    """The kernels' NumPy transliteration, behind the same custom VJP, against fused on the CPU:
+    values and gradients, on small shapes with partial row chunks."""
     for steps, batch, n, units, rows in [(5, 6, 8, 2, 4), (3, 5, 12, 3, 5), (4, 7, 8, 1, 16)]:
-        xp, wh, h0, c0 = _inputs(steps, batch, n, seed=steps)
-        want_outs, want_c = _fused_fwd()(xp, wh, h0, c0)
-        zx, whp, h0p, c0p = to_kernel(xp, wh, h0, c0, units, xnp=np)
-        outs, c = from_kernel(*emulate_kernel(zx, whp, h0p, c0p, rows), xnp=np)
-        err = max(float(np.max(np.abs(outs - want_outs))), float(np.max(np.abs(c - want_c))))
-        print(f"T={steps} B={batch} H={n} U={units} R={rows}: max abs difference {err:.2e}")
-        assert err < 1e-5, err
+        args = tuple(jnp.asarray(a) for a in _inputs(steps, batch, n, seed=steps))
+        want_fwd, want_grad = _programs(_fused_lstm(), args)
+        got_fwd, got_grad = _programs(persistent(units, rows, emulated=True), args)
+        fwd_err, grad_err = _max_diff(got_fwd(*args), want_fwd(*args)), _max_diff(got_grad(*args), want_grad(*args))
+        print(
+            f"T={steps} B={batch} H={n} U={units} R={rows}: relative difference {fwd_err:.1e}, gradients {grad_err:.1e}"
+        )
+        assert fwd_err < 1e-5, fwd_err
+        assert grad_err < 1e-5, grad_err
 
 
 def gpu() -> None:
@@ -226,26 +375,39 @@ def gpu() -> None:
     cases = [(28, 128, 128), (784, 128, 128), (28, 1024, 128), (28, 128, 256)]
     for steps, batch, n in cases:
         args = tuple(jnp.asarray(a) for a in _inputs(steps, batch, n))
-        fused = _fused_fwd()
-        want = fused(*args)
-        row: dict[str, Any] = {"T": steps, "B": batch, "H": n, "fused4_us": _mean_us(fused, *args)}
-        print(f"T={steps} B={batch} H={n}: fused unroll 4 {row['fused4_us']:.0f} us", flush=True)
+        fused_fwd, fused_grad = _programs(_fused_lstm(), args)
+        want_fwd, want_grad = fused_fwd(*args), fused_grad(*args)
+        row: dict[str, Any] = {"T": steps, "B": batch, "H": n}
+        row["fused4"] = {"fwd_us": _mean_us(fused_fwd, *args), "grad_us": _mean_us(fused_grad, *args)}
+        print(
+            f"T={steps} B={batch} H={n}: fused (unroll 4) {row['fused4']['fwd_us']:.0f} us forward, "
+            f"{row['fused4']['grad_us']:.0f} us gradient",
+            flush=True,
+        )
         for units in (1, 2, 4):
-            for rows in (64, 128, 256):
+            for rows in (64, 128):
                 name = f"U{units}_R{rows}"
                 if n // units > 132 or n % units:
                     continue
                 try:
-                    f = jax.jit(lambda *a, u=units, r=rows: persistent(*a, u, r))
-                    got = f(*args)
-                    err = max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(got, want, strict=True))
-                    us = _mean_us(f, *args)
+                    fwd, grad = _programs(persistent(units, rows), args)
+                    errors = (_max_diff(fwd(*args), want_fwd), _max_diff(grad(*args), want_grad))
+                    times = (_mean_us(fwd, *args), _mean_us(grad, *args))
                 except Exception as e:  # a probe: report the tiling that failed and go on
                     row[name] = {"error": str(e).splitlines()[0][:300]}
                     print(f"  {name}: {row[name]['error']}", flush=True)
                     continue
-                row[name] = {"us": us, "max_abs_diff": err, "us_per_step": us / steps}
-                print(f"  {name}: {us:.0f} us ({us / steps:.2f} per step), max abs diff {err:.1e}", flush=True)
+                row[name] = {
+                    "fwd_us": times[0],
+                    "grad_us": times[1],
+                    "fwd_rel_diff": errors[0],
+                    "grad_rel_diff": errors[1],
+                }
+                print(
+                    f"  {name}: {times[0]:.0f} us forward ({times[0] / steps:.2f} per step), {times[1]:.0f} us "
+                    f"gradient; relative differences {errors[0]:.1e}, {errors[1]:.1e}",
+                    flush=True,
+                )
         results.append(row)
     out = os.environ.get("OUT")
     if out:

@@ -6,7 +6,8 @@
 # Its sixth version asks whether a persistent kernel (one launch per layer, the time loop
 # inside; benchmarks/cuda_probe.py) gets a step under XLA's fused loop, in about 340 s, each job
 # under its own limit:
-#   1. cuda: the probe's LSTM forward kernel, checked against fused, then timed against it at
+#   1. cuda: the probe's LSTM kernels (forward, and backward behind a custom VJP), checked
+#      against fused, then timed against it (forward pass and gradient) at
 #      T=28 and T=784 (batch 128), batch 1024 and 256 units, at several tilings;
 #   2. probe: fused (what auto runs) at the four GPU workloads, for this run's baseline;
 #   3. torch: PyTorch's cuDNN rows with its defaults, for the ratios in the same run.

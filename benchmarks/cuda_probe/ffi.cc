@@ -91,10 +91,10 @@ std::string cuda_error(const Api& a, CUresult rc, const char* what) {
   return std::string(what) + ": CUDA error " + std::to_string(rc) + " (" + (text ? text : "?") + ")";
 }
 
-// The compiled kernel, built once (the probe runs on one GPU).
+// The compiled kernels, built once (the probe runs on one GPU).
 struct Kernel {
   Api api{};
-  CUfunction fn = nullptr;
+  CUfunction fwd = nullptr, bwd = nullptr;
   std::string error;
 };
 
@@ -136,40 +136,80 @@ Kernel& kernel(std::string_view source) {
     a.nvrtcDestroyProgram(&prog);
     CUmodule module = nullptr;
     if ((rc = a.cuModuleLoadData(&module, cubin.data()))) k.error = cuda_error(a, rc, "cuModuleLoadData");
-    else if ((rc = a.cuModuleGetFunction(&k.fn, module, "lstm_fwd"))) k.error = cuda_error(a, rc, "cuModuleGetFunction");
+    else if ((rc = a.cuModuleGetFunction(&k.fwd, module, "lstm_fwd")) ||
+             (rc = a.cuModuleGetFunction(&k.bwd, module, "lstm_bwd")))
+      k.error = cuda_error(a, rc, "cuModuleGetFunction");
   });
   return k;
 }
 
+// Rows staged at a time: at most `rows`, as many as fit in the shared memory left (200 KiB per
+// CTA, under the 227 KiB Hopper allows) beside `fixed` floats, each row `row` floats; whole
+// warps of rows where there are 32 or more.
+int staged_rows(int64_t rows, int B, int fixed, int row) {
+  int r = static_cast<int>(std::min<int64_t>({rows, B, (200 * 1024 / 4 - fixed) / row}));
+  if (r >= 32) r -= r % 32;
+  return std::max(r, 1);
+}
+
+// A result's data, or null when it has no elements (inference: nothing saved).
+float* data_or_null(ffi::ResultBuffer<ffi::F32>& r) { return r->element_count() ? r->typed_data() : nullptr; }
+
+// Zero the barrier, size the shared memory and launch `fn` cooperatively, one CTA per nCTA.
+ffi::Error launch(const Kernel& k, CUfunction fn, CUstream stream, int n_cta, int shared,
+                  ffi::ResultBuffer<ffi::U32>& barrier, void** args) {
+  const Api& a = k.api;
+  CUresult rc = a.cuFuncSetAttribute(fn, kMaxDynamicShared, shared);
+  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "shared memory size"));
+  if ((rc = a.cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(barrier->typed_data()), 0, 1, stream)))
+    return ffi::Error::Internal(cuda_error(a, rc, "barrier reset"));
+  if ((rc = a.cuLaunchCooperativeKernel(fn, n_cta, 1, 1, 256, 1, 1, shared, stream, args)))
+    return ffi::Error::Internal(cuda_error(a, rc, "cooperative launch"));
+  return ffi::Error::Success();
+}
+
 // zx [T, nCTA, 4, U, B], wh [H, nCTA, 4, U], h0 and c0 [nCTA, U, B] -> hs [T, nCTA, U, B],
-// c_out [nCTA, U, B], barrier [1] (scratch).
+// c_out [nCTA, U, B], gates [T, nCTA, 4, U, B] and cs [T, nCTA, U, B] (empty: not saved),
+// barrier [1] (scratch).
 ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float forget_bias,
                    ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> h0,
                    ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_out,
+                   ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::U32> barrier) {
   const auto d = zx.dimensions();
   if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = static_cast<int>(std::min<int64_t>(rows, B));
-  Kernel& k = kernel(source);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 4 * H * U + U * B, H + 1);
+  const Kernel& k = kernel(source);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const Api& a = k.api;
   const int shared = static_cast<int>(sizeof(float) * (4 * H * U + R * (H + 1) + U * B));
-  CUresult rc = a.cuFuncSetAttribute(k.fn, kMaxDynamicShared, shared);
-  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "shared memory size"));
-  auto* counter = barrier->typed_data();
-  if ((rc = a.cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counter), 0, 1, stream)))
-    return ffi::Error::Internal(cuda_error(a, rc, "barrier reset"));
-  const float* p_zx = zx.typed_data();
-  const float* p_wh = wh.typed_data();
-  const float* p_h0 = h0.typed_data();
-  const float* p_c0 = c0.typed_data();
-  float* p_hs = hs->typed_data();
-  float* p_c = c_out->typed_data();
-  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &counter, &T, &B, &H, &U, &R, &forget_bias};
-  rc = a.cuLaunchCooperativeKernel(k.fn, n_cta, 1, 1, 256, 1, 1, shared, stream, args);
-  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "cooperative launch"));
-  return ffi::Error::Success();
+  const float *p_zx = zx.typed_data(), *p_wh = wh.typed_data(), *p_h0 = h0.typed_data(), *p_c0 = c0.typed_data();
+  float *p_hs = hs->typed_data(), *p_c = c_out->typed_data(), *p_g = data_or_null(gates), *p_cs = data_or_null(cs);
+  unsigned int* counter = barrier->typed_data();
+  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &p_g, &p_cs, &counter, &T, &B, &H, &U, &R, &forget_bias};
+  return launch(k, k.fwd, stream, n_cta, shared, barrier, args);
+}
+
+// dh_out [T, nCTA, U, B], dc_T [nCTA, U, B], gates, cs, c0 and wh as above -> dz
+// [T, nCTA, 4, U, B], dh0 and dc0 [nCTA, U, B], barrier [1] (scratch).
+ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
+                   ffi::Buffer<ffi::F32> dc_T, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
+                   ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> wh, ffi::ResultBuffer<ffi::F32> dz,
+                   ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                   ffi::ResultBuffer<ffi::U32> barrier) {
+  const auto d = gates.dimensions();
+  if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
+  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, U * 4 * H + 2 * U * B, 4 * H + 1);
+  const Kernel& k = kernel(source);
+  if (!k.error.empty()) return ffi::Error::Internal(k.error);
+  const int shared = static_cast<int>(sizeof(float) * (U * 4 * H + R * (4 * H + 1) + 2 * U * B));
+  const float *p_dh = dh_out.typed_data(), *p_dc = dc_T.typed_data(), *p_g = gates.typed_data();
+  const float *p_cs = cs.typed_data(), *p_c0 = c0.typed_data(), *p_wh = wh.typed_data();
+  float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data(), *p_dc0 = dc0->typed_data();
+  unsigned int* counter = barrier->typed_data();
+  void* args[] = {&p_dh, &p_dc, &p_g, &p_cs, &p_c0, &p_wh, &p_dz, &p_dh0, &p_dc0, &counter, &T, &B, &H, &U, &R};
+  return launch(k, k.bwd, stream, n_cta, shared, barrier, args);
 }
 
 }  // namespace
@@ -184,6 +224,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmFwd, LstmFwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmBwd, LstmBwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Attr<std::string_view>("source")
+                                  .Attr<int64_t>("rows")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>());

@@ -1,7 +1,7 @@
-// A persistent LSTM forward kernel: one launch runs a TF1 LSTMCell layer over every time step,
-// the time loop inside the kernel (a probe for the speed issue's GPU rows; see
-// benchmarks/cuda_probe.py, which builds and times it). Compiled at run time by NVRTC, so this
-// file holds device code only.
+// Persistent LSTM kernels: one launch runs a TF1 LSTMCell layer's forward pass over every time
+// step, another its backward pass, the time loop inside the kernel (a probe for the speed
+// issue's GPU rows; benchmarks/cuda_probe.py builds, checks and times them). Compiled at run
+// time by NVRTC, so this file holds device code only.
 //
 // The idea it tests: per-step kernels pay a launch floor of ~20 us per step inside XLA's loop
 // (benchmarks/RESULTS.md, "GPU, fourth run"), far more than a step's work. Here every CTA owns U
@@ -22,6 +22,9 @@
 //   h0, c0 [nCTA, U, B]        the initial state
 //   hs     [T, nCTA, U, B]     every step's output (= h)
 //   c_out  [nCTA, U, B]        the final cell state
+//   gates  [T, nCTA, 4, U, B]  training only (else null): sigmoid(i), tanh(j), sigmoid(f + bias),
+//                              sigmoid(o), for the backward pass
+//   cs     [T, nCTA, U, B]     training only: every step's cell state
 //   barrier                    one unsigned int, zero at launch
 // Shared memory (dynamic): wh's slice [H][U][4] (a unit's four gates one 16-byte load), R rows
 // of h_{t-1} [R][H + 1] (padded: lanes reading one column from different rows hit different
@@ -49,7 +52,8 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
                                                            const float* __restrict__ wh,
                                                            const float* __restrict__ h0,
                                                            const float* __restrict__ c0, float* hs,
-                                                           float* __restrict__ c_out, unsigned int* barrier,
+                                                           float* __restrict__ c_out, float* __restrict__ gates,
+                                                           float* __restrict__ cs, unsigned int* barrier,
                                                            int T, int B, int H, int U, int R, float forget_bias) {
   extern __shared__ float4 smem4[];
   const int n_cta = gridDim.x, k = blockIdx.x, hp = H + 1;
@@ -98,13 +102,103 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
         aj += z_t[(size_t)U * B + at];
         af += z_t[(size_t)2 * U * B + at];
         ao += z_t[(size_t)3 * U * B + at];
+        const float si = sigmoid_f(ai), tj = tanhf(aj), sf = sigmoid_f(af + forget_bias), so = sigmoid_f(ao);
         float& c = c_s[at];
-        c = c * sigmoid_f(af + forget_bias) + sigmoid_f(ai) * tanhf(aj);
-        h_next[at] = tanhf(c) * sigmoid_f(ao);
+        c = c * sf + si * tj;
+        h_next[at] = tanhf(c) * so;
+        if (gates) {  // training: what the backward pass reads, in zx's layout
+          float* g_t = gates + ((size_t)t * n_cta + k) * 4 * U * B;
+          g_t[at] = si;
+          g_t[(size_t)U * B + at] = tj;
+          g_t[(size_t)2 * U * B + at] = sf;
+          g_t[(size_t)3 * U * B + at] = so;
+          cs[(size_t)t * B * H + (size_t)k * U * B + at] = c;
+        }
       }
       __syncthreads();
     }
     grid_barrier(barrier, (unsigned int)(t + 1));
   }
   for (int e = threadIdx.x; e < U * B; e += blockDim.x) c_out[(size_t)k * U * B + e] = c_s[e];
+}
+
+// The backward pass, steps in reverse, one barrier a step. Per step each CTA turns its units'
+// state gradients into the gates' pre-activation gradients dz_t (elementwise, from the saved
+// activations), writes them, and after the barrier computes its units' part of
+// dh_{t-1} = dz_t W_h^T from every CTA's dz_t; the cell state's gradient stays in the CTA.
+//   dh_out [T, nCTA, U, B]     the outputs' gradient (the final h's added to step T-1's)
+//   dc_T   [nCTA, U, B]        the final cell state's gradient
+//   gates, cs                  as the forward pass saved them; c0 [nCTA, U, B]
+//   wh     [H, nCTA, 4, U]     as the forward pass took them
+//   dz     [T, nCTA, 4, U, B]  the gates' gradients (x W_x + b's gradient; with h_{t-1}, W_h's)
+//   dh0, dc0 [nCTA, U, B]      the initial state's gradients
+// Shared memory: W_h's rows for this CTA's units [U][4H], R rows of dz_t [R][4H + 1], and the
+// carried gradients dh and dc [U][B] each.
+extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restrict__ dh_out,
+                                                           const float* __restrict__ dc_T,
+                                                           const float* __restrict__ gates,
+                                                           const float* __restrict__ cs,
+                                                           const float* __restrict__ c0,
+                                                           const float* __restrict__ wh, float* dz,
+                                                           float* __restrict__ dh0, float* __restrict__ dc0,
+                                                           unsigned int* barrier, int T, int B, int H, int U, int R) {
+  extern __shared__ float4 smem4[];
+  const int n_cta = gridDim.x, k = blockIdx.x, G = 4 * H, gp = G + 1;
+  float* w_s = reinterpret_cast<float*>(smem4);  // [U][4H]: row k*U + u of W_h, columns CTA-major
+  float* z_s = w_s + U * G;                      // [R][4H + 1]
+  float* dh_s = z_s + R * gp;                    // [U][B]
+  float* dc_s = dh_s + U * B;                    // [U][B]
+
+  for (int e = threadIdx.x; e < U * G; e += blockDim.x) w_s[e] = wh[(size_t)k * U * G + e];
+  for (int e = threadIdx.x; e < U * B; e += blockDim.x) {
+    dh_s[e] = 0.f;
+    dc_s[e] = dc_T[(size_t)k * U * B + e];
+  }
+  __syncthreads();
+
+  for (int t = T - 1; t >= 0; --t) {
+    const size_t mine = (size_t)k * U * B;                      // this CTA's [U][B] in a state
+    const float* g_t = gates + ((size_t)t * n_cta + k) * 4 * U * B;
+    float* dz_t = dz + (size_t)t * 4 * H * B;                   // all CTAs' [nCTA][4][U][B]
+    for (int p = threadIdx.x; p < U * B; p += blockDim.x) {    // p = u * B + b
+      const float si = g_t[p], tj = g_t[(size_t)U * B + p], sf = g_t[(size_t)2 * U * B + p];
+      const float so = g_t[(size_t)3 * U * B + p];
+      const float c = cs[(size_t)t * B * H + mine + p];
+      const float c_prev = t == 0 ? c0[mine + p] : cs[(size_t)(t - 1) * B * H + mine + p];
+      const float dh = dh_out[(size_t)t * B * H + mine + p] + dh_s[p];
+      const float tc = tanhf(c);
+      const float dc = dc_s[p] + dh * so * (1.f - tc * tc);
+      float* out = dz_t + (size_t)k * 4 * U * B + p;
+      out[0] = dc * tj * si * (1.f - si);
+      out[(size_t)U * B] = dc * si * (1.f - tj * tj);
+      out[(size_t)2 * U * B] = dc * c_prev * sf * (1.f - sf);
+      out[(size_t)3 * U * B] = dh * tc * so * (1.f - so);
+      dc_s[p] = dc * sf;
+    }
+    grid_barrier(barrier, (unsigned int)(T - t));
+    // dh_{t-1} for this CTA's units: dz_t's rows (all 4H columns, CTA-major like w_s) times
+    // W_h's rows, R batch rows at a time.
+    for (int r0 = 0; r0 < B; r0 += R) {
+      const int rows = min(R, B - r0);
+      for (int e = threadIdx.x; e < G * rows; e += blockDim.x) {
+        const int col = e / rows, b = e % rows;
+        z_s[b * gp + col] = __ldcg(dz_t + (size_t)col * B + r0 + b);  // L2: other CTAs wrote it
+      }
+      __syncthreads();
+      for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
+        const int u = p / rows, b = p % rows;
+        const float* zrow = z_s + b * gp;
+        const float* w = w_s + u * G;  // the same address across the warp: a broadcast
+        float acc = 0.f;
+#pragma unroll 8
+        for (int q = 0; q < G; ++q) acc = fmaf(zrow[q], w[q], acc);
+        dh_s[u * B + r0 + b] = acc;
+      }
+      __syncthreads();
+    }
+  }
+  for (int e = threadIdx.x; e < U * B; e += blockDim.x) {
+    dh0[(size_t)k * U * B + e] = dh_s[e];
+    dc0[(size_t)k * U * B + e] = dc_s[e];
+  }
 }

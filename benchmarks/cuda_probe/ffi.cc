@@ -23,9 +23,11 @@ namespace {
 using CUresult = int;
 using CUdevice = int;
 using CUdeviceptr = unsigned long long;
+struct CUctx_st;
 struct CUmod_st;
 struct CUfunc_st;
 struct CUstream_st;
+using CUcontext = CUctx_st*;
 using CUmodule = CUmod_st*;
 using CUfunction = CUfunc_st*;
 using CUstream = CUstream_st*;
@@ -37,6 +39,8 @@ constexpr int kComputeMajor = 75, kComputeMinor = 76;  // CU_DEVICE_ATTRIBUTE_CO
 constexpr int kMaxDynamicShared = 8;                   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
 struct Api {
+  CUresult (*cuStreamGetCtx)(CUstream, CUcontext*);
+  CUresult (*cuCtxSetCurrent)(CUcontext);
   CUresult (*cuCtxGetDevice)(CUdevice*);
   CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice);
   CUresult (*cuModuleLoadData)(CUmodule*, const void*);
@@ -71,7 +75,8 @@ std::string open_api(Api& a) {
   for (const char* name : {path, "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"})
     if (name && (nvrtc = dlopen(name, RTLD_NOW | RTLD_GLOBAL))) break;
   if (!nvrtc) return "cannot open NVRTC: set RNNKIT_NVRTC to libnvrtc.so's path";
-  bool ok = bind(cuda, "cuCtxGetDevice", a.cuCtxGetDevice) && bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute) &&
+  bool ok = bind(cuda, "cuStreamGetCtx", a.cuStreamGetCtx) && bind(cuda, "cuCtxSetCurrent", a.cuCtxSetCurrent) &&
+            bind(cuda, "cuCtxGetDevice", a.cuCtxGetDevice) && bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute) &&
             bind(cuda, "cuModuleLoadData", a.cuModuleLoadData) &&
             bind(cuda, "cuModuleGetFunction", a.cuModuleGetFunction) &&
             bind(cuda, "cuFuncSetAttribute", a.cuFuncSetAttribute) &&
@@ -98,19 +103,31 @@ struct Kernel {
   std::string error;
 };
 
-Kernel& kernel(std::string_view source) {
+// The stream's context made current on this thread (XLA's, whatever the thread had), then the
+// kernels, compiled and loaded into it on the first call.
+const Kernel& kernel(std::string_view source, CUstream stream) {
   static Kernel k;
   static std::once_flag once;
-  std::call_once(once, [&] {
-    if (!(k.error = open_api(k.api)).empty()) return;
+  std::call_once(once, [&] { k.error = open_api(k.api); });
+  if (!k.error.empty()) return k;
+  CUcontext ctx = nullptr;
+  CUresult rc = k.api.cuStreamGetCtx(stream, &ctx);
+  if (rc == 0) rc = k.api.cuCtxSetCurrent(ctx);
+  if (rc) {
+    thread_local Kernel failed;
+    failed.error = cuda_error(k.api, rc, "the stream's context");
+    return failed;
+  }
+  static std::once_flag built;
+  std::call_once(built, [&] {
     const Api& a = k.api;
     CUdevice dev = 0;
     int major = 0, minor = 0;
-    CUresult rc = a.cuCtxGetDevice(&dev);
-    if (rc == 0) rc = a.cuDeviceGetAttribute(&major, kComputeMajor, dev);
-    if (rc == 0) rc = a.cuDeviceGetAttribute(&minor, kComputeMinor, dev);
-    if (rc) {
-      k.error = cuda_error(a, rc, "device query");
+    CUresult status = a.cuCtxGetDevice(&dev);
+    if (status == 0) status = a.cuDeviceGetAttribute(&major, kComputeMajor, dev);
+    if (status == 0) status = a.cuDeviceGetAttribute(&minor, kComputeMinor, dev);
+    if (status) {
+      k.error = cuda_error(a, status, "device query");
       return;
     }
     const std::string src(source), arch = "--gpu-architecture=sm_" + std::to_string(major * 10 + minor);
@@ -135,10 +152,10 @@ Kernel& kernel(std::string_view source) {
     a.nvrtcGetCUBIN(prog, cubin.data());
     a.nvrtcDestroyProgram(&prog);
     CUmodule module = nullptr;
-    if ((rc = a.cuModuleLoadData(&module, cubin.data()))) k.error = cuda_error(a, rc, "cuModuleLoadData");
-    else if ((rc = a.cuModuleGetFunction(&k.fwd, module, "lstm_fwd")) ||
-             (rc = a.cuModuleGetFunction(&k.bwd, module, "lstm_bwd")))
-      k.error = cuda_error(a, rc, "cuModuleGetFunction");
+    if ((status = a.cuModuleLoadData(&module, cubin.data()))) k.error = cuda_error(a, status, "cuModuleLoadData");
+    else if ((status = a.cuModuleGetFunction(&k.fwd, module, "lstm_fwd")) ||
+             (status = a.cuModuleGetFunction(&k.bwd, module, "lstm_bwd")))
+      k.error = cuda_error(a, status, "cuModuleGetFunction");
   });
   return k;
 }
@@ -180,7 +197,7 @@ ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float
   if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
   int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 4 * H * U + U * B, H + 1);
-  const Kernel& k = kernel(source);
+  const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
   const int shared = static_cast<int>(sizeof(float) * (4 * H * U + R * (H + 1) + U * B));
   const float *p_zx = zx.typed_data(), *p_wh = wh.typed_data(), *p_h0 = h0.typed_data(), *p_c0 = c0.typed_data();
@@ -201,7 +218,7 @@ ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::
   if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
   int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, U * 4 * H + 2 * U * B, 4 * H + 1);
-  const Kernel& k = kernel(source);
+  const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
   const int shared = static_cast<int>(sizeof(float) * (U * 4 * H + R * (4 * H + 1) + 2 * U * B));
   const float *p_dh = dh_out.typed_data(), *p_dc = dc_T.typed_data(), *p_g = gates.typed_data();

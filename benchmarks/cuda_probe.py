@@ -1,28 +1,29 @@
-"""Does a persistent kernel beat XLA's fused loop on a GPU? A probe for the speed issue's GPU
-rows (benchmarks/RESULTS.md, "GPU, fourth run": per-step kernels lost to a ~20 us launch floor
-per step, so the next attempt is one launch per layer with the time loop inside).
+"""Do persistent kernels beat XLA's fused loop on a GPU? A probe for the speed issue's GPU rows
+(benchmarks/RESULTS.md, "GPU, fourth run": per-step kernels lost to a ~20 us launch floor per
+step, so the next attempt is one launch per layer with the time loop inside).
 
-    python benchmarks/cuda_probe.py            # on a CUDA GPU: check, then time (about a minute)
+    python benchmarks/cuda_probe.py            # on a CUDA GPU: check, then time (2-3 minutes)
     python benchmarks/cuda_probe.py emulate    # anywhere: the kernels' index arithmetic in NumPy
 
-`cuda_probe/lstm_persistent.cu` holds a TF1 LSTMCell layer's forward and backward passes over
-the whole sequence, one launch each: every CTA owns U hidden units (and their slice of the loop
-weights, in shared memory) and the CTAs meet at a grid-wide barrier each step.
-`cuda_probe/ffi.cc` compiles them with NVRTC on first use and launches them cooperatively on
-XLA's stream (it builds with the host C++ compiler alone; no CUDA toolkit is needed).
-`persistent()` wraps the two in a custom VJP: the inputs' projection x W_x + b, the loop
-weights' gradient and the permutations into and out of the kernels' layouts stay in XLA.
+`cuda_probe/persistent.cu` holds a TF1 LSTMCell layer's and a TF1 GRUCell layer's forward and
+backward passes over the whole sequence, one launch each: every CTA owns U hidden units (and
+their slice of the loop weights, in shared memory) and the CTAs meet at a grid-wide barrier
+each step (the GRU: twice, its candidate needing every unit's r h). `cuda_probe/ffi.cc`
+compiles them with NVRTC on first use and launches them cooperatively on XLA's stream (it
+builds with the host C++ compiler alone; no CUDA toolkit is needed). `persistent()` and
+`persistent_gru()` wrap each pair in a custom VJP: the inputs' projection x W_x + b, the loop
+weights' gradients and the permutations into and out of the kernels' layouts stay in XLA.
 
-On a GPU, for each case (the seed's LSTM(128) at T=28 and T=784, batch 128; batch 1024; an
-LSTM as wide as the seed's GRU, 256 units): `_fused._recurrence` (float32 products, unroll 4)
-and the kernels at several tilings (U units per CTA; R rows staged at a time, fewer where shared
-memory runs out), each checked against fused (values, and gradients in all four inputs), then
-timed: microseconds per forward pass and per gradient, mean of 30 calls after one warm-up.
-With OUT set, the results also go to OUT/cuda_probe.json.
+On a GPU, for each case (the seed's LSTM(128) and GRU(256) at T=28 and T=784, batch 128, and at
+batch 1024): `_fused._recurrence` (float32 products, unroll 4) and the kernels at several
+tilings (U units per CTA; R rows staged at a time, fewer where shared memory runs out), each
+checked against fused (values, and gradients in all four inputs), then timed: microseconds per
+forward pass and per gradient, mean of 30 calls after one warm-up. With OUT set, the results
+also go to OUT/cuda_probe.json.
 
-`emulate` runs both kernels' loops, written with their own index arithmetic, in NumPy behind
-the same custom VJP (jax.pure_callback in place of the FFI call), against fused on the CPU: a
-check of the layouts, the indexing and the VJP's plumbing (not of CUDA) that needs no GPU.
+`emulate` runs the four kernels' loops, written with their own index arithmetic, in NumPy behind
+the same custom VJPs (jax.pure_callback in place of the FFI calls), against fused on the CPU: a
+check of the layouts, the indexing and the VJPs' plumbing (not of CUDA) that needs no GPU.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ import numpy as np
 from rnnkit import _fused
 
 HERE = Path(__file__).with_name("cuda_probe")
-SOURCE = (HERE / "lstm_persistent.cu").read_text()
+SOURCE = (HERE / "persistent.cu").read_text()
 FWD_TARGET, BWD_TARGET = "rnnkit_probe_lstm_fwd", "rnnkit_probe_lstm_bwd"
+GRU_FWD_TARGET, GRU_BWD_TARGET = "rnnkit_probe_gru_fwd", "rnnkit_probe_gru_bwd"
 FORGET_BIAS = 1.0
 
 
@@ -185,6 +187,126 @@ def emulate_bwd(
     )
 
 
+def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarray, rows: int, save: bool) -> tuple:
+    """gru_fwd's loops, as emulate_fwd: hs, rh, and (save) r, u, c, else an empty array."""
+    steps, ctas, _, units, batch = zx.shape
+    n, ub, hp = ctas * units, units * batch, ctas * units + 1
+    zx, wg, wc, h0 = (np.asarray(a, np.float32).reshape(-1) for a in (zx, wg, wc, h0))
+    hs, rh = np.zeros(steps * batch * n, np.float32), np.zeros(steps * batch * n, np.float32)
+    saved = np.zeros(steps * 3 * n * batch if save else 0, np.float32)
+    e = np.arange(n * units)
+    q, uu = e // units, e % units
+    wg_s = [
+        np.stack([wg[(q * ctas + k) * 2 * units + uu], wg[(q * ctas + k) * 2 * units + uu + units]], 1)
+        for k in range(ctas)
+    ]
+    wc_s = [wc[(q * ctas + k) * units + uu] for k in range(ctas)]
+    u_s = [np.zeros(ub, np.float32) for _ in range(ctas)]
+
+    def staged(src: np.ndarray, r0: int, count: int) -> np.ndarray:
+        h_s = np.zeros(rows * hp, np.float32)
+        e = np.arange(n * count)
+        col, b = e // count, e % count
+        h_s[b * hp + col] = src[col * batch + r0 + b]
+        return h_s.reshape(rows, hp)
+
+    for t in range(steps):
+        h_prev = h0 if t == 0 else hs[(t - 1) * batch * n : t * batch * n]
+        rh_t = rh[t * batch * n : (t + 1) * batch * n]  # a view: written in place
+        for k in range(ctas):  # phase 1
+            z_t, mine = zx[(t * ctas + k) * 3 * ub :], k * ub
+            for r0 in range(0, batch, rows):
+                count = min(rows, batch - r0)
+                h_s = staged(h_prev, r0, count)
+                p = np.arange(units * count)
+                u, b = p // count, p % count
+                acc = np.einsum("pq,pqg->pg", h_s[b, :n], wg_s[k].reshape(n, units, 2)[:, u, :].transpose(1, 0, 2))
+                at = u * batch + r0 + b
+                r, ug = _sigmoid(acc[:, 0] + z_t[at]), _sigmoid(acc[:, 1] + z_t[ub + at])
+                u_s[k][at] = ug
+                rh_t[mine + at] = r * h_s[b, k * units + u]
+                if save:
+                    s_t = (t * ctas + k) * 3 * ub
+                    saved[s_t + at], saved[s_t + ub + at] = r, ug
+        new = np.zeros(batch * n, np.float32)
+        for k in range(ctas):  # phase 2, after the barrier
+            z_t, mine = zx[(t * ctas + k) * 3 * ub :], k * ub
+            for r0 in range(0, batch, rows):
+                count = min(rows, batch - r0)
+                r_s = staged(rh_t, r0, count)
+                p = np.arange(units * count)
+                u, b = p // count, p % count
+                acc = np.einsum("pq,pq->p", r_s[b, :n], wc_s[k].reshape(n, units)[:, u].T)
+                at = u * batch + r0 + b
+                c = np.tanh(acc + z_t[2 * ub + at])
+                ug = u_s[k][at]
+                new[mine + at] = ug * h_prev[mine + at] + (1 - ug) * c
+                if save:
+                    saved[(t * ctas + k) * 3 * ub + 2 * ub + at] = c
+        hs[t * batch * n : (t + 1) * batch * n] = new
+    shape = (steps, ctas, units, batch)
+    return hs.reshape(shape), rh.reshape(shape), saved.reshape(steps, ctas, 3, units, batch) if save else saved
+
+
+def emulate_gru_bwd(
+    dh_out: np.ndarray, saved: np.ndarray, hs: np.ndarray, h0: np.ndarray, wg: np.ndarray, wc: np.ndarray, rows: int
+) -> tuple:
+    """gru_bwd's loops, as emulate_fwd: dz, dh0."""
+    steps, ctas, _, units, batch = saved.shape
+    n, ub = ctas * units, units * batch
+    zp = 2 * n + 1
+    dh_out, saved, hs, h0, wg, wc = (np.asarray(a, np.float32).reshape(-1) for a in (dh_out, saved, hs, h0, wg, wc))
+    dz = np.zeros(steps * 3 * n * batch, np.float32)
+    wg_s = [wg[k * units * 2 * n : (k + 1) * units * 2 * n].reshape(units, 2 * n) for k in range(ctas)]
+    wc_s = [wc[k * units * n : (k + 1) * units * n].reshape(units, n) for k in range(ctas)]
+    carry = [np.zeros(ub, np.float32) for _ in range(ctas)]
+    dh_s = [np.zeros(ub, np.float32) for _ in range(ctas)]
+    drh_s = [np.zeros(ub, np.float32) for _ in range(ctas)]
+    p = np.arange(ub)
+    for t in reversed(range(steps)):
+        h_prev = h0 if t == 0 else hs[(t - 1) * batch * n : t * batch * n]
+        dz_t = t * 3 * n * batch
+        for k in range(ctas):  # phase 0
+            s_t, mine = (t * ctas + k) * 3 * ub, k * ub
+            ug, c = saved[s_t + ub + p], saved[s_t + 2 * ub + p]
+            dh = dh_out[t * batch * n + mine + p] + carry[k][p]
+            dh_s[k][p] = dh
+            dz[dz_t + k * 3 * ub + 2 * ub + p] = dh * (1 - ug) * (1 - c * c)
+        for k in range(ctas):  # phase 1, after the first barrier
+            s_t, mine = (t * ctas + k) * 3 * ub, k * ub
+            for r0 in range(0, batch, rows):
+                count = min(rows, batch - r0)
+                z_s = np.zeros(rows * zp, np.float32)
+                e = np.arange(n * count)
+                col, b = e // count, e % count
+                j, u = col // units, col % units
+                z_s[b * zp + col] = dz[dz_t + (j * 3 + 2) * ub + u * batch + r0 + b]
+                q = np.arange(units * count)
+                u, b = q // count, q % count
+                acc = np.einsum("pq,pq->p", z_s.reshape(rows, zp)[b, :n], wc_s[k][u])
+                at = u * batch + r0 + b
+                drh_s[k][at] = acc
+                r, ug, c = saved[s_t + at], saved[s_t + ub + at], saved[s_t + 2 * ub + at]
+                h = h_prev[mine + at]
+                dz[dz_t + k * 3 * ub + at] = acc * h * r * (1 - r)
+                dz[dz_t + k * 3 * ub + ub + at] = dh_s[k][at] * (h - c) * ug * (1 - ug)
+        for k in range(ctas):  # phase 2, after the second barrier
+            s_t = (t * ctas + k) * 3 * ub
+            for r0 in range(0, batch, rows):
+                count = min(rows, batch - r0)
+                z_s = np.zeros(rows * zp, np.float32)
+                e = np.arange(2 * n * count)
+                col, b = e // count, e % count
+                j, gu = col // (2 * units), col % (2 * units)
+                z_s[b * zp + col] = dz[dz_t + j * 3 * ub + gu * batch + r0 + b]
+                q = np.arange(units * count)
+                u, b = q // count, q % count
+                acc = np.einsum("pq,pq->p", z_s.reshape(rows, zp)[b, : 2 * n], wg_s[k][u])
+                at = u * batch + r0 + b
+                carry[k][at] = dh_s[k][at] * saved[s_t + ub + at] + drh_s[k][at] * saved[s_t + at] + acc
+    return dz.reshape(steps, ctas, 3, units, batch), np.concatenate(carry).reshape(ctas, units, batch)
+
+
 # --- the real kernel --------------------------------------------------------------------------
 
 
@@ -225,6 +347,8 @@ def register() -> None:
     lib = ctypes.cdll.LoadLibrary(str(library))
     jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
     jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform="CUDA")
+    jax.ffi.register_ffi_target(GRU_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruFwd), platform="CUDA")
+    jax.ffi.register_ffi_target(GRU_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruBwd), platform="CUDA")
     print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
 
 
@@ -303,36 +427,149 @@ def persistent(units: int, rows: int, emulated: bool = False) -> Any:
     return run
 
 
-def _inputs(steps: int, batch: int, n: int, seed: int = 0) -> tuple[Any, ...]:
+def gru_to_kernel(xp: Any, wg: Any, wc: Any, h0: Any, units: int, xnp: Any = jnp) -> tuple[Any, ...]:
+    """xp [T, B, 3H] (r, u, candidate), w_gates [H, 2H], w_cand [H, H], h0 [B, H] -> zx
+    [T, nCTA, 3, U, B], wg [H, nCTA, 2, U], wc [H, nCTA, U] (W_c's columns are already in unit
+    order), h0 [nCTA, U, B]."""
+    steps, batch, width = xp.shape
+    n = width // 3
+    ctas = n // units
+    zx = xnp.transpose(xp.reshape(steps, batch, 3, ctas, units), (0, 3, 2, 4, 1))
+    wgp = xnp.transpose(wg.reshape(n, 2, ctas, units), (0, 2, 1, 3))
+    return zx, wgp, wc.reshape(n, ctas, units), xnp.transpose(h0.reshape(batch, ctas, units), (1, 2, 0))
+
+
+def _gru_calls(emulated: bool) -> tuple[Any, Any]:
+    """gru_fwd and gru_bwd on kernel-layout arrays, as _kernel_calls."""
+    f32 = jnp.float32
+
+    def fwd_types(zx: jax.Array, save: bool) -> tuple:
+        steps, ctas, _, units, batch = zx.shape
+        state = jax.ShapeDtypeStruct((steps, ctas, units, batch), f32)
+        return (state, state, jax.ShapeDtypeStruct(zx.shape if save else (0,), f32))
+
+    def bwd_types(saved: jax.Array) -> tuple:
+        return (jax.ShapeDtypeStruct(saved.shape, f32), jax.ShapeDtypeStruct(saved.shape[1:2] + saved.shape[3:], f32))
+
+    barrier = jax.ShapeDtypeStruct((1,), jnp.uint32)
+    if emulated:
+
+        def fwd(zx: Any, wg: Any, wc: Any, h0: Any, rows: int, save: bool) -> tuple:
+            run = functools.partial(emulate_gru_fwd, rows=rows, save=save)
+            return jax.pure_callback(run, fwd_types(zx, save), zx, wg, wc, h0)
+
+        def bwd(dh: Any, saved: Any, hs: Any, h0: Any, wg: Any, wc: Any, rows: int) -> tuple:
+            run = functools.partial(emulate_gru_bwd, rows=rows)
+            return jax.pure_callback(run, bwd_types(saved), dh, saved, hs, h0, wg, wc)
+
+        return fwd, bwd
+
+    def fwd(zx: Any, wg: Any, wc: Any, h0: Any, rows: int, save: bool) -> tuple:
+        call = jax.ffi.ffi_call(GRU_FWD_TARGET, (*fwd_types(zx, save), barrier))
+        return call(zx, wg, wc, h0, source=SOURCE, rows=np.int64(rows))[:3]
+
+    def bwd(dh: Any, saved: Any, hs: Any, h0: Any, wg: Any, wc: Any, rows: int) -> tuple:
+        call = jax.ffi.ffi_call(GRU_BWD_TARGET, (*bwd_types(saved), barrier))
+        return call(dh, saved, hs, h0, wg, wc, source=SOURCE, rows=np.int64(rows))[:2]
+
+    return fwd, bwd
+
+
+def persistent_gru(units: int, rows: int, emulated: bool = False) -> Any:
+    """run(xp [T, B, 3H], w_gates [H, 2H], w_cand [H, H], h0 [B, H]) -> (outputs [T, B, H],
+    final h [B, H]), like _fused._recurrence's GRU, differentiable in all four."""
+    call_fwd, call_bwd = _gru_calls(emulated)
+
+    def outputs(hs: jax.Array) -> tuple[Any, Any]:
+        steps, ctas, units_, batch = hs.shape
+        outs = jnp.transpose(hs.reshape(steps, ctas * units_, batch), (0, 2, 1))
+        return outs, outs[-1]
+
+    @jax.custom_vjp
+    def run(xp: jax.Array, wg: jax.Array, wc: jax.Array, h0: jax.Array) -> tuple[Any, Any]:
+        hs, _, _ = call_fwd(*gru_to_kernel(xp, wg, wc, h0, units), rows, False)
+        return outputs(hs)
+
+    def run_fwd(xp: jax.Array, wg: jax.Array, wc: jax.Array, h0: jax.Array) -> tuple[Any, Any]:
+        zx, wgp, wcp, h0p = gru_to_kernel(xp, wg, wc, h0, units)
+        hs, rh, saved = call_fwd(zx, wgp, wcp, h0p, rows, True)
+        return outputs(hs), (hs, rh, saved, wgp, wcp, h0p)
+
+    def run_bwd(res: tuple, cot: tuple) -> tuple:
+        hs, rh, saved, wgp, wcp, h0p = res
+        d_outs, d_last = cot
+        steps, ctas, _, _, batch = saved.shape
+        n = ctas * units
+        d_outs = d_outs.at[-1].add(d_last)  # the final h is the last output
+        dh = jnp.transpose(d_outs.reshape(steps, batch, ctas, units), (0, 2, 3, 1))
+        dz, dh0 = call_bwd(dh, saved, hs, h0p, wgp, wcp, rows)
+        d_xp = jnp.transpose(dz, (0, 4, 2, 1, 3)).reshape(steps, batch, 3 * n)
+        h_prev = jnp.concatenate([h0p[None], hs[:-1]]).reshape(steps, n, batch)
+        d_gates = dz[:, :, :2].reshape(steps, 2 * n, batch)  # columns (CTA, gate, unit)
+        d_wgp = jnp.einsum("tib,tjb->ij", h_prev, d_gates, precision="highest")
+        d_wg = jnp.transpose(d_wgp.reshape(n, ctas, 2, units), (0, 2, 1, 3)).reshape(n, 2 * n)
+        d_cand = dz[:, :, 2].reshape(steps, n, batch)
+        d_wc = jnp.einsum("tib,tjb->ij", rh.reshape(steps, n, batch), d_cand, precision="highest")
+        return d_xp, d_wg, d_wc, dh0.reshape(n, batch).T
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
+
+
+def _inputs(kind: str, steps: int, batch: int, n: int, seed: int = 0) -> tuple[Any, ...]:
+    """Random inputs of persistent() (lstm: xp, wh, h0, c0) or persistent_gru() (gru: xp,
+    w_gates, w_cand, h0)."""
     rng = np.random.default_rng(seed)
-    xp = rng.standard_normal((steps, batch, 4 * n)).astype(np.float32) * 0.5
-    wh = rng.standard_normal((n, 4 * n)).astype(np.float32) / np.sqrt(n)
-    h0 = rng.standard_normal((batch, n)).astype(np.float32) * 0.1
-    c0 = rng.standard_normal((batch, n)).astype(np.float32) * 0.1
-    return xp, wh, h0, c0
+
+    def draw(*shape: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    if kind == "lstm":
+        return (
+            draw(steps, batch, 4 * n, scale=0.5),
+            draw(n, 4 * n, scale=n**-0.5),
+            draw(batch, n, scale=0.1),
+            draw(batch, n, scale=0.1),
+        )
+    return (
+        draw(steps, batch, 3 * n, scale=0.5),
+        draw(n, 2 * n, scale=n**-0.5),
+        draw(n, n, scale=n**-0.5),
+        draw(batch, n, scale=0.1),
+    )
 
 
-def _fused_lstm() -> Any:
-    """_fused._recurrence's LSTM (float32 products, unroll 4) with persistent()'s signature."""
-    run = _fused._recurrence("lstm", "highest", FORGET_BIAS, 4, False)
+def _fused_ref(kind: str) -> Any:
+    """_fused._recurrence (float32 products, unroll 4) with the persistent kernels' signature."""
+    run = _fused._recurrence(kind, "highest", FORGET_BIAS, 4, False)
 
-    def fused(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
+    def lstm(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
         outs, (c, _) = run((wh,), xp, (c0, h0), None)
         return outs, c
 
-    return fused
+    def gru(xp: jax.Array, wg: jax.Array, wc: jax.Array, h0: jax.Array) -> tuple[Any, Any]:
+        outs, (h,) = run((wg, wc), xp, (h0,), None)
+        return outs, h
+
+    return lstm if kind == "lstm" else gru
+
+
+def _kernels(kind: str, units: int, rows: int, emulated: bool = False) -> Any:
+    return (persistent if kind == "lstm" else persistent_gru)(units, rows, emulated)
 
 
 def _programs(run: Any, args: tuple) -> tuple[Any, Any]:
     """The forward program and the gradient program (of a loss reading every output and the
-    final c through fixed random weights) in all four inputs."""
+    final state, c or h, through fixed random weights) in all four inputs."""
     rng = np.random.default_rng(1)
-    w_outs = jnp.asarray(rng.standard_normal(args[0].shape[:2] + args[1].shape[:1]), jnp.float32)
-    w_c = jnp.asarray(rng.standard_normal(args[2].shape), jnp.float32)
+    steps, batch = args[0].shape[:2]
+    n = args[1].shape[0]
+    w_outs = jnp.asarray(rng.standard_normal((steps, batch, n)), jnp.float32)
+    w_last = jnp.asarray(rng.standard_normal((batch, n)), jnp.float32)
 
     def loss(*a: jax.Array) -> jax.Array:
-        outs, c = run(*a)
-        return jnp.sum(outs * w_outs) + jnp.sum(c * w_c)
+        outs, last = run(*a)
+        return jnp.sum(outs * w_outs) + jnp.sum(last * w_last)
 
     return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
 
@@ -355,32 +592,36 @@ def _mean_us(fn: Any, *args: Any, n: int = 30) -> float:
 
 
 def emulate() -> None:
-    """The kernels' NumPy transliteration, behind the same custom VJP, against fused on the CPU:
-    values and gradients, on small shapes with partial row chunks."""
-    for steps, batch, n, units, rows in [(5, 6, 8, 2, 4), (3, 5, 12, 3, 5), (4, 7, 8, 1, 16)]:
-        args = tuple(jnp.asarray(a) for a in _inputs(steps, batch, n, seed=steps))
-        want_fwd, want_grad = _programs(_fused_lstm(), args)
-        got_fwd, got_grad = _programs(persistent(units, rows, emulated=True), args)
-        fwd_err, grad_err = _max_diff(got_fwd(*args), want_fwd(*args)), _max_diff(got_grad(*args), want_grad(*args))
-        print(
-            f"T={steps} B={batch} H={n} U={units} R={rows}: relative difference {fwd_err:.1e}, gradients {grad_err:.1e}"
-        )
-        assert fwd_err < 1e-5, fwd_err
-        assert grad_err < 1e-5, grad_err
+    """The kernels' NumPy transliteration, behind the same custom VJPs, against fused on the
+    CPU: values and gradients, on small shapes with partial row chunks."""
+    for kind in ("lstm", "gru"):
+        for steps, batch, n, units, rows in [(5, 6, 8, 2, 4), (3, 5, 12, 3, 5), (4, 7, 8, 1, 16)]:
+            args = tuple(jnp.asarray(a) for a in _inputs(kind, steps, batch, n, seed=steps))
+            want_fwd, want_grad = _programs(_fused_ref(kind), args)
+            got_fwd, got_grad = _programs(_kernels(kind, units, rows, emulated=True), args)
+            fwd_err = _max_diff(got_fwd(*args), want_fwd(*args))
+            grad_err = _max_diff(got_grad(*args), want_grad(*args))
+            print(
+                f"{kind} T={steps} B={batch} H={n} U={units} R={rows}: relative difference {fwd_err:.1e}, "
+                f"gradients {grad_err:.1e}"
+            )
+            assert fwd_err < 1e-5, fwd_err
+            assert grad_err < 1e-5, grad_err
 
 
 def gpu() -> None:
     register()
     results = []
-    cases = [(28, 128, 128), (784, 128, 128), (28, 1024, 128), (28, 128, 256)]
-    for steps, batch, n in cases:
-        args = tuple(jnp.asarray(a) for a in _inputs(steps, batch, n))
-        fused_fwd, fused_grad = _programs(_fused_lstm(), args)
+    cases = [("lstm", 28, 128, 128), ("gru", 28, 128, 256), ("lstm", 784, 128, 128), ("gru", 784, 128, 256)]
+    cases += [("lstm", 28, 1024, 128), ("gru", 28, 1024, 256)]
+    for kind, steps, batch, n in cases:
+        args = tuple(jnp.asarray(a) for a in _inputs(kind, steps, batch, n))
+        fused_fwd, fused_grad = _programs(_fused_ref(kind), args)
         want_fwd, want_grad = fused_fwd(*args), fused_grad(*args)
-        row: dict[str, Any] = {"T": steps, "B": batch, "H": n}
+        row: dict[str, Any] = {"kind": kind, "T": steps, "B": batch, "H": n}
         row["fused4"] = {"fwd_us": _mean_us(fused_fwd, *args), "grad_us": _mean_us(fused_grad, *args)}
         print(
-            f"T={steps} B={batch} H={n}: fused (unroll 4) {row['fused4']['fwd_us']:.0f} us forward, "
+            f"{kind} T={steps} B={batch} H={n}: fused (unroll 4) {row['fused4']['fwd_us']:.0f} us forward, "
             f"{row['fused4']['grad_us']:.0f} us gradient",
             flush=True,
         )
@@ -390,7 +631,7 @@ def gpu() -> None:
                 if n // units > 132 or n % units:
                     continue
                 try:
-                    fwd, grad = _programs(persistent(units, rows), args)
+                    fwd, grad = _programs(_kernels(kind, units, rows), args)
                     errors = (_max_diff(fwd(*args), want_fwd), _max_diff(grad(*args), want_grad))
                     times = (_mean_us(fwd, *args), _mean_us(grad, *args))
                 except Exception as e:  # a probe: report the tiling that failed and go on

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
 # (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 450 s (timeout_s): the jobs' own limits add up to 340.
+# limit of 450 s (timeout_s): the jobs' own limits add up to 400.
 #
 # Its sixth version asks whether a persistent kernel (one launch per layer, the time loop
-# inside; benchmarks/cuda_probe.py) gets a step under XLA's fused loop, in about 340 s, each job
+# inside; benchmarks/cuda_probe.py) gets a step under XLA's fused loop, in about 400 s, each job
 # under its own limit:
-#   1. cuda: the probe's LSTM kernels (forward, and backward behind a custom VJP), checked
-#      against fused, then timed against it (forward pass and gradient) at
-#      T=28 and T=784 (batch 128), batch 1024 and 256 units, at several tilings;
+#   1. cuda: the probe's LSTM and GRU kernels (forward, and backward behind a custom VJP),
+#      checked against fused, then timed against it (forward pass and gradient) at T=28 and
+#      T=784 (batch 128) and at batch 1024, at several tilings;
 #   2. probe: fused (what auto runs) at the issue's four GPU workloads, for this run's baseline;
 #   3. torch: PyTorch's cuDNN rows with its defaults, for the issue's ratios in the same run.
 # The fifth version (git show 20035df:benchmarks/gpu_bench.sh) measured the per-step Pallas
@@ -43,7 +43,7 @@ job() {
 }
 all=train:128:28:28,train:128:784:1,infer:4096:28:28,train:1024:28:28
 
-job cuda 120 env OUT="$out/jobs" python3 benchmarks/cuda_probe.py
+job cuda 180 env OUT="$out/jobs" python3 benchmarks/cuda_probe.py
 job probe 150 python3 benchmarks/unroll_probe.py --out "$out/jobs/probe.json" --repeats 3 --min-time 0.3 \
     --workloads "$all" --implementations fused --unroll 4
 job torch 70 python3 -m rnnkit.cli bench --rows torch-eager --workloads train:128:28:28,train:128:784:1,infer:4096:28:28 \

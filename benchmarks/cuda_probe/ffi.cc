@@ -1,5 +1,5 @@
 // XLA FFI glue for the persistent-kernel probe (benchmarks/cuda_probe.py): compiles
-// lstm_persistent.cu with NVRTC on first use, for the GPU it runs on, and launches it
+// persistent.cu with NVRTC on first use, for the GPU it runs on, and launches it
 // cooperatively on XLA's stream. Built with the host C++ compiler alone: the CUDA driver and
 // NVRTC are opened at run time (dlopen), declared here with the few types they take, so no
 // CUDA headers or toolkit are needed to build it.
@@ -99,7 +99,7 @@ std::string cuda_error(const Api& a, CUresult rc, const char* what) {
 // The compiled kernels, built once (the probe runs on one GPU).
 struct Kernel {
   Api api{};
-  CUfunction fwd = nullptr, bwd = nullptr;
+  CUfunction lstm_fwd = nullptr, lstm_bwd = nullptr, gru_fwd = nullptr, gru_bwd = nullptr;
   std::string error;
 };
 
@@ -133,7 +133,7 @@ const Kernel& kernel(std::string_view source, CUstream stream) {
     const std::string src(source), arch = "--gpu-architecture=sm_" + std::to_string(major * 10 + minor);
     const char* opts[] = {arch.c_str(), "-std=c++17"};
     nvrtcProgram prog = nullptr;
-    if (a.nvrtcCreateProgram(&prog, src.c_str(), "lstm_persistent.cu", 0, nullptr, nullptr)) {
+    if (a.nvrtcCreateProgram(&prog, src.c_str(), "persistent.cu", 0, nullptr, nullptr)) {
       k.error = "nvrtcCreateProgram failed";
       return;
     }
@@ -153,8 +153,10 @@ const Kernel& kernel(std::string_view source, CUstream stream) {
     a.nvrtcDestroyProgram(&prog);
     CUmodule module = nullptr;
     if ((status = a.cuModuleLoadData(&module, cubin.data()))) k.error = cuda_error(a, status, "cuModuleLoadData");
-    else if ((status = a.cuModuleGetFunction(&k.fwd, module, "lstm_fwd")) ||
-             (status = a.cuModuleGetFunction(&k.bwd, module, "lstm_bwd")))
+    else if ((status = a.cuModuleGetFunction(&k.lstm_fwd, module, "lstm_fwd")) ||
+             (status = a.cuModuleGetFunction(&k.lstm_bwd, module, "lstm_bwd")) ||
+             (status = a.cuModuleGetFunction(&k.gru_fwd, module, "gru_fwd")) ||
+             (status = a.cuModuleGetFunction(&k.gru_bwd, module, "gru_bwd")))
       k.error = cuda_error(a, status, "cuModuleGetFunction");
   });
   return k;
@@ -204,7 +206,7 @@ ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float
   float *p_hs = hs->typed_data(), *p_c = c_out->typed_data(), *p_g = data_or_null(gates), *p_cs = data_or_null(cs);
   unsigned int* counter = barrier->typed_data();
   void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &p_g, &p_cs, &counter, &T, &B, &H, &U, &R, &forget_bias};
-  return launch(k, k.fwd, stream, n_cta, shared, barrier, args);
+  return launch(k, k.lstm_fwd, stream, n_cta, shared, barrier, args);
 }
 
 // dh_out [T, nCTA, U, B], dc_T [nCTA, U, B], gates, cs, c0 and wh as above -> dz
@@ -226,7 +228,49 @@ ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data(), *p_dc0 = dc0->typed_data();
   unsigned int* counter = barrier->typed_data();
   void* args[] = {&p_dh, &p_dc, &p_g, &p_cs, &p_c0, &p_wh, &p_dz, &p_dh0, &p_dc0, &counter, &T, &B, &H, &U, &R};
-  return launch(k, k.bwd, stream, n_cta, shared, barrier, args);
+  return launch(k, k.lstm_bwd, stream, n_cta, shared, barrier, args);
+}
+
+
+// zx [T, nCTA, 3, U, B], wg [H, nCTA, 2, U], wc [H, nCTA, U], h0 [nCTA, U, B] -> hs and rh
+// [T, nCTA, U, B], saved [T, nCTA, 3, U, B] (empty: not saved), barrier [1] (scratch).
+ffi::Error GruFwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> zx,
+                  ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::Buffer<ffi::F32> h0,
+                  ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> rh, ffi::ResultBuffer<ffi::F32> saved,
+                  ffi::ResultBuffer<ffi::U32> barrier) {
+  const auto d = zx.dimensions();
+  if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 3, U, B]");
+  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 3 * H * U + U * B, H + 1);
+  const Kernel& k = kernel(source, stream);
+  if (!k.error.empty()) return ffi::Error::Internal(k.error);
+  const int shared = static_cast<int>(sizeof(float) * (3 * H * U + R * (H + 1) + U * B));
+  const float *p_zx = zx.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data(), *p_h0 = h0.typed_data();
+  float *p_hs = hs->typed_data(), *p_rh = rh->typed_data(), *p_s = data_or_null(saved);
+  unsigned int* counter = barrier->typed_data();
+  void* args[] = {&p_zx, &p_wg, &p_wc, &p_h0, &p_hs, &p_rh, &p_s, &counter, &T, &B, &H, &U, &R};
+  return launch(k, k.gru_fwd, stream, n_cta, shared, barrier, args);
+}
+
+// dh_out [T, nCTA, U, B], saved [T, nCTA, 3, U, B], hs [T, nCTA, U, B], h0, wg and wc as
+// above -> dz [T, nCTA, 3, U, B], dh0 [nCTA, U, B], barrier [1] (scratch).
+ffi::Error GruBwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
+                  ffi::Buffer<ffi::F32> saved, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h0,
+                  ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::ResultBuffer<ffi::F32> dz,
+                  ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::U32> barrier) {
+  const auto d = saved.dimensions();
+  if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("saved must be [T, nCTA, 3, U, B]");
+  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 3 * U * H + 3 * U * B, 2 * H + 1);
+  const Kernel& k = kernel(source, stream);
+  if (!k.error.empty()) return ffi::Error::Internal(k.error);
+  const int shared = static_cast<int>(sizeof(float) * (3 * U * H + R * (2 * H + 1) + 3 * U * B));
+  const float *p_dh = dh_out.typed_data(), *p_s = saved.typed_data(), *p_hs = hs.typed_data();
+  const float *p_h0 = h0.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data();
+  float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data();
+  unsigned int* counter = barrier->typed_data();
+  void* args[] = {&p_dh, &p_s, &p_hs, &p_h0, &p_wg, &p_wc, &p_dz, &p_dh0, &counter, &T, &B, &H, &U, &R};
+  return launch(k, k.gru_bwd, stream, n_cta, shared, barrier, args);
 }
 
 }  // namespace
@@ -259,6 +303,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmBwd, LstmBwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeGruFwd, GruFwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Attr<std::string_view>("source")
+                                  .Attr<int64_t>("rows")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeGruBwd, GruBwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Attr<std::string_view>("source")
+                                  .Attr<int64_t>("rows")
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>());

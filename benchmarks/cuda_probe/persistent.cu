@@ -1,7 +1,7 @@
-// Persistent LSTM kernels: one launch runs a TF1 LSTMCell layer's forward pass over every time
-// step, another its backward pass, the time loop inside the kernel (a probe for the speed
-// issue's GPU rows; benchmarks/cuda_probe.py builds, checks and times them). Compiled at run
-// time by NVRTC, so this file holds device code only.
+// Persistent RNN kernels: one launch runs a TF1 LSTMCell or GRUCell layer's forward pass over
+// every time step, another its backward pass, the time loop inside the kernel (a probe for the
+// speed issue's GPU rows; benchmarks/cuda_probe.py builds, checks and times them). Compiled at
+// run time by NVRTC, so this file holds device code only.
 //
 // The idea it tests: per-step kernels pay a launch floor of ~20 us per step inside XLA's loop
 // (benchmarks/RESULTS.md, "GPU, fourth run"), far more than a step's work. Here every CTA owns U
@@ -201,4 +201,196 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
     dh0[(size_t)k * U * B + e] = dh_s[e];
     dc0[(size_t)k * U * B + e] = dc_s[e];
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TF1's GRUCell (reset before the candidate's product): r, u = sigmoid(x W_xg + b_g + h W_g)
+// (columns [0, H) and [H, 2H)), c = tanh(x W_xc + b_c + (r h) W_c), h' = u h + (1 - u) c. The
+// candidate's product needs every unit's r h, so each step has two phases and two barriers.
+//   zx     [T, nCTA, 3, U, B]  x W_x + b: r, u, candidate
+//   wg     [H, nCTA, 2, U]     W_g's columns (r, u) CTA-major; wc [H, nCTA, U] W_c's
+//   h0     [nCTA, U, B]; hs [T, nCTA, U, B] every step's h
+//   rh     [T, nCTA, U, B]     every step's r h (exchanged between CTAs; the backward pass
+//                              reads it for W_c's gradient)
+//   saved  [T, nCTA, 3, U, B]  training only (else null): r, u, c
+// Shared memory: W_g's slice [H][U] of (r, u), W_c's [H][U], R staged rows [R][H + 1], and u and
+// the candidate's input sums are kept per (unit, row) [2][U][B].
+extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restrict__ zx,
+                                                          const float* __restrict__ wg,
+                                                          const float* __restrict__ wc,
+                                                          const float* __restrict__ h0, float* hs, float* rh,
+                                                          float* __restrict__ saved, unsigned int* barrier,
+                                                          int T, int B, int H, int U, int R) {
+  extern __shared__ float4 smem4[];
+  const int n_cta = gridDim.x, k = blockIdx.x, hp = H + 1;
+  float2* wg_s = reinterpret_cast<float2*>(smem4);  // [H][U] of (r, u)
+  float* wc_s = reinterpret_cast<float*>(wg_s + H * U);  // [H][U]
+  float* h_s = wc_s + H * U;                        // [R][H + 1]
+  float* u_s = h_s + R * hp;                        // [U][B]: this step's u
+
+  for (int e = threadIdx.x; e < H * U; e += blockDim.x) {
+    const int q = e / U, u = e % U;
+    const float* g = wg + ((size_t)q * n_cta + k) * 2 * U + u;
+    wg_s[e] = make_float2(g[0], g[U]);
+    wc_s[e] = wc[((size_t)q * n_cta + k) * U + u];
+  }
+  __syncthreads();
+
+  for (int t = 0; t < T; ++t) {
+    const float* h_prev = t == 0 ? h0 : hs + (size_t)(t - 1) * B * H;  // [nCTA][U][B]
+    const float* z_t = zx + ((size_t)t * n_cta + k) * 3 * U * B;       // this CTA's [3][U][B]
+    const size_t mine = (size_t)k * U * B;
+    float* rh_t = rh + (size_t)t * B * H;
+    float* s_t = saved ? saved + ((size_t)t * n_cta + k) * 3 * U * B : nullptr;
+    // Phase 1: r and u; r h to every CTA.
+    for (int r0 = 0; r0 < B; r0 += R) {
+      const int rows = min(R, B - r0);
+      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
+        const int col = e / rows, b = e % rows;
+        h_s[b * hp + col] = __ldcg(h_prev + (size_t)col * B + r0 + b);
+      }
+      __syncthreads();
+      for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
+        const int u = p / rows, b = p % rows;
+        const float* hrow = h_s + b * hp;
+        const float2* w = wg_s + u;
+        float ar = 0.f, au = 0.f;
+#pragma unroll 8
+        for (int q = 0; q < H; ++q) {
+          const float hv = hrow[q];
+          const float2 wq = w[q * U];
+          ar = fmaf(hv, wq.x, ar);
+          au = fmaf(hv, wq.y, au);
+        }
+        const size_t at = (size_t)u * B + r0 + b;
+        const float r = sigmoid_f(ar + z_t[at]), ug = sigmoid_f(au + z_t[(size_t)U * B + at]);
+        u_s[at] = ug;
+        rh_t[mine + at] = r * hrow[k * U + u];
+        if (s_t) {
+          s_t[at] = r;
+          s_t[(size_t)U * B + at] = ug;
+        }
+      }
+      __syncthreads();
+    }
+    grid_barrier(barrier, (unsigned int)(2 * t + 1));
+    // Phase 2: the candidate from every unit's r h, then h'.
+    float* h_next = hs + (size_t)t * B * H;
+    for (int r0 = 0; r0 < B; r0 += R) {
+      const int rows = min(R, B - r0);
+      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
+        const int col = e / rows, b = e % rows;
+        h_s[b * hp + col] = __ldcg(rh_t + (size_t)col * B + r0 + b);  // L2: other CTAs wrote it
+      }
+      __syncthreads();
+      for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
+        const int u = p / rows, b = p % rows;
+        const float* rrow = h_s + b * hp;
+        const float* w = wc_s + u;
+        float ac = 0.f;
+#pragma unroll 8
+        for (int q = 0; q < H; ++q) ac = fmaf(rrow[q], w[q * U], ac);
+        const size_t at = (size_t)u * B + r0 + b;
+        const float c = tanhf(ac + z_t[(size_t)2 * U * B + at]), ug = u_s[at];
+        const float h_old = __ldcg(h_prev + mine + at);
+        h_next[mine + at] = ug * h_old + (1.f - ug) * c;
+        if (s_t) s_t[(size_t)2 * U * B + at] = c;
+      }
+      __syncthreads();
+    }
+    grid_barrier(barrier, (unsigned int)(2 * t + 2));
+  }
+}
+
+// The GRU's backward pass, two phases a step as forward:
+//   1. dcz = dh (1 - u)(1 - c^2) (the candidate's pre-activation gradient) to every CTA;
+//   2. after a barrier, d(r h) = dcz W_c^T for this CTA's units, then the gates' gradients
+//      dgz = (d(r h) h r (1 - r), dh (h - c) u (1 - u)) to every CTA;
+//   3. after a barrier, dh_{t-1} = dh u + d(r h) r + dgz W_g^T for this CTA's units.
+//   dh_out [T, nCTA, U, B]; saved [T, nCTA, 3, U, B] (r, u, c); hs and h0 as forward; wg, wc
+//   as forward -> dz [T, nCTA, 3, U, B] (x W_x + b's gradient: dgz_r, dgz_u, dcz), dh0.
+// Shared memory: W_g's rows for this CTA's units [U][2H] and W_c's [U][H] (columns CTA-major),
+// R staged rows [R][2H + 1], and per (unit, row) the carried dh, this step's dh and d(r h).
+extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restrict__ dh_out,
+                                                          const float* __restrict__ saved,
+                                                          const float* __restrict__ hs,
+                                                          const float* __restrict__ h0,
+                                                          const float* __restrict__ wg,
+                                                          const float* __restrict__ wc, float* dz,
+                                                          float* __restrict__ dh0, unsigned int* barrier,
+                                                          int T, int B, int H, int U, int R) {
+  extern __shared__ float4 smem4[];
+  const int n_cta = gridDim.x, k = blockIdx.x, G2 = 2 * H, zp = 2 * H + 1;
+  float* wg_s = reinterpret_cast<float*>(smem4);  // [U][2H]
+  float* wc_s = wg_s + U * G2;                    // [U][H]
+  float* z_s = wc_s + U * H;                      // [R][2H + 1]
+  float* carry_s = z_s + R * zp;                  // [U][B]: dh_{t} from step t+1
+  float* dh_s = carry_s + U * B;                  // [U][B]: this step's whole dh
+  float* drh_s = dh_s + U * B;                    // [U][B]: this step's d(r h)
+
+  for (int e = threadIdx.x; e < U * G2; e += blockDim.x) wg_s[e] = wg[(size_t)k * U * G2 + e];
+  for (int e = threadIdx.x; e < U * H; e += blockDim.x) wc_s[e] = wc[(size_t)k * U * H + e];
+  for (int e = threadIdx.x; e < U * B; e += blockDim.x) carry_s[e] = 0.f;
+  __syncthreads();
+
+  const size_t mine = (size_t)k * U * B;
+  for (int t = T - 1; t >= 0; --t) {
+    const float* s_t = saved + ((size_t)t * n_cta + k) * 3 * U * B;
+    const float* h_prev = t == 0 ? h0 : hs + (size_t)(t - 1) * B * H;
+    float* dz_t = dz + (size_t)t * 3 * H * B;  // all CTAs' [nCTA][3][U][B]
+    float* mine_dz = dz_t + (size_t)k * 3 * U * B;
+    for (int p = threadIdx.x; p < U * B; p += blockDim.x) {
+      const float ug = s_t[(size_t)U * B + p], c = s_t[(size_t)2 * U * B + p];
+      const float dh = dh_out[(size_t)t * B * H + mine + p] + carry_s[p];
+      dh_s[p] = dh;
+      mine_dz[(size_t)2 * U * B + p] = dh * (1.f - ug) * (1.f - c * c);
+    }
+    grid_barrier(barrier, (unsigned int)(2 * (T - t) - 1));
+    // d(r h) for this CTA's units from every CTA's dcz (dz_t's third block in each CTA's part).
+    for (int r0 = 0; r0 < B; r0 += R) {
+      const int rows = min(R, B - r0);
+      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
+        const int col = e / rows, b = e % rows, j = col / U, u = col % U;  // unit j*U + u
+        z_s[b * zp + col] = __ldcg(dz_t + ((size_t)j * 3 + 2) * U * B + (size_t)u * B + r0 + b);
+      }
+      __syncthreads();
+      for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
+        const int u = p / rows, b = p % rows;
+        const float* zrow = z_s + b * zp;
+        const float* w = wc_s + u * H;
+        float acc = 0.f;
+#pragma unroll 8
+        for (int q = 0; q < H; ++q) acc = fmaf(zrow[q], w[q], acc);
+        const size_t at = (size_t)u * B + r0 + b;
+        drh_s[at] = acc;
+        const float r = s_t[at], ug = s_t[(size_t)U * B + at], c = s_t[(size_t)2 * U * B + at];
+        const float h = __ldcg(h_prev + mine + at), dh = dh_s[at];
+        mine_dz[at] = acc * h * r * (1.f - r);
+        mine_dz[(size_t)U * B + at] = dh * (h - c) * ug * (1.f - ug);
+      }
+      __syncthreads();
+    }
+    grid_barrier(barrier, (unsigned int)(2 * (T - t)));
+    // dh_{t-1} for this CTA's units: dh u + d(r h) r + dgz W_g^T.
+    for (int r0 = 0; r0 < B; r0 += R) {
+      const int rows = min(R, B - r0);
+      for (int e = threadIdx.x; e < G2 * rows; e += blockDim.x) {
+        const int col = e / rows, b = e % rows, j = col / (2 * U), gu = col % (2 * U);  // (cta, gate, unit)
+        z_s[b * zp + col] = __ldcg(dz_t + (size_t)j * 3 * U * B + (size_t)gu * B + r0 + b);
+      }
+      __syncthreads();
+      for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
+        const int u = p / rows, b = p % rows;
+        const float* zrow = z_s + b * zp;
+        const float* w = wg_s + u * G2;
+        float acc = 0.f;
+#pragma unroll 8
+        for (int q = 0; q < G2; ++q) acc = fmaf(zrow[q], w[q], acc);
+        const size_t at = (size_t)u * B + r0 + b;
+        carry_s[at] = dh_s[at] * s_t[(size_t)U * B + at] + drh_s[at] * s_t[at] + acc;
+      }
+      __syncthreads();
+    }
+  }
+  for (int e = threadIdx.x; e < U * B; e += blockDim.x) dh0[mine + e] = carry_s[e];
 }

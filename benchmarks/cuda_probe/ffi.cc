@@ -75,19 +75,30 @@ std::string open_api(Api& a) {
   for (const char* name : {path, "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"})
     if (name && (nvrtc = dlopen(name, RTLD_NOW | RTLD_GLOBAL))) break;
   if (!nvrtc) return "cannot open NVRTC: set RNNKIT_NVRTC to libnvrtc.so's path";
-  bool ok = bind(cuda, "cuStreamGetCtx", a.cuStreamGetCtx) && bind(cuda, "cuCtxSetCurrent", a.cuCtxSetCurrent) &&
-            bind(cuda, "cuCtxGetDevice", a.cuCtxGetDevice) && bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute) &&
-            bind(cuda, "cuModuleLoadData", a.cuModuleLoadData) &&
-            bind(cuda, "cuModuleGetFunction", a.cuModuleGetFunction) &&
-            bind(cuda, "cuFuncSetAttribute", a.cuFuncSetAttribute) &&
-            bind(cuda, "cuLaunchCooperativeKernel", a.cuLaunchCooperativeKernel) &&
-            bind(cuda, "cuMemsetD32Async", a.cuMemsetD32Async) && bind(cuda, "cuGetErrorString", a.cuGetErrorString) &&
-            bind(nvrtc, "nvrtcCreateProgram", a.nvrtcCreateProgram) &&
-            bind(nvrtc, "nvrtcCompileProgram", a.nvrtcCompileProgram) &&
-            bind(nvrtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize) &&
-            bind(nvrtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog) && bind(nvrtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize) &&
-            bind(nvrtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN) && bind(nvrtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
-  return ok ? "" : "a CUDA driver or NVRTC function is missing";
+  std::string missing;
+  auto need = [&](void* lib, const char* name, auto*& fn) {
+    if (missing.empty() && !bind(lib, name, fn)) missing = name;
+  };
+#define RNNKIT_NEED(lib, fn) need(lib, #fn, a.fn)
+  RNNKIT_NEED(cuda, cuStreamGetCtx);
+  RNNKIT_NEED(cuda, cuCtxSetCurrent);
+  RNNKIT_NEED(cuda, cuCtxGetDevice);
+  RNNKIT_NEED(cuda, cuDeviceGetAttribute);
+  RNNKIT_NEED(cuda, cuModuleLoadData);
+  RNNKIT_NEED(cuda, cuModuleGetFunction);
+  RNNKIT_NEED(cuda, cuFuncSetAttribute);
+  RNNKIT_NEED(cuda, cuLaunchCooperativeKernel);
+  RNNKIT_NEED(cuda, cuMemsetD32Async);
+  RNNKIT_NEED(cuda, cuGetErrorString);
+  RNNKIT_NEED(nvrtc, nvrtcCreateProgram);
+  RNNKIT_NEED(nvrtc, nvrtcCompileProgram);
+  RNNKIT_NEED(nvrtc, nvrtcGetProgramLogSize);
+  RNNKIT_NEED(nvrtc, nvrtcGetProgramLog);
+  RNNKIT_NEED(nvrtc, nvrtcGetCUBINSize);
+  RNNKIT_NEED(nvrtc, nvrtcGetCUBIN);
+  RNNKIT_NEED(nvrtc, nvrtcDestroyProgram);
+#undef RNNKIT_NEED
+  return missing.empty() ? "" : missing + " is missing from the CUDA driver or NVRTC";
 }
 
 std::string cuda_error(const Api& a, CUresult rc, const char* what) {

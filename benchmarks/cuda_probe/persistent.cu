@@ -48,6 +48,19 @@ static __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsig
   __syncthreads();
 }
 
+// Rows r0 .. r0+rows-1 of a [cols][B] buffer (other CTAs' writes: read through L2) staged in
+// shared memory as [rows][pitch]; `at(col)` is where column col starts in the buffer.
+// Consecutive threads read consecutive rows. Ends with the CTA's barrier.
+template <class At>
+static __device__ __forceinline__ void stage_rows(float* dst, int pitch, const float* src, int cols, int r0,
+                                                  int rows, At at) {
+  for (int e = threadIdx.x; e < cols * rows; e += blockDim.x) {
+    const int col = e / rows, b = e % rows;
+    dst[b * pitch + col] = __ldcg(src + at(col) + r0 + b);
+  }
+  __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restrict__ zx,
                                                            const float* __restrict__ wh,
                                                            const float* __restrict__ h0,
@@ -75,13 +88,8 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
     const float* z_t = zx + ((size_t)t * n_cta + k) * 4 * U * B;       // this CTA's [4][U][B]
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      // Stage rows r0 .. r0+rows-1 of h_{t-1}: element (cta j, unit u, row b) of the CTA-major
-      // buffer is column j*U + u; consecutive threads read consecutive rows.
-      for (int e = threadIdx.x; e < n_cta * U * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows;
-        h_s[b * hp + col] = __ldcg(h_prev + (size_t)col * B + r0 + b);  // L2: other CTAs wrote it
-      }
-      __syncthreads();
+      // Rows r0 .. r0+rows-1 of h_{t-1}: the CTA-major buffer's (cta j, unit u) is column j*U + u.
+      stage_rows(h_s, hp, h_prev, H, r0, rows, [=](int col) { return (size_t)col * B; });
       // One thread per (unit, row): the unit's four gate sums over H, then its cell update.
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
@@ -180,11 +188,7 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
     // W_h's rows, R batch rows at a time.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      for (int e = threadIdx.x; e < G * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows;
-        z_s[b * gp + col] = __ldcg(dz_t + (size_t)col * B + r0 + b);  // L2: other CTAs wrote it
-      }
-      __syncthreads();
+      stage_rows(z_s, gp, dz_t, G, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
         const float* zrow = z_s + b * gp;
@@ -245,11 +249,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
     // Phase 1: r and u; r h to every CTA.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows;
-        h_s[b * hp + col] = __ldcg(h_prev + (size_t)col * B + r0 + b);
-      }
-      __syncthreads();
+      stage_rows(h_s, hp, h_prev, H, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
         const float* hrow = h_s + b * hp;
@@ -278,11 +278,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
     float* h_next = hs + (size_t)t * B * H;
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows;
-        h_s[b * hp + col] = __ldcg(rh_t + (size_t)col * B + r0 + b);  // L2: other CTAs wrote it
-      }
-      __syncthreads();
+      stage_rows(h_s, hp, rh_t, H, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
         const float* rrow = h_s + b * hp;
@@ -349,11 +345,9 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
     // d(r h) for this CTA's units from every CTA's dcz (dz_t's third block in each CTA's part).
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      for (int e = threadIdx.x; e < H * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows, j = col / U, u = col % U;  // unit j*U + u
-        z_s[b * zp + col] = __ldcg(dz_t + ((size_t)j * 3 + 2) * U * B + (size_t)u * B + r0 + b);
-      }
-      __syncthreads();
+      stage_rows(z_s, zp, dz_t, H, r0, rows, [=](int col) {  // unit col = j*U + u: CTA j's third block
+        return ((size_t)(col / U) * 3 + 2) * U * B + (size_t)(col % U) * B;
+      });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
         const float* zrow = z_s + b * zp;
@@ -374,11 +368,9 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
     // dh_{t-1} for this CTA's units: dh u + d(r h) r + dgz W_g^T.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      for (int e = threadIdx.x; e < G2 * rows; e += blockDim.x) {
-        const int col = e / rows, b = e % rows, j = col / (2 * U), gu = col % (2 * U);  // (cta, gate, unit)
-        z_s[b * zp + col] = __ldcg(dz_t + (size_t)j * 3 * U * B + (size_t)gu * B + r0 + b);
-      }
-      __syncthreads();
+      stage_rows(z_s, zp, dz_t, G2, r0, rows, [=](int col) {  // col = (CTA j, gate, unit): CTA j's first two blocks
+        return (size_t)(col / (2 * U)) * 3 * U * B + (size_t)(col % (2 * U)) * B;
+      });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
         const float* zrow = z_s + b * zp;

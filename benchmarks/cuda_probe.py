@@ -96,7 +96,7 @@ def emulate_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, 
     gates = np.zeros(steps * 4 * n * batch if save else 0, np.float32)
     cs = np.zeros(steps * n * batch if save else 0, np.float32)
     c_out = np.zeros(ctas * units * batch, np.float32)
-    hp = n + 1
+    pitch = (rows + 3) // 4 * 4  # staged rows by column: element (col, b) at col * pitch + b
     c_s = [c0[k * units * batch : (k + 1) * units * batch].copy() for k in range(ctas)]
     w_s = []
     for k in range(ctas):  # [H][U] of (i, j, f, o)
@@ -111,13 +111,13 @@ def emulate_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, 
             z_t = zx[(t * ctas + k) * 4 * units * batch :]
             for r0 in range(0, batch, rows):
                 count = min(rows, batch - r0)
-                h_s = np.zeros(rows * hp, np.float32)
-                e = np.arange(ctas * units * count)
+                h_s = np.zeros(n * pitch, np.float32)
+                e = np.arange(n * count)
                 col, b = e // count, e % count
-                h_s[b * hp + col] = h_prev[col * batch + r0 + b]
+                h_s[col * pitch + b] = h_prev[col * batch + r0 + b]
                 p = np.arange(units * count)
                 u, b = p // count, p % count
-                hrow = h_s.reshape(rows, hp)[b, :n]  # [pairs, H]
+                hrow = h_s[np.arange(n)[None, :] * pitch + b[:, None]]  # [pairs, H]: hcol[q * pitch]
                 acc = np.einsum("pq,pqg->pg", hrow, w_s[k].reshape(n, units, 4)[:, u, :].transpose(1, 0, 2))
                 at = u * batch + r0 + b
                 ai, aj, af, ao = (acc[:, g] + z_t[g * units * batch + at] for g in range(4))
@@ -145,7 +145,7 @@ def emulate_bwd(
     steps, ctas, _, units, batch = gates.shape
     n = ctas * units
     width, ub = 4 * n, units * batch
-    gp = width + 1
+    pitch = (rows + 3) // 4 * 4
     dh_out, dc_T, gates, cs, c0, wh = (np.asarray(a, np.float32).reshape(-1) for a in (dh_out, dc_T, gates, cs, c0, wh))
     dz = np.zeros(steps * width * batch, np.float32)
     w_s = [wh[k * units * width : (k + 1) * units * width].reshape(units, width) for k in range(ctas)]
@@ -171,13 +171,13 @@ def emulate_bwd(
         for k in range(ctas):  # after the barrier: dh_{t-1} for each CTA's units
             for r0 in range(0, batch, rows):
                 count = min(rows, batch - r0)
-                z_s = np.zeros(rows * gp, np.float32)
+                z_s = np.zeros(width * pitch, np.float32)
                 e = np.arange(width * count)
                 col, b = e // count, e % count
-                z_s[b * gp + col] = dz[t * width * batch + col * batch + r0 + b]
+                z_s[col * pitch + b] = dz[t * width * batch + col * batch + r0 + b]
                 q = np.arange(units * count)
                 u, b = q // count, q % count
-                acc = np.einsum("pq,pq->p", z_s.reshape(rows, gp)[b, :width], w_s[k][u])
+                acc = np.einsum("pq,pq->p", z_s[np.arange(width)[None, :] * pitch + b[:, None]], w_s[k][u])
                 dh_s[k][u * batch + r0 + b] = acc
     state = (ctas, units, batch)
     return (
@@ -190,7 +190,7 @@ def emulate_bwd(
 def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarray, rows: int, save: bool) -> tuple:
     """gru_fwd's loops, as emulate_fwd: hs, rh, and (save) r, u, c, else an empty array."""
     steps, ctas, _, units, batch = zx.shape
-    n, ub, hp = ctas * units, units * batch, ctas * units + 1
+    n, ub, pitch = ctas * units, units * batch, (rows + 3) // 4 * 4
     zx, wg, wc, h0 = (np.asarray(a, np.float32).reshape(-1) for a in (zx, wg, wc, h0))
     hs, rh = np.zeros(steps * batch * n, np.float32), np.zeros(steps * batch * n, np.float32)
     saved = np.zeros(steps * 3 * n * batch if save else 0, np.float32)
@@ -204,11 +204,11 @@ def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarr
     u_s = [np.zeros(ub, np.float32) for _ in range(ctas)]
 
     def staged(src: np.ndarray, r0: int, count: int) -> np.ndarray:
-        h_s = np.zeros(rows * hp, np.float32)
+        h_s = np.zeros(n * pitch, np.float32)
         e = np.arange(n * count)
         col, b = e // count, e % count
-        h_s[b * hp + col] = src[col * batch + r0 + b]
-        return h_s.reshape(rows, hp)
+        h_s[col * pitch + b] = src[col * batch + r0 + b]
+        return h_s
 
     for t in range(steps):
         h_prev = h0 if t == 0 else hs[(t - 1) * batch * n : t * batch * n]
@@ -220,11 +220,12 @@ def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarr
                 h_s = staged(h_prev, r0, count)
                 p = np.arange(units * count)
                 u, b = p // count, p % count
-                acc = np.einsum("pq,pqg->pg", h_s[b, :n], wg_s[k].reshape(n, units, 2)[:, u, :].transpose(1, 0, 2))
+                hrow = h_s[np.arange(n)[None, :] * pitch + b[:, None]]
+                acc = np.einsum("pq,pqg->pg", hrow, wg_s[k].reshape(n, units, 2)[:, u, :].transpose(1, 0, 2))
                 at = u * batch + r0 + b
                 r, ug = _sigmoid(acc[:, 0] + z_t[at]), _sigmoid(acc[:, 1] + z_t[ub + at])
                 u_s[k][at] = ug
-                rh_t[mine + at] = r * h_s[b, k * units + u]
+                rh_t[mine + at] = r * h_s[(k * units + u) * pitch + b]
                 if save:
                     s_t = (t * ctas + k) * 3 * ub
                     saved[s_t + at], saved[s_t + ub + at] = r, ug
@@ -236,7 +237,8 @@ def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarr
                 r_s = staged(rh_t, r0, count)
                 p = np.arange(units * count)
                 u, b = p // count, p % count
-                acc = np.einsum("pq,pq->p", r_s[b, :n], wc_s[k].reshape(n, units)[:, u].T)
+                rrow = r_s[np.arange(n)[None, :] * pitch + b[:, None]]
+                acc = np.einsum("pq,pq->p", rrow, wc_s[k].reshape(n, units)[:, u].T)
                 at = u * batch + r0 + b
                 c = np.tanh(acc + z_t[2 * ub + at])
                 ug = u_s[k][at]
@@ -254,7 +256,7 @@ def emulate_gru_bwd(
     """gru_bwd's loops, as emulate_fwd: dz, dh0."""
     steps, ctas, _, units, batch = saved.shape
     n, ub = ctas * units, units * batch
-    zp = 2 * n + 1
+    pitch = (rows + 3) // 4 * 4
     dh_out, saved, hs, h0, wg, wc = (np.asarray(a, np.float32).reshape(-1) for a in (dh_out, saved, hs, h0, wg, wc))
     dz = np.zeros(steps * 3 * n * batch, np.float32)
     wg_s = [wg[k * units * 2 * n : (k + 1) * units * 2 * n].reshape(units, 2 * n) for k in range(ctas)]
@@ -276,14 +278,14 @@ def emulate_gru_bwd(
             s_t, mine = (t * ctas + k) * 3 * ub, k * ub
             for r0 in range(0, batch, rows):
                 count = min(rows, batch - r0)
-                z_s = np.zeros(rows * zp, np.float32)
+                z_s = np.zeros(2 * n * pitch, np.float32)
                 e = np.arange(n * count)
                 col, b = e // count, e % count
                 j, u = col // units, col % units
-                z_s[b * zp + col] = dz[dz_t + (j * 3 + 2) * ub + u * batch + r0 + b]
+                z_s[col * pitch + b] = dz[dz_t + (j * 3 + 2) * ub + u * batch + r0 + b]
                 q = np.arange(units * count)
                 u, b = q // count, q % count
-                acc = np.einsum("pq,pq->p", z_s.reshape(rows, zp)[b, :n], wc_s[k][u])
+                acc = np.einsum("pq,pq->p", z_s[np.arange(n)[None, :] * pitch + b[:, None]], wc_s[k][u])
                 at = u * batch + r0 + b
                 drh_s[k][at] = acc
                 r, ug, c = saved[s_t + at], saved[s_t + ub + at], saved[s_t + 2 * ub + at]
@@ -294,14 +296,14 @@ def emulate_gru_bwd(
             s_t = (t * ctas + k) * 3 * ub
             for r0 in range(0, batch, rows):
                 count = min(rows, batch - r0)
-                z_s = np.zeros(rows * zp, np.float32)
+                z_s = np.zeros(2 * n * pitch, np.float32)
                 e = np.arange(2 * n * count)
                 col, b = e // count, e % count
                 j, gu = col // (2 * units), col % (2 * units)
-                z_s[b * zp + col] = dz[dz_t + j * 3 * ub + gu * batch + r0 + b]
+                z_s[col * pitch + b] = dz[dz_t + j * 3 * ub + gu * batch + r0 + b]
                 q = np.arange(units * count)
                 u, b = q // count, q % count
-                acc = np.einsum("pq,pq->p", z_s.reshape(rows, zp)[b, : 2 * n], wg_s[k][u])
+                acc = np.einsum("pq,pq->p", z_s[np.arange(2 * n)[None, :] * pitch + b[:, None]], wg_s[k][u])
                 at = u * batch + r0 + b
                 carry[k][at] = dh_s[k][at] * saved[s_t + ub + at] + drh_s[k][at] * saved[s_t + at] + acc
     return dz.reshape(steps, ctas, 3, units, batch), np.concatenate(carry).reshape(ctas, units, batch)

@@ -173,12 +173,17 @@ const Kernel& kernel(std::string_view source, CUstream stream) {
   return k;
 }
 
-// Rows staged at a time: at most `rows`, as many as fit in the shared memory left (200 KiB per
-// CTA, under the 227 KiB Hopper allows) beside `fixed` floats, each row `row` floats; whole
-// warps of rows where there are 32 or more.
-int staged_rows(int64_t rows, int B, int fixed, int row) {
-  int r = static_cast<int>(std::min<int64_t>({rows, B, (200 * 1024 / 4 - fixed) / row}));
+// Floats rounded up to whole 16-byte units (persistent.cu's quads()).
+int quads(int floats) { return (floats + 3) & ~3; }
+
+// Rows staged at a time: at most `rows` and B, as many as fit in the shared memory left (200 KiB
+// per CTA, under the 227 KiB Hopper allows) beside `fixed` floats, `cols` floats a row (a row
+// pitch of a multiple of 4); whole warps of rows where there are 32 or more.
+int staged_rows(int64_t rows, int B, int fixed, int cols) {
+  constexpr int kBudget = 200 * 1024 / 4;
+  int r = static_cast<int>(std::min<int64_t>({rows, B, (kBudget - fixed) / cols}));
   if (r >= 32) r -= r % 32;
+  while (r > 1 && fixed + cols * quads(r) > kBudget) --r;
   return std::max(r, 1);
 }
 
@@ -209,10 +214,10 @@ ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float
   const auto d = zx.dimensions();
   if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 4 * H * U + U * B, H + 1);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 4 * H * U + U * B, H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (4 * H * U + R * (H + 1) + U * B));
+  const int shared = static_cast<int>(sizeof(float) * (4 * H * U + H * quads(R) + U * B));
   const float *p_zx = zx.typed_data(), *p_wh = wh.typed_data(), *p_h0 = h0.typed_data(), *p_c0 = c0.typed_data();
   float *p_hs = hs->typed_data(), *p_c = c_out->typed_data(), *p_g = data_or_null(gates), *p_cs = data_or_null(cs);
   unsigned int* counter = barrier->typed_data();
@@ -230,10 +235,10 @@ ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::
   const auto d = gates.dimensions();
   if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, U * 4 * H + 2 * U * B, 4 * H + 1);
+  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, quads(U * 4 * H) + 2 * U * B, 4 * H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (U * 4 * H + R * (4 * H + 1) + 2 * U * B));
+  const int shared = static_cast<int>(sizeof(float) * (quads(U * 4 * H) + 4 * H * quads(R) + 2 * U * B));
   const float *p_dh = dh_out.typed_data(), *p_dc = dc_T.typed_data(), *p_g = gates.typed_data();
   const float *p_cs = cs.typed_data(), *p_c0 = c0.typed_data(), *p_wh = wh.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data(), *p_dc0 = dc0->typed_data();
@@ -252,10 +257,12 @@ ffi::Error GruFwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
   const auto d = zx.dimensions();
   if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 3, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 3 * H * U + U * B, H + 1);
+  int B = static_cast<int>(d[4]), H = n_cta * U;
+  int R = staged_rows(rows, B, quads(2 * H * U) + quads(H * U) + U * B, H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (3 * H * U + R * (H + 1) + U * B));
+  const int shared =
+      static_cast<int>(sizeof(float) * (quads(2 * H * U) + quads(H * U) + H * quads(R) + U * B));
   const float *p_zx = zx.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data(), *p_h0 = h0.typed_data();
   float *p_hs = hs->typed_data(), *p_rh = rh->typed_data(), *p_s = data_or_null(saved);
   unsigned int* counter = barrier->typed_data();
@@ -272,10 +279,12 @@ ffi::Error GruBwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
   const auto d = saved.dimensions();
   if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("saved must be [T, nCTA, 3, U, B]");
   int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 3 * U * H + 3 * U * B, 2 * H + 1);
+  int B = static_cast<int>(d[4]), H = n_cta * U;
+  int R = staged_rows(rows, B, quads(2 * U * H) + quads(U * H) + 3 * U * B, 2 * H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (3 * U * H + R * (2 * H + 1) + 3 * U * B));
+  const int shared =
+      static_cast<int>(sizeof(float) * (quads(2 * U * H) + quads(U * H) + 2 * H * quads(R) + 3 * U * B));
   const float *p_dh = dh_out.typed_data(), *p_s = saved.typed_data(), *p_hs = hs.typed_data();
   const float *p_h0 = h0.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data();

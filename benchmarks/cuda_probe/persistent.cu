@@ -27,8 +27,8 @@
 //   cs     [T, nCTA, U, B]     training only: every step's cell state
 //   barrier                    one unsigned int, zero at launch
 // Shared memory (dynamic): wh's slice [H][U][4] (a unit's four gates one 16-byte load), R rows
-// of h_{t-1} [R][H + 1] (padded: lanes reading one column from different rows hit different
-// banks), and c [U][B].
+// of h_{t-1} by column [H][pitch] (pitch: R rounded up to a multiple of 4; see stage_rows), and
+// c [U][B].
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -48,15 +48,38 @@ static __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsig
   __syncthreads();
 }
 
+// Floats rounded up to whole 16-byte units, so the shared-memory regions after them stay aligned.
+static __device__ __forceinline__ int quads(int floats) { return (floats + 3) & ~3; }
+
 // Rows r0 .. r0+rows-1 of a [cols][B] buffer (other CTAs' writes: read through L2) staged in
-// shared memory as [rows][pitch]; `at(col)` is where column col starts in the buffer.
-// Consecutive threads read consecutive rows. Ends with the CTA's barrier.
+// shared memory column by column, [cols][pitch] (pitch >= rows, a multiple of 4): the threads
+// computing a product then read one column's consecutive rows, in different banks. `at(col)` is
+// where column col starts in the buffer. Where B, r0 and rows allow (multiples of 4), 16-byte
+// loads, eight in flight per thread before their stores: the copy is latency-bound otherwise
+// (a step's h is 64 KiB per CTA for the seed's LSTM). Ends with the CTA's barrier.
 template <class At>
-static __device__ __forceinline__ void stage_rows(float* dst, int pitch, const float* src, int cols, int r0,
+static __device__ __forceinline__ void stage_rows(float* dst, int pitch, const float* src, int cols, int B, int r0,
                                                   int rows, At at) {
-  for (int e = threadIdx.x; e < cols * rows; e += blockDim.x) {
-    const int col = e / rows, b = e % rows;
-    dst[b * pitch + col] = __ldcg(src + at(col) + r0 + b);
+  if (((B | r0 | rows) & 3) == 0) {
+    const int per_col = rows / 4, total = cols * per_col;
+    for (int e0 = threadIdx.x; e0 < total; e0 += 8 * blockDim.x) {
+      float4 v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int e = e0 + i * blockDim.x;
+        if (e < total) v[i] = __ldcg(reinterpret_cast<const float4*>(src + at(e / per_col) + r0) + e % per_col);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int e = e0 + i * blockDim.x;
+        if (e < total) reinterpret_cast<float4*>(dst + (e / per_col) * pitch)[e % per_col] = v[i];
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < cols * rows; e += blockDim.x) {
+      const int col = e / rows, b = e % rows;
+      dst[col * pitch + b] = __ldcg(src + at(col) + r0 + b);
+    }
   }
   __syncthreads();
 }
@@ -69,10 +92,10 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
                                                            float* __restrict__ cs, unsigned int* barrier,
                                                            int T, int B, int H, int U, int R, float forget_bias) {
   extern __shared__ float4 smem4[];
-  const int n_cta = gridDim.x, k = blockIdx.x, hp = H + 1;
+  const int n_cta = gridDim.x, k = blockIdx.x, pitch = quads(R);
   float4* w_s = smem4;                                // [H][U] of (i, j, f, o)
-  float* h_s = reinterpret_cast<float*>(w_s + H * U);  // [R][H + 1]
-  float* c_s = h_s + R * hp;                          // [U][B]
+  float* h_s = reinterpret_cast<float*>(w_s + H * U);  // [H][pitch]: staged rows of h_{t-1}, by column
+  float* c_s = h_s + H * pitch;                       // [U][B]
 
   for (int e = threadIdx.x; e < H * U; e += blockDim.x) {
     const int q = e / U, u = e % U;
@@ -89,16 +112,16 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
       // Rows r0 .. r0+rows-1 of h_{t-1}: the CTA-major buffer's (cta j, unit u) is column j*U + u.
-      stage_rows(h_s, hp, h_prev, H, r0, rows, [=](int col) { return (size_t)col * B; });
+      stage_rows(h_s, pitch, h_prev, H, B, r0, rows, [=](int col) { return (size_t)col * B; });
       // One thread per (unit, row): the unit's four gate sums over H, then its cell update.
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* hrow = h_s + b * hp;
-        const float4* w = w_s + u;  // the same address across the warp: a broadcast
+        const float* hcol = h_s + b;  // column q at hcol[q * pitch]: lanes on consecutive rows
+        const float4* w = w_s + u;    // the same address across the warp: a broadcast
         float ai = 0.f, aj = 0.f, af = 0.f, ao = 0.f;
 #pragma unroll 8
         for (int q = 0; q < H; ++q) {
-          const float hv = hrow[q];
+          const float hv = hcol[q * pitch];
           const float4 wq = w[q * U];
           ai = fmaf(hv, wq.x, ai);
           aj = fmaf(hv, wq.y, aj);
@@ -140,7 +163,7 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
 //   wh     [H, nCTA, 4, U]     as the forward pass took them
 //   dz     [T, nCTA, 4, U, B]  the gates' gradients (x W_x + b's gradient; with h_{t-1}, W_h's)
 //   dh0, dc0 [nCTA, U, B]      the initial state's gradients
-// Shared memory: W_h's rows for this CTA's units [U][4H], R rows of dz_t [R][4H + 1], and the
+// Shared memory: W_h's rows for this CTA's units [U][4H], R rows of dz_t [4H][pitch], and the
 // carried gradients dh and dc [U][B] each.
 extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restrict__ dh_out,
                                                            const float* __restrict__ dc_T,
@@ -151,10 +174,10 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
                                                            float* __restrict__ dh0, float* __restrict__ dc0,
                                                            unsigned int* barrier, int T, int B, int H, int U, int R) {
   extern __shared__ float4 smem4[];
-  const int n_cta = gridDim.x, k = blockIdx.x, G = 4 * H, gp = G + 1;
+  const int n_cta = gridDim.x, k = blockIdx.x, G = 4 * H, pitch = quads(R);
   float* w_s = reinterpret_cast<float*>(smem4);  // [U][4H]: row k*U + u of W_h, columns CTA-major
-  float* z_s = w_s + U * G;                      // [R][4H + 1]
-  float* dh_s = z_s + R * gp;                    // [U][B]
+  float* z_s = w_s + quads(U * G);               // [4H][pitch]: staged rows of dz_t, by column
+  float* dh_s = z_s + G * pitch;                 // [U][B]
   float* dc_s = dh_s + U * B;                    // [U][B]
 
   for (int e = threadIdx.x; e < U * G; e += blockDim.x) w_s[e] = wh[(size_t)k * U * G + e];
@@ -188,14 +211,14 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
     // W_h's rows, R batch rows at a time.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      stage_rows(z_s, gp, dz_t, G, r0, rows, [=](int col) { return (size_t)col * B; });
+      stage_rows(z_s, pitch, dz_t, G, B, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* zrow = z_s + b * gp;
+        const float* zcol = z_s + b;
         const float* w = w_s + u * G;  // the same address across the warp: a broadcast
         float acc = 0.f;
 #pragma unroll 8
-        for (int q = 0; q < G; ++q) acc = fmaf(zrow[q], w[q], acc);
+        for (int q = 0; q < G; ++q) acc = fmaf(zcol[q * pitch], w[q], acc);
         dh_s[u * B + r0 + b] = acc;
       }
       __syncthreads();
@@ -217,8 +240,8 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
 //   rh     [T, nCTA, U, B]     every step's r h (exchanged between CTAs; the backward pass
 //                              reads it for W_c's gradient)
 //   saved  [T, nCTA, 3, U, B]  training only (else null): r, u, c
-// Shared memory: W_g's slice [H][U] of (r, u), W_c's [H][U], R staged rows [R][H + 1], and u and
-// the candidate's input sums are kept per (unit, row) [2][U][B].
+// Shared memory: W_g's slice [H][U] of (r, u), W_c's [H][U], R staged rows [H][pitch] (of h_{t-1},
+// then of r h), and this step's u per (unit, row) [U][B].
 extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restrict__ zx,
                                                           const float* __restrict__ wg,
                                                           const float* __restrict__ wc,
@@ -226,11 +249,12 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
                                                           float* __restrict__ saved, unsigned int* barrier,
                                                           int T, int B, int H, int U, int R) {
   extern __shared__ float4 smem4[];
-  const int n_cta = gridDim.x, k = blockIdx.x, hp = H + 1;
-  float2* wg_s = reinterpret_cast<float2*>(smem4);  // [H][U] of (r, u)
-  float* wc_s = reinterpret_cast<float*>(wg_s + H * U);  // [H][U]
-  float* h_s = wc_s + H * U;                        // [R][H + 1]
-  float* u_s = h_s + R * hp;                        // [U][B]: this step's u
+  const int n_cta = gridDim.x, k = blockIdx.x, pitch = quads(R);
+  float* base = reinterpret_cast<float*>(smem4);
+  float2* wg_s = reinterpret_cast<float2*>(base);  // [H][U] of (r, u)
+  float* wc_s = base + quads(2 * H * U);           // [H][U]
+  float* h_s = wc_s + quads(H * U);                // [H][pitch]: staged rows of h_{t-1} or r h
+  float* u_s = h_s + H * pitch;                     // [U][B]: this step's u
 
   for (int e = threadIdx.x; e < H * U; e += blockDim.x) {
     const int q = e / U, u = e % U;
@@ -249,15 +273,15 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
     // Phase 1: r and u; r h to every CTA.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      stage_rows(h_s, hp, h_prev, H, r0, rows, [=](int col) { return (size_t)col * B; });
+      stage_rows(h_s, pitch, h_prev, H, B, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* hrow = h_s + b * hp;
+        const float* hcol = h_s + b;
         const float2* w = wg_s + u;
         float ar = 0.f, au = 0.f;
 #pragma unroll 8
         for (int q = 0; q < H; ++q) {
-          const float hv = hrow[q];
+          const float hv = hcol[q * pitch];
           const float2 wq = w[q * U];
           ar = fmaf(hv, wq.x, ar);
           au = fmaf(hv, wq.y, au);
@@ -265,7 +289,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
         const size_t at = (size_t)u * B + r0 + b;
         const float r = sigmoid_f(ar + z_t[at]), ug = sigmoid_f(au + z_t[(size_t)U * B + at]);
         u_s[at] = ug;
-        rh_t[mine + at] = r * hrow[k * U + u];
+        rh_t[mine + at] = r * hcol[(k * U + u) * pitch];
         if (s_t) {
           s_t[at] = r;
           s_t[(size_t)U * B + at] = ug;
@@ -278,14 +302,14 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
     float* h_next = hs + (size_t)t * B * H;
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      stage_rows(h_s, hp, rh_t, H, r0, rows, [=](int col) { return (size_t)col * B; });
+      stage_rows(h_s, pitch, rh_t, H, B, r0, rows, [=](int col) { return (size_t)col * B; });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* rrow = h_s + b * hp;
+        const float* rcol = h_s + b;
         const float* w = wc_s + u;
         float ac = 0.f;
 #pragma unroll 8
-        for (int q = 0; q < H; ++q) ac = fmaf(rrow[q], w[q * U], ac);
+        for (int q = 0; q < H; ++q) ac = fmaf(rcol[q * pitch], w[q * U], ac);
         const size_t at = (size_t)u * B + r0 + b;
         const float c = tanhf(ac + z_t[(size_t)2 * U * B + at]), ug = u_s[at];
         const float h_old = __ldcg(h_prev + mine + at);
@@ -306,7 +330,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
 //   dh_out [T, nCTA, U, B]; saved [T, nCTA, 3, U, B] (r, u, c); hs and h0 as forward; wg, wc
 //   as forward -> dz [T, nCTA, 3, U, B] (x W_x + b's gradient: dgz_r, dgz_u, dcz), dh0.
 // Shared memory: W_g's rows for this CTA's units [U][2H] and W_c's [U][H] (columns CTA-major),
-// R staged rows [R][2H + 1], and per (unit, row) the carried dh, this step's dh and d(r h).
+// R staged rows [2H][pitch], and per (unit, row) the carried dh, this step's dh and d(r h).
 extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restrict__ dh_out,
                                                           const float* __restrict__ saved,
                                                           const float* __restrict__ hs,
@@ -316,11 +340,11 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
                                                           float* __restrict__ dh0, unsigned int* barrier,
                                                           int T, int B, int H, int U, int R) {
   extern __shared__ float4 smem4[];
-  const int n_cta = gridDim.x, k = blockIdx.x, G2 = 2 * H, zp = 2 * H + 1;
+  const int n_cta = gridDim.x, k = blockIdx.x, G2 = 2 * H, pitch = quads(R);
   float* wg_s = reinterpret_cast<float*>(smem4);  // [U][2H]
-  float* wc_s = wg_s + U * G2;                    // [U][H]
-  float* z_s = wc_s + U * H;                      // [R][2H + 1]
-  float* carry_s = z_s + R * zp;                  // [U][B]: dh_{t} from step t+1
+  float* wc_s = wg_s + quads(U * G2);             // [U][H]
+  float* z_s = wc_s + quads(U * H);               // [2H][pitch]: staged rows of dz_t, by column
+  float* carry_s = z_s + G2 * pitch;              // [U][B]: dh_{t} from step t+1
   float* dh_s = carry_s + U * B;                  // [U][B]: this step's whole dh
   float* drh_s = dh_s + U * B;                    // [U][B]: this step's d(r h)
 
@@ -345,16 +369,16 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
     // d(r h) for this CTA's units from every CTA's dcz (dz_t's third block in each CTA's part).
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      stage_rows(z_s, zp, dz_t, H, r0, rows, [=](int col) {  // unit col = j*U + u: CTA j's third block
+      stage_rows(z_s, pitch, dz_t, H, B, r0, rows, [=](int col) {  // unit col = j*U + u: CTA j's third block
         return ((size_t)(col / U) * 3 + 2) * U * B + (size_t)(col % U) * B;
       });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* zrow = z_s + b * zp;
+        const float* zcol = z_s + b;
         const float* w = wc_s + u * H;
         float acc = 0.f;
 #pragma unroll 8
-        for (int q = 0; q < H; ++q) acc = fmaf(zrow[q], w[q], acc);
+        for (int q = 0; q < H; ++q) acc = fmaf(zcol[q * pitch], w[q], acc);
         const size_t at = (size_t)u * B + r0 + b;
         drh_s[at] = acc;
         const float r = s_t[at], ug = s_t[(size_t)U * B + at], c = s_t[(size_t)2 * U * B + at];
@@ -368,16 +392,17 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
     // dh_{t-1} for this CTA's units: dh u + d(r h) r + dgz W_g^T.
     for (int r0 = 0; r0 < B; r0 += R) {
       const int rows = min(R, B - r0);
-      stage_rows(z_s, zp, dz_t, G2, r0, rows, [=](int col) {  // col = (CTA j, gate, unit): CTA j's first two blocks
+      // Column col = (CTA j, gate, unit): CTA j's first two blocks.
+      stage_rows(z_s, pitch, dz_t, G2, B, r0, rows, [=](int col) {
         return (size_t)(col / (2 * U)) * 3 * U * B + (size_t)(col % (2 * U)) * B;
       });
       for (int p = threadIdx.x; p < U * rows; p += blockDim.x) {
         const int u = p / rows, b = p % rows;
-        const float* zrow = z_s + b * zp;
+        const float* zcol = z_s + b;
         const float* w = wg_s + u * G2;
         float acc = 0.f;
 #pragma unroll 8
-        for (int q = 0; q < G2; ++q) acc = fmaf(zrow[q], w[q], acc);
+        for (int q = 0; q < G2; ++q) acc = fmaf(zcol[q * pitch], w[q], acc);
         const size_t at = (size_t)u * B + r0 + b;
         carry_s[at] = dh_s[at] * s_t[(size_t)U * B + at] + drh_s[at] * s_t[at] + acc;
       }

@@ -32,17 +32,20 @@
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Every CTA arrives once per step; arrival number `step` (1, 2, ...) waits until all have.
+// Every CTA arrives once per step; arrival number `step` (1, 2, ...) waits until all have. A
+// wait of 2^24 polls (a second or more; a real one is microseconds) means the barrier is broken:
+// the kernel traps, so the probe reports an error instead of hanging until its time limit.
 static __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int step) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();  // this CTA's h_t stores are visible before its arrival
     atomicAdd(counter, 1u);
     const unsigned int target = step * gridDim.x;
-    while (true) {
+    for (unsigned int polls = 0;; ++polls) {
       unsigned int seen;
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
       if (seen >= target) break;
+      if (polls == (1u << 24)) __trap();
     }
   }
   __syncthreads();

@@ -10,7 +10,7 @@ backward passes over the whole sequence, one launch each: every CTA owns U hidde
 their slice of the loop weights, in shared memory) and the CTAs meet at a grid-wide barrier
 each step (the GRU: twice, its candidate needing every unit's r h). `cuda_probe/ffi.cc`
 compiles them with NVRTC on first use and launches them cooperatively on XLA's stream (it
-builds with the host C++ compiler alone; no CUDA toolkit is needed). `persistent()` and
+builds with the host C++ compiler alone; no CUDA toolkit is needed). `persistent_lstm()` and
 `persistent_gru()` wrap each pair in a custom VJP: the inputs' projection x W_x + b, the loop
 weights' gradients and the permutations into and out of the kernels' layouts stay in XLA.
 
@@ -48,7 +48,7 @@ from rnnkit import _fused
 
 HERE = Path(__file__).with_name("cuda_probe")
 SOURCE = (HERE / "persistent.cu").read_text()
-FWD_TARGET, BWD_TARGET = "rnnkit_probe_lstm_fwd", "rnnkit_probe_lstm_bwd"
+LSTM_FWD_TARGET, LSTM_BWD_TARGET = "rnnkit_probe_lstm_fwd", "rnnkit_probe_lstm_bwd"
 GRU_FWD_TARGET, GRU_BWD_TARGET = "rnnkit_probe_gru_fwd", "rnnkit_probe_gru_bwd"
 FORGET_BIAS = 1.0
 
@@ -56,7 +56,7 @@ FORGET_BIAS = 1.0
 # --- layouts: the kernel's CTA-major buffers, from and to rnnkit's ---------------------------
 
 
-def to_kernel(xp: Any, wh: Any, h0: Any, c0: Any, units: int, xnp: Any = jnp) -> tuple[Any, ...]:
+def lstm_to_kernel(xp: Any, wh: Any, h0: Any, c0: Any, units: int, xnp: Any = jnp) -> tuple[Any, ...]:
     """xp [T, B, 4H] (x W_x + b), wh [H, 4H], h0 and c0 [B, H] -> zx [T, nCTA, 4, U, B],
     wh [H, nCTA, 4, U], h0 and c0 [nCTA, U, B] (unit k*U + u is CTA k's u-th)."""
     steps, batch, width = xp.shape
@@ -71,7 +71,7 @@ def to_kernel(xp: Any, wh: Any, h0: Any, c0: Any, units: int, xnp: Any = jnp) ->
     return zx, whp, state(h0), state(c0)
 
 
-def from_kernel(hs: Any, c_out: Any, xnp: Any = jnp) -> tuple[Any, Any]:
+def lstm_from_kernel(hs: Any, c_out: Any, xnp: Any = jnp) -> tuple[Any, Any]:
     """hs [T, nCTA, U, B], c_out [nCTA, U, B] -> outputs [T, B, H], final c [B, H]."""
     steps, ctas, units, batch = hs.shape
     outs = xnp.transpose(hs.reshape(steps, ctas * units, batch), (0, 2, 1))
@@ -85,7 +85,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def emulate_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, rows: int, save: bool) -> tuple:
+def emulate_lstm_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, rows: int, save: bool) -> tuple:
     """lstm_fwd's loops over flat buffers, each CTA in turn (the barrier: a step's CTAs all
     finish before the next step starts), with the kernel's index expressions: hs, c_out, and
     (save) gates and cs, else empty arrays."""
@@ -138,10 +138,10 @@ def emulate_fwd(zx: np.ndarray, wh: np.ndarray, h0: np.ndarray, c0: np.ndarray, 
     return hs.reshape(shape), c_out.reshape(shape[1:]), *saved
 
 
-def emulate_bwd(
+def emulate_lstm_bwd(
     dh_out: np.ndarray, dc_T: np.ndarray, gates: np.ndarray, cs: np.ndarray, c0: np.ndarray, wh: np.ndarray, rows: int
 ) -> tuple:
-    """lstm_bwd's loops, as emulate_fwd: dz, dh0, dc0."""
+    """lstm_bwd's loops, as emulate_lstm_fwd: dz, dh0, dc0."""
     steps, ctas, _, units, batch = gates.shape
     n = ctas * units
     width, ub = 4 * n, units * batch
@@ -188,7 +188,7 @@ def emulate_bwd(
 
 
 def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarray, rows: int, save: bool) -> tuple:
-    """gru_fwd's loops, as emulate_fwd: hs, rh, and (save) r, u, c, else an empty array."""
+    """gru_fwd's loops, as emulate_lstm_fwd: hs, rh, and (save) r, u, c, else an empty array."""
     steps, ctas, _, units, batch = zx.shape
     n, ub, pitch = ctas * units, units * batch, (rows + 3) // 4 * 4
     zx, wg, wc, h0 = (np.asarray(a, np.float32).reshape(-1) for a in (zx, wg, wc, h0))
@@ -253,7 +253,7 @@ def emulate_gru_fwd(zx: np.ndarray, wg: np.ndarray, wc: np.ndarray, h0: np.ndarr
 def emulate_gru_bwd(
     dh_out: np.ndarray, saved: np.ndarray, hs: np.ndarray, h0: np.ndarray, wg: np.ndarray, wc: np.ndarray, rows: int
 ) -> tuple:
-    """gru_bwd's loops, as emulate_fwd: dz, dh0."""
+    """gru_bwd's loops, as emulate_lstm_fwd: dz, dh0."""
     steps, ctas, _, units, batch = saved.shape
     n, ub = ctas * units, units * batch
     pitch = (rows + 3) // 4 * 4
@@ -347,14 +347,14 @@ def register() -> None:
         check=True,
     )
     lib = ctypes.cdll.LoadLibrary(str(library))
-    jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
-    jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform="CUDA")
+    jax.ffi.register_ffi_target(LSTM_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
+    jax.ffi.register_ffi_target(LSTM_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform="CUDA")
     jax.ffi.register_ffi_target(GRU_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruFwd), platform="CUDA")
     jax.ffi.register_ffi_target(GRU_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruBwd), platform="CUDA")
     print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
 
 
-def _kernel_calls(emulated: bool) -> tuple[Any, Any]:
+def _lstm_calls(emulated: bool) -> tuple[Any, Any]:
     """The forward and backward kernel calls on kernel-layout arrays: the CUDA kernels through
     XLA FFI, or their NumPy emulation through jax.pure_callback."""
     f32 = jnp.float32
@@ -376,40 +376,40 @@ def _kernel_calls(emulated: bool) -> tuple[Any, Any]:
     if emulated:
 
         def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
-            run = functools.partial(emulate_fwd, rows=rows, save=save)
+            run = functools.partial(emulate_lstm_fwd, rows=rows, save=save)
             return jax.pure_callback(run, fwd_types(zx, save), zx, wh, h0, c0)
 
         def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
-            run = functools.partial(emulate_bwd, rows=rows)
+            run = functools.partial(emulate_lstm_bwd, rows=rows)
             return jax.pure_callback(run, bwd_types(gates), dh, dc, gates, cs, c0, wh)
 
         return fwd, bwd
 
     def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
-        call = jax.ffi.ffi_call(FWD_TARGET, (*fwd_types(zx, save), barrier))
+        call = jax.ffi.ffi_call(LSTM_FWD_TARGET, (*fwd_types(zx, save), barrier))
         return call(zx, wh, h0, c0, source=SOURCE, rows=np.int64(rows), forget_bias=np.float32(FORGET_BIAS))[:4]
 
     def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
-        call = jax.ffi.ffi_call(BWD_TARGET, (*bwd_types(gates), barrier))
+        call = jax.ffi.ffi_call(LSTM_BWD_TARGET, (*bwd_types(gates), barrier))
         return call(dh, dc, gates, cs, c0, wh, source=SOURCE, rows=np.int64(rows))[:3]
 
     return fwd, bwd
 
 
-def persistent(units: int, rows: int, emulated: bool = False) -> Any:
+def persistent_lstm(units: int, rows: int, emulated: bool = False) -> Any:
     """run(xp [T, B, 4H], wh [H, 4H], h0, c0 [B, H]) -> (outputs [T, B, H], final c [B, H]),
     like _fused._recurrence's LSTM, differentiable in all four through the backward kernel."""
-    call_fwd, call_bwd = _kernel_calls(emulated)
+    call_fwd, call_bwd = _lstm_calls(emulated)
 
     @jax.custom_vjp
     def run(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
-        hs, c_out, _, _ = call_fwd(*to_kernel(xp, wh, h0, c0, units), rows, False)
-        return from_kernel(hs, c_out)
+        hs, c_out, _, _ = call_fwd(*lstm_to_kernel(xp, wh, h0, c0, units), rows, False)
+        return lstm_from_kernel(hs, c_out)
 
     def run_fwd(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
-        zx, whp, h0p, c0p = to_kernel(xp, wh, h0, c0, units)
+        zx, whp, h0p, c0p = lstm_to_kernel(xp, wh, h0, c0, units)
         hs, c_out, gates, cs = call_fwd(zx, whp, h0p, c0p, rows, True)
-        return from_kernel(hs, c_out), (hs, gates, cs, whp, h0p, c0p)
+        return lstm_from_kernel(hs, c_out), (hs, gates, cs, whp, h0p, c0p)
 
     def run_bwd(res: tuple, cot: tuple) -> tuple:
         hs, gates, cs, whp, h0p, c0p = res
@@ -442,7 +442,7 @@ def gru_to_kernel(xp: Any, wg: Any, wc: Any, h0: Any, units: int, xnp: Any = jnp
 
 
 def _gru_calls(emulated: bool) -> tuple[Any, Any]:
-    """gru_fwd and gru_bwd on kernel-layout arrays, as _kernel_calls."""
+    """gru_fwd and gru_bwd on kernel-layout arrays, as _lstm_calls."""
     f32 = jnp.float32
 
     def fwd_types(zx: jax.Array, save: bool) -> tuple:
@@ -519,7 +519,7 @@ def persistent_gru(units: int, rows: int, emulated: bool = False) -> Any:
 
 
 def _inputs(kind: str, steps: int, batch: int, n: int, seed: int = 0) -> tuple[Any, ...]:
-    """Random inputs of persistent() (lstm: xp, wh, h0, c0) or persistent_gru() (gru: xp,
+    """Random inputs of persistent_lstm() (lstm: xp, wh, h0, c0) or persistent_gru() (gru: xp,
     w_gates, w_cand, h0)."""
     rng = np.random.default_rng(seed)
 
@@ -557,7 +557,7 @@ def _fused_ref(kind: str) -> Any:
 
 
 def _kernels(kind: str, units: int, rows: int, emulated: bool = False) -> Any:
-    return (persistent if kind == "lstm" else persistent_gru)(units, rows, emulated)
+    return (persistent_lstm if kind == "lstm" else persistent_gru)(units, rows, emulated)
 
 
 def _programs(run: Any, args: tuple) -> tuple[Any, Any]:

@@ -354,61 +354,54 @@ def register() -> None:
     print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
 
 
-def _lstm_calls(emulated: bool) -> tuple[Any, Any]:
-    """The forward and backward kernel calls on kernel-layout arrays: the CUDA kernels through
-    XLA FFI, or their NumPy emulation through jax.pure_callback."""
-    f32 = jnp.float32
-
-    def fwd_types(zx: jax.Array, save: bool) -> tuple:
-        steps, ctas, _, units, batch = zx.shape
-        return (
-            jax.ShapeDtypeStruct((steps, ctas, units, batch), f32),
-            jax.ShapeDtypeStruct((ctas, units, batch), f32),
-            jax.ShapeDtypeStruct(zx.shape if save else (0,), f32),
-            jax.ShapeDtypeStruct((steps, ctas, units, batch) if save else (0,), f32),
-        )
-
-    def bwd_types(gates: jax.Array) -> tuple:
-        state = jax.ShapeDtypeStruct(gates.shape[1:2] + gates.shape[3:], f32)
-        return (jax.ShapeDtypeStruct(gates.shape, f32), state, state)
-
-    barrier = jax.ShapeDtypeStruct((1,), jnp.uint32)
+def _call(
+    emulated: bool,
+    target: str,
+    emulation: Any,
+    types: tuple,
+    args: tuple,
+    rows: int,
+    attrs: dict[str, Any] | None = None,
+    emulate: dict[str, Any] | None = None,
+) -> tuple:
+    """One kernel on kernel-layout arrays, giving `types`: the CUDA kernel through XLA FFI (with
+    `attrs` besides the source and rows; its barrier scratch dropped), or its NumPy emulation
+    (with `emulate`) through jax.pure_callback."""
     if emulated:
+        return jax.pure_callback(functools.partial(emulation, rows=rows, **(emulate or {})), types, *args)
+    barrier = jax.ShapeDtypeStruct((1,), jnp.uint32)
+    call = jax.ffi.ffi_call(target, (*types, barrier))
+    return call(*args, source=SOURCE, rows=np.int64(rows), **(attrs or {}))[:-1]
 
-        def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
-            run = functools.partial(emulate_lstm_fwd, rows=rows, save=save)
-            return jax.pure_callback(run, fwd_types(zx, save), zx, wh, h0, c0)
 
-        def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
-            run = functools.partial(emulate_lstm_bwd, rows=rows)
-            return jax.pure_callback(run, bwd_types(gates), dh, dc, gates, cs, c0, wh)
-
-        return fwd, bwd
-
-    def fwd(zx: Any, wh: Any, h0: Any, c0: Any, rows: int, save: bool) -> tuple:
-        call = jax.ffi.ffi_call(LSTM_FWD_TARGET, (*fwd_types(zx, save), barrier))
-        return call(zx, wh, h0, c0, source=SOURCE, rows=np.int64(rows), forget_bias=np.float32(FORGET_BIAS))[:4]
-
-    def bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any, rows: int) -> tuple:
-        call = jax.ffi.ffi_call(LSTM_BWD_TARGET, (*bwd_types(gates), barrier))
-        return call(dh, dc, gates, cs, c0, wh, source=SOURCE, rows=np.int64(rows))[:3]
-
-    return fwd, bwd
+def _f32(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
 def persistent_lstm(units: int, rows: int, emulated: bool = False) -> Any:
     """run(xp [T, B, 4H], wh [H, 4H], h0, c0 [B, H]) -> (outputs [T, B, H], final c [B, H]),
     like _fused._recurrence's LSTM, differentiable in all four through the backward kernel."""
-    call_fwd, call_bwd = _lstm_calls(emulated)
+
+    def call_fwd(zx: Any, wh: Any, h0: Any, c0: Any, save: bool) -> tuple:
+        steps, ctas, _, _, batch = zx.shape
+        state = _f32(steps, ctas, units, batch)
+        types = (state, _f32(*c0.shape), _f32(*zx.shape) if save else _f32(0), state if save else _f32(0))
+        bias = {"forget_bias": np.float32(FORGET_BIAS)}
+        args = (zx, wh, h0, c0)
+        return _call(emulated, LSTM_FWD_TARGET, emulate_lstm_fwd, types, args, rows, bias, {"save": save})
+
+    def call_bwd(dh: Any, dc: Any, gates: Any, cs: Any, c0: Any, wh: Any) -> tuple:
+        types = (_f32(*gates.shape), _f32(*c0.shape), _f32(*c0.shape))
+        return _call(emulated, LSTM_BWD_TARGET, emulate_lstm_bwd, types, (dh, dc, gates, cs, c0, wh), rows)
 
     @jax.custom_vjp
     def run(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
-        hs, c_out, _, _ = call_fwd(*lstm_to_kernel(xp, wh, h0, c0, units), rows, False)
+        hs, c_out, _, _ = call_fwd(*lstm_to_kernel(xp, wh, h0, c0, units), False)
         return lstm_from_kernel(hs, c_out)
 
     def run_fwd(xp: jax.Array, wh: jax.Array, h0: jax.Array, c0: jax.Array) -> tuple[Any, Any]:
         zx, whp, h0p, c0p = lstm_to_kernel(xp, wh, h0, c0, units)
-        hs, c_out, gates, cs = call_fwd(zx, whp, h0p, c0p, rows, True)
+        hs, c_out, gates, cs = call_fwd(zx, whp, h0p, c0p, True)
         return lstm_from_kernel(hs, c_out), (hs, gates, cs, whp, h0p, c0p)
 
     def run_bwd(res: tuple, cot: tuple) -> tuple:
@@ -418,7 +411,7 @@ def persistent_lstm(units: int, rows: int, emulated: bool = False) -> Any:
         n = ctas * units
         dh = jnp.transpose(d_outs.reshape(steps, batch, ctas, units), (0, 2, 3, 1))
         dc = jnp.transpose(d_c.reshape(batch, ctas, units), (1, 2, 0))
-        dz, dh0, dc0 = call_bwd(dh, dc, gates, cs, c0p, whp, rows)
+        dz, dh0, dc0 = call_bwd(dh, dc, gates, cs, c0p, whp)
         d_xp = jnp.transpose(dz, (0, 4, 2, 1, 3)).reshape(steps, batch, 4 * n)
         h_prev = jnp.concatenate([h0p[None], hs[:-1]]).reshape(steps, n, batch)  # units k*U + u
         d_whp = jnp.einsum("tib,tjb->ij", h_prev, dz.reshape(steps, 4 * n, batch), precision="highest")
@@ -441,46 +434,19 @@ def gru_to_kernel(xp: Any, wg: Any, wc: Any, h0: Any, units: int, xnp: Any = jnp
     return zx, wgp, wc.reshape(n, ctas, units), xnp.transpose(h0.reshape(batch, ctas, units), (1, 2, 0))
 
 
-def _gru_calls(emulated: bool) -> tuple[Any, Any]:
-    """gru_fwd and gru_bwd on kernel-layout arrays, as _lstm_calls."""
-    f32 = jnp.float32
-
-    def fwd_types(zx: jax.Array, save: bool) -> tuple:
-        steps, ctas, _, units, batch = zx.shape
-        state = jax.ShapeDtypeStruct((steps, ctas, units, batch), f32)
-        return (state, state, jax.ShapeDtypeStruct(zx.shape if save else (0,), f32))
-
-    def bwd_types(saved: jax.Array) -> tuple:
-        return (jax.ShapeDtypeStruct(saved.shape, f32), jax.ShapeDtypeStruct(saved.shape[1:2] + saved.shape[3:], f32))
-
-    barrier = jax.ShapeDtypeStruct((1,), jnp.uint32)
-    if emulated:
-
-        def fwd(zx: Any, wg: Any, wc: Any, h0: Any, rows: int, save: bool) -> tuple:
-            run = functools.partial(emulate_gru_fwd, rows=rows, save=save)
-            return jax.pure_callback(run, fwd_types(zx, save), zx, wg, wc, h0)
-
-        def bwd(dh: Any, saved: Any, hs: Any, h0: Any, wg: Any, wc: Any, rows: int) -> tuple:
-            run = functools.partial(emulate_gru_bwd, rows=rows)
-            return jax.pure_callback(run, bwd_types(saved), dh, saved, hs, h0, wg, wc)
-
-        return fwd, bwd
-
-    def fwd(zx: Any, wg: Any, wc: Any, h0: Any, rows: int, save: bool) -> tuple:
-        call = jax.ffi.ffi_call(GRU_FWD_TARGET, (*fwd_types(zx, save), barrier))
-        return call(zx, wg, wc, h0, source=SOURCE, rows=np.int64(rows))[:3]
-
-    def bwd(dh: Any, saved: Any, hs: Any, h0: Any, wg: Any, wc: Any, rows: int) -> tuple:
-        call = jax.ffi.ffi_call(GRU_BWD_TARGET, (*bwd_types(saved), barrier))
-        return call(dh, saved, hs, h0, wg, wc, source=SOURCE, rows=np.int64(rows))[:2]
-
-    return fwd, bwd
-
-
 def persistent_gru(units: int, rows: int, emulated: bool = False) -> Any:
     """run(xp [T, B, 3H], w_gates [H, 2H], w_cand [H, H], h0 [B, H]) -> (outputs [T, B, H],
     final h [B, H]), like _fused._recurrence's GRU, differentiable in all four."""
-    call_fwd, call_bwd = _gru_calls(emulated)
+
+    def call_fwd(zx: Any, wg: Any, wc: Any, h0: Any, save: bool) -> tuple:
+        steps, ctas, _, _, batch = zx.shape
+        state = _f32(steps, ctas, units, batch)
+        types = (state, state, _f32(*zx.shape) if save else _f32(0))
+        return _call(emulated, GRU_FWD_TARGET, emulate_gru_fwd, types, (zx, wg, wc, h0), rows, emulate={"save": save})
+
+    def call_bwd(dh: Any, saved: Any, hs: Any, h0: Any, wg: Any, wc: Any) -> tuple:
+        types = (_f32(*saved.shape), _f32(*h0.shape))
+        return _call(emulated, GRU_BWD_TARGET, emulate_gru_bwd, types, (dh, saved, hs, h0, wg, wc), rows)
 
     def outputs(hs: jax.Array) -> tuple[Any, Any]:
         steps, ctas, units_, batch = hs.shape
@@ -489,12 +455,12 @@ def persistent_gru(units: int, rows: int, emulated: bool = False) -> Any:
 
     @jax.custom_vjp
     def run(xp: jax.Array, wg: jax.Array, wc: jax.Array, h0: jax.Array) -> tuple[Any, Any]:
-        hs, _, _ = call_fwd(*gru_to_kernel(xp, wg, wc, h0, units), rows, False)
+        hs, _, _ = call_fwd(*gru_to_kernel(xp, wg, wc, h0, units), False)
         return outputs(hs)
 
     def run_fwd(xp: jax.Array, wg: jax.Array, wc: jax.Array, h0: jax.Array) -> tuple[Any, Any]:
         zx, wgp, wcp, h0p = gru_to_kernel(xp, wg, wc, h0, units)
-        hs, rh, saved = call_fwd(zx, wgp, wcp, h0p, rows, True)
+        hs, rh, saved = call_fwd(zx, wgp, wcp, h0p, True)
         return outputs(hs), (hs, rh, saved, wgp, wcp, h0p)
 
     def run_bwd(res: tuple, cot: tuple) -> tuple:
@@ -504,7 +470,7 @@ def persistent_gru(units: int, rows: int, emulated: bool = False) -> Any:
         n = ctas * units
         d_outs = d_outs.at[-1].add(d_last)  # the final h is the last output
         dh = jnp.transpose(d_outs.reshape(steps, batch, ctas, units), (0, 2, 3, 1))
-        dz, dh0 = call_bwd(dh, saved, hs, h0p, wgp, wcp, rows)
+        dz, dh0 = call_bwd(dh, saved, hs, h0p, wgp, wcp)
         d_xp = jnp.transpose(dz, (0, 4, 2, 1, 3)).reshape(steps, batch, 3 * n)
         h_prev = jnp.concatenate([h0p[None], hs[:-1]]).reshape(steps, n, batch)
         d_gates = dz[:, :, :2].reshape(steps, 2 * n, batch)  # columns (CTA, gate, unit)

@@ -187,6 +187,20 @@ int staged_rows(int64_t rows, int B, int fixed, int cols) {
   return std::max(r, 1);
 }
 
+// The sizes of a [T, nCTA, gates, U, B] buffer, as the kernels take them (H = nCTA * U); false
+// where its rank or gate count differs.
+struct Sizes {
+  int T, n_cta, U, B, H;
+};
+
+bool sizes_of(const ffi::Buffer<ffi::F32>& a, int64_t gates, Sizes& s) {
+  const auto d = a.dimensions();
+  if (d.size() != 5 || d[2] != gates) return false;
+  s = {static_cast<int>(d[0]), static_cast<int>(d[1]), static_cast<int>(d[3]), static_cast<int>(d[4]), 0};
+  s.H = s.n_cta * s.U;
+  return true;
+}
+
 // A result's data, or null when it has no elements (inference: nothing saved).
 float* data_or_null(ffi::ResultBuffer<ffi::F32>& r) { return r->element_count() ? r->typed_data() : nullptr; }
 
@@ -211,18 +225,19 @@ ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float
                    ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_out,
                    ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::U32> barrier) {
-  const auto d = zx.dimensions();
-  if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
-  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, 4 * H * U + U * B, H);
+  Sizes z;
+  if (!sizes_of(zx, 4, z)) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
+  const int H = z.H, U = z.U, B = z.B;
+  int R = staged_rows(rows, B, 4 * H * U + U * B, H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
   const int shared = static_cast<int>(sizeof(float) * (4 * H * U + H * quads(R) + U * B));
   const float *p_zx = zx.typed_data(), *p_wh = wh.typed_data(), *p_h0 = h0.typed_data(), *p_c0 = c0.typed_data();
   float *p_hs = hs->typed_data(), *p_c = c_out->typed_data(), *p_g = data_or_null(gates), *p_cs = data_or_null(cs);
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &p_g, &p_cs, &counter, &T, &B, &H, &U, &R, &forget_bias};
-  return launch(k, k.lstm_fwd, stream, n_cta, shared, barrier, args);
+  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &p_g, &p_cs,
+                  &counter, &z.T, &z.B, &z.H, &z.U, &R, &forget_bias};
+  return launch(k, k.lstm_fwd, stream, z.n_cta, shared, barrier, args);
 }
 
 // dh_out [T, nCTA, U, B], dc_T [nCTA, U, B], gates, cs, c0 and wh as above -> dz
@@ -232,10 +247,10 @@ ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::
                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> wh, ffi::ResultBuffer<ffi::F32> dz,
                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
                    ffi::ResultBuffer<ffi::U32> barrier) {
-  const auto d = gates.dimensions();
-  if (d.size() != 5 || d[2] != 4) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
-  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U, R = staged_rows(rows, B, quads(U * 4 * H) + 2 * U * B, 4 * H);
+  Sizes z;
+  if (!sizes_of(gates, 4, z)) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
+  const int H = z.H, U = z.U, B = z.B;
+  int R = staged_rows(rows, B, quads(U * 4 * H) + 2 * U * B, 4 * H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
   const int shared = static_cast<int>(sizeof(float) * (quads(U * 4 * H) + 4 * H * quads(R) + 2 * U * B));
@@ -243,8 +258,8 @@ ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::
   const float *p_cs = cs.typed_data(), *p_c0 = c0.typed_data(), *p_wh = wh.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data(), *p_dc0 = dc0->typed_data();
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_dh, &p_dc, &p_g, &p_cs, &p_c0, &p_wh, &p_dz, &p_dh0, &p_dc0, &counter, &T, &B, &H, &U, &R};
-  return launch(k, k.lstm_bwd, stream, n_cta, shared, barrier, args);
+  void* args[] = {&p_dh, &p_dc, &p_g, &p_cs, &p_c0, &p_wh, &p_dz, &p_dh0, &p_dc0, &counter, &z.T, &z.B, &z.H, &z.U, &R};
+  return launch(k, k.lstm_bwd, stream, z.n_cta, shared, barrier, args);
 }
 
 
@@ -254,10 +269,9 @@ ffi::Error GruFwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
                   ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::Buffer<ffi::F32> h0,
                   ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> rh, ffi::ResultBuffer<ffi::F32> saved,
                   ffi::ResultBuffer<ffi::U32> barrier) {
-  const auto d = zx.dimensions();
-  if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 3, U, B]");
-  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U;
+  Sizes z;
+  if (!sizes_of(zx, 3, z)) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 3, U, B]");
+  const int H = z.H, U = z.U, B = z.B;
   int R = staged_rows(rows, B, quads(2 * H * U) + quads(H * U) + U * B, H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
@@ -266,8 +280,8 @@ ffi::Error GruFwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
   const float *p_zx = zx.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data(), *p_h0 = h0.typed_data();
   float *p_hs = hs->typed_data(), *p_rh = rh->typed_data(), *p_s = data_or_null(saved);
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_zx, &p_wg, &p_wc, &p_h0, &p_hs, &p_rh, &p_s, &counter, &T, &B, &H, &U, &R};
-  return launch(k, k.gru_fwd, stream, n_cta, shared, barrier, args);
+  void* args[] = {&p_zx, &p_wg, &p_wc, &p_h0, &p_hs, &p_rh, &p_s, &counter, &z.T, &z.B, &z.H, &z.U, &R};
+  return launch(k, k.gru_fwd, stream, z.n_cta, shared, barrier, args);
 }
 
 // dh_out [T, nCTA, U, B], saved [T, nCTA, 3, U, B], hs [T, nCTA, U, B], h0, wg and wc as
@@ -276,10 +290,9 @@ ffi::Error GruBwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
                   ffi::Buffer<ffi::F32> saved, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h0,
                   ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::ResultBuffer<ffi::F32> dz,
                   ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::U32> barrier) {
-  const auto d = saved.dimensions();
-  if (d.size() != 5 || d[2] != 3) return ffi::Error::InvalidArgument("saved must be [T, nCTA, 3, U, B]");
-  int T = static_cast<int>(d[0]), n_cta = static_cast<int>(d[1]), U = static_cast<int>(d[3]);
-  int B = static_cast<int>(d[4]), H = n_cta * U;
+  Sizes z;
+  if (!sizes_of(saved, 3, z)) return ffi::Error::InvalidArgument("saved must be [T, nCTA, 3, U, B]");
+  const int H = z.H, U = z.U, B = z.B;
   int R = staged_rows(rows, B, quads(2 * U * H) + quads(U * H) + 3 * U * B, 2 * H);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
@@ -289,8 +302,8 @@ ffi::Error GruBwd(CUstream stream, std::string_view source, int64_t rows, ffi::B
   const float *p_h0 = h0.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data();
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_dh, &p_s, &p_hs, &p_h0, &p_wg, &p_wc, &p_dz, &p_dh0, &counter, &T, &B, &H, &U, &R};
-  return launch(k, k.gru_bwd, stream, n_cta, shared, barrier, args);
+  void* args[] = {&p_dh, &p_s, &p_hs, &p_h0, &p_wg, &p_wc, &p_dz, &p_dh0, &counter, &z.T, &z.B, &z.H, &z.U, &R};
+  return launch(k, k.gru_bwd, stream, z.n_cta, shared, barrier, args);
 }
 
 }  // namespace

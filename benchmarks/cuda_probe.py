@@ -4,6 +4,7 @@ step, so the next attempt is one launch per layer with the time loop inside).
 
     python benchmarks/cuda_probe.py            # on a CUDA GPU: check, then time (2-3 minutes)
     python benchmarks/cuda_probe.py emulate    # anywhere: the kernels' index arithmetic in NumPy
+    python benchmarks/cuda_probe.py host       # anywhere with a C++ compiler: the kernels on CPU threads
 
 `cuda_probe/persistent.cu` holds a TF1 LSTMCell layer's and a TF1 GRUCell layer's forward and
 backward passes over the whole sequence, one launch each: every CTA owns U hidden units (and
@@ -24,6 +25,13 @@ also go to OUT/cuda_probe.json.
 `emulate` runs the four kernels' loops, written with their own index arithmetic, in NumPy behind
 the same custom VJPs (jax.pure_callback in place of the FFI calls), against fused on the CPU: a
 check of the layouts, the indexing and the VJPs' plumbing (not of CUDA) that needs no GPU.
+
+`host` (about 2 minutes) compiles persistent.cu itself for the CPU (cuda_probe/host.h: one OS
+thread per CUDA thread, every CTA at once; __syncthreads a pthread barrier; the grid barrier
+persistent.cu's own, on the same counter) and runs it through ffi.cc's handlers registered for
+XLA's CPU, against fused, then cuda_probe/host_check.cc under ThreadSanitizer and AddressSanitizer. It
+checks the kernels' code, their barriers' placement and their shared-memory plans; not the
+GPU's weaker memory ordering, and not speed.
 """
 
 from __future__ import annotations
@@ -324,34 +332,30 @@ def _nvrtc() -> str | None:
     return None
 
 
-def register() -> None:
-    """Build cuda_probe/ffi.cc with the host compiler and register its handler for CUDA."""
-    nvrtc = _nvrtc()
-    if nvrtc:
-        os.environ.setdefault("RNNKIT_NVRTC", nvrtc)
+def register(host: bool = False) -> None:
+    """Build cuda_probe/ffi.cc with the host compiler and register its handlers: for CUDA, or
+    (host) for XLA's CPU, with the kernels compiled in and run on CPU threads (cuda_probe/host.h)."""
+    if not host:
+        nvrtc = _nvrtc()
+        if nvrtc:
+            os.environ.setdefault("RNNKIT_NVRTC", nvrtc)
     library = Path(tempfile.mkdtemp(prefix="rnnkit-cuda-probe-")) / "libprobe.so"
-    cxx = os.environ.get("CXX", "c++")
-    subprocess.run(
-        [
-            cxx,
-            "-O2",
-            "-shared",
-            "-fPIC",
-            "-std=c++17",
-            f"-I{jax.ffi.include_dir()}",
-            str(HERE / "ffi.cc"),
-            "-o",
-            str(library),
-            "-ldl",
-        ],
-        check=True,
-    )
+    flags = ["-O2", "-shared", "-fPIC", "-std=c++17", "-isystem", jax.ffi.include_dir()]
+    if host:
+        flags += ["-DRNNKIT_PROBE_HOST", "-pthread", "-Wno-unknown-pragmas"]
+    subprocess.run([_cxx(), *flags, str(HERE / "ffi.cc"), "-o", str(library), "-ldl"], check=True)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    jax.ffi.register_ffi_target(LSTM_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform="CUDA")
-    jax.ffi.register_ffi_target(LSTM_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform="CUDA")
-    jax.ffi.register_ffi_target(GRU_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruFwd), platform="CUDA")
-    jax.ffi.register_ffi_target(GRU_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruBwd), platform="CUDA")
-    print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
+    platform = "cpu" if host else "CUDA"
+    jax.ffi.register_ffi_target(LSTM_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmFwd), platform=platform)
+    jax.ffi.register_ffi_target(LSTM_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeLstmBwd), platform=platform)
+    jax.ffi.register_ffi_target(GRU_FWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruFwd), platform=platform)
+    jax.ffi.register_ffi_target(GRU_BWD_TARGET, jax.ffi.pycapsule(lib.RnnkitProbeGruBwd), platform=platform)
+    if not host:
+        print("nvrtc:", os.environ.get("RNNKIT_NVRTC"), flush=True)
+
+
+def _cxx() -> str:
+    return os.environ.get("CXX", "c++")
 
 
 def _call(
@@ -559,22 +563,62 @@ def _mean_us(fn: Any, *args: Any, n: int = 30) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
-def emulate() -> None:
-    """The kernels' NumPy transliteration, behind the same custom VJPs, against fused on the
-    CPU: values and gradients, on small shapes with partial row chunks."""
+# (steps, batch, units H, units per CTA U, rows staged R): row chunks that end short of B, B
+# and R that are not multiples of 4 (the staging's scalar loads), and that are (its 16-byte
+# loads; the last two with R >= 32, rounded to whole warps of rows by ffi.cc).
+SMALL_CASES = [(5, 6, 8, 2, 4), (3, 5, 12, 3, 5), (4, 7, 8, 1, 16), (3, 12, 12, 3, 8), (2, 40, 8, 4, 64)]
+
+
+def check(emulated: bool, cases: list = SMALL_CASES) -> None:
+    """The kernels (emulated: their NumPy transliteration) behind their custom VJPs, against
+    fused on the CPU: values and the gradients in all four inputs."""
     for kind in ("lstm", "gru"):
-        for steps, batch, n, units, rows in [(5, 6, 8, 2, 4), (3, 5, 12, 3, 5), (4, 7, 8, 1, 16)]:
+        for steps, batch, n, units, rows in cases:
             args = tuple(jnp.asarray(a) for a in _inputs(kind, steps, batch, n, seed=steps))
             want_fwd, want_grad = _programs(_fused_ref(kind), args)
-            got_fwd, got_grad = _programs(_kernels(kind, units, rows, emulated=True), args)
+            got_fwd, got_grad = _programs(_kernels(kind, units, rows, emulated=emulated), args)
             fwd_err = _max_diff(got_fwd(*args), want_fwd(*args))
             grad_err = _max_diff(got_grad(*args), want_grad(*args))
             print(
                 f"{kind} T={steps} B={batch} H={n} U={units} R={rows}: relative difference {fwd_err:.1e}, "
-                f"gradients {grad_err:.1e}"
+                f"gradients {grad_err:.1e}",
+                flush=True,
             )
             assert fwd_err < 1e-5, fwd_err
             assert grad_err < 1e-5, grad_err
+
+
+# Seed-sized layers for a few steps (the shared-memory plans at their real sizes), run with 64
+# CUDA threads per CTA to keep the host's thread count down.
+SEED_SIZED_CASES = [(3, 128, 128, 4, 64), (2, 128, 256, 4, 128)]
+
+
+def host() -> None:
+    """The CUDA kernels' own code on CPU threads (cuda_probe/host.h). First through the XLA
+    handlers, registered for the CPU, against fused: values and gradients. Then without
+    Python or XLA (cuda_probe/host_check.cc) under ThreadSanitizer, which reports a race
+    between CUDA threads (a __syncthreads or grid barrier missing), and AddressSanitizer with
+    UBSan, which report a read or write outside a buffer or the planned shared memory."""
+    register(host=True)
+    check(emulated=False)
+    os.environ["RNNKIT_PROBE_HOST_THREADS"] = "64"
+    try:
+        check(emulated=False, cases=SEED_SIZED_CASES)
+    finally:
+        del os.environ["RNNKIT_PROBE_HOST_THREADS"]
+    sanitizers = {
+        "thread": {"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"},
+        "address,undefined": {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "halt_on_error=1"},
+    }
+    with tempfile.TemporaryDirectory(prefix="rnnkit-cuda-probe-") as tmp:
+        for sanitizer, env in sanitizers.items():
+            binary = os.path.join(tmp, "host_check")
+            flags = ["-std=c++17", "-O1", "-g", "-pthread", f"-fsanitize={sanitizer}", "-Wno-unknown-pragmas"]
+            if sanitizer != "thread":
+                flags.append("-fno-sanitize-recover=undefined")
+            subprocess.run([_cxx(), *flags, str(HERE / "host_check.cc"), "-o", binary], check=True)
+            print(f"host_check.cc under -fsanitize={sanitizer}:", flush=True)
+            subprocess.run([binary], check=True, env={**os.environ, **env})
 
 
 def gpu() -> None:
@@ -626,6 +670,8 @@ def gpu() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["emulate"]:
-        emulate()
+        check(emulated=True)
+    elif sys.argv[1:] == ["host"]:
+        host()
     else:
         gpu()

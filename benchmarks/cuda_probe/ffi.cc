@@ -3,6 +3,10 @@
 // cooperatively on XLA's stream. Built with the host C++ compiler alone: the CUDA driver and
 // NVRTC are opened at run time (dlopen), declared here with the few types they take, so no
 // CUDA headers or toolkit are needed to build it.
+//
+// Built with -DRNNKIT_PROBE_HOST, the same handlers serve XLA's CPU instead: persistent.cu is
+// compiled into this library through host.h and each launch runs on CPU threads (the probe's
+// `host` check). Only the kernels' lookup and launch differ between the two builds.
 
 #include <dlfcn.h>
 
@@ -13,12 +17,54 @@
 #include <string_view>
 #include <vector>
 
+#include "plan.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+constexpr int kThreadsPerCta = 256;  // every launch's CTA size
+
+#if defined(RNNKIT_PROBE_HOST)
+}  // namespace
+#include "host.h"
+#include "persistent.cu"
+namespace {
+
+// No stream on the CPU: the handlers take the device ordinal (a context every platform has).
+using Stream = int32_t;
+using StreamCtx = ffi::DeviceOrdinal;
+
+// The kernels, compiled into this library.
+struct Kernel {
+  decltype(&::lstm_fwd) lstm_fwd = &::lstm_fwd;
+  decltype(&::lstm_bwd) lstm_bwd = &::lstm_bwd;
+  decltype(&::gru_fwd) gru_fwd = &::gru_fwd;
+  decltype(&::gru_bwd) gru_bwd = &::gru_bwd;
+  std::string error;
+};
+
+const Kernel& kernel(std::string_view, Stream) {
+  static const Kernel k;
+  return k;
+}
+
+// Threads per CTA: the GPU's 256, or $RNNKIT_PROBE_HOST_THREADS (the kernels take any count).
+int host_threads() {
+  const char* env = std::getenv("RNNKIT_PROBE_HOST_THREADS");
+  return env && std::atoi(env) > 0 ? std::atoi(env) : kThreadsPerCta;
+}
+
+// Zero the barrier and run `fn` on CPU threads: n_cta CTAs with `shared` bytes each.
+template <class Fn, class... A>
+ffi::Error launch(const Kernel&, Fn fn, Stream, int n_cta, int shared, ffi::ResultBuffer<ffi::U32>& barrier,
+                  A... args) {
+  *barrier->typed_data() = 0;
+  rnnkit_host::launch(fn, n_cta, host_threads(), shared, args...);
+  return ffi::Error::Success();
+}
+#else
 // --- the CUDA driver API and NVRTC, as much as this file calls -------------------------------
 using CUresult = int;
 using CUdevice = int;
@@ -32,6 +78,8 @@ using CUmodule = CUmod_st*;
 using CUfunction = CUfunc_st*;
 using CUstream = CUstream_st*;
 using nvrtcResult = int;
+using Stream = CUstream;
+using StreamCtx = ffi::PlatformStream<CUstream>;
 struct _nvrtcProgram;
 using nvrtcProgram = _nvrtcProgram*;
 
@@ -116,7 +164,7 @@ struct Kernel {
 
 // The stream's context made current on this thread (XLA's, whatever the thread had), then the
 // kernels, compiled and loaded into it on the first call.
-const Kernel& kernel(std::string_view source, CUstream stream) {
+const Kernel& kernel(std::string_view source, Stream stream) {
   static Kernel k;
   static std::once_flag once;
   std::call_once(once, [&] { k.error = open_api(k.api); });
@@ -173,19 +221,22 @@ const Kernel& kernel(std::string_view source, CUstream stream) {
   return k;
 }
 
-// Floats rounded up to whole 16-byte units (persistent.cu's quads()).
-int quads(int floats) { return (floats + 3) & ~3; }
-
-// Rows staged at a time: at most `rows` and B, as many as fit in the shared memory left (200 KiB
-// per CTA, under the 227 KiB Hopper allows) beside `fixed` floats, `cols` floats a row (a row
-// pitch of a multiple of 4); whole warps of rows where there are 32 or more.
-int staged_rows(int64_t rows, int B, int fixed, int cols) {
-  constexpr int kBudget = 200 * 1024 / 4;
-  int r = static_cast<int>(std::min<int64_t>({rows, B, (kBudget - fixed) / cols}));
-  if (r >= 32) r -= r % 32;
-  while (r > 1 && fixed + cols * quads(r) > kBudget) --r;
-  return std::max(r, 1);
+// Zero the barrier, size the shared memory and launch `fn` cooperatively, one CTA per nCTA,
+// with the kernel's arguments `args` (of its parameters' types).
+template <class... A>
+ffi::Error launch(const Kernel& k, CUfunction fn, Stream stream, int n_cta, int shared,
+                  ffi::ResultBuffer<ffi::U32>& barrier, A... args) {
+  const Api& a = k.api;
+  void* pointers[] = {&args...};
+  CUresult rc = a.cuFuncSetAttribute(fn, kMaxDynamicShared, shared);
+  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "shared memory size"));
+  if ((rc = a.cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(barrier->typed_data()), 0, 1, stream)))
+    return ffi::Error::Internal(cuda_error(a, rc, "barrier reset"));
+  if ((rc = a.cuLaunchCooperativeKernel(fn, n_cta, 1, 1, kThreadsPerCta, 1, 1, shared, stream, pointers)))
+    return ffi::Error::Internal(cuda_error(a, rc, "cooperative launch"));
+  return ffi::Error::Success();
 }
+#endif
 
 // The sizes of a [T, nCTA, gates, U, B] buffer, as the kernels take them (H = nCTA * U); false
 // where its rank or gate count differs.
@@ -204,113 +255,88 @@ bool sizes_of(const ffi::Buffer<ffi::F32>& a, int64_t gates, Sizes& s) {
 // A result's data, or null when it has no elements (inference: nothing saved).
 float* data_or_null(ffi::ResultBuffer<ffi::F32>& r) { return r->element_count() ? r->typed_data() : nullptr; }
 
-// Zero the barrier, size the shared memory and launch `fn` cooperatively, one CTA per nCTA.
-ffi::Error launch(const Kernel& k, CUfunction fn, CUstream stream, int n_cta, int shared,
-                  ffi::ResultBuffer<ffi::U32>& barrier, void** args) {
-  const Api& a = k.api;
-  CUresult rc = a.cuFuncSetAttribute(fn, kMaxDynamicShared, shared);
-  if (rc) return ffi::Error::Internal(cuda_error(a, rc, "shared memory size"));
-  if ((rc = a.cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(barrier->typed_data()), 0, 1, stream)))
-    return ffi::Error::Internal(cuda_error(a, rc, "barrier reset"));
-  if ((rc = a.cuLaunchCooperativeKernel(fn, n_cta, 1, 1, 256, 1, 1, shared, stream, args)))
-    return ffi::Error::Internal(cuda_error(a, rc, "cooperative launch"));
-  return ffi::Error::Success();
-}
-
 // zx [T, nCTA, 4, U, B], wh [H, nCTA, 4, U], h0 and c0 [nCTA, U, B] -> hs [T, nCTA, U, B],
 // c_out [nCTA, U, B], gates [T, nCTA, 4, U, B] and cs [T, nCTA, U, B] (empty: not saved),
 // barrier [1] (scratch).
-ffi::Error LstmFwd(CUstream stream, std::string_view source, int64_t rows, float forget_bias,
+ffi::Error LstmFwd(Stream stream, std::string_view source, int64_t rows, float forget_bias,
                    ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> h0,
                    ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_out,
                    ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::U32> barrier) {
   Sizes z;
   if (!sizes_of(zx, 4, z)) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 4, U, B]");
-  const int H = z.H, U = z.U, B = z.B;
-  int R = staged_rows(rows, B, 4 * H * U + U * B, H);
+  const rnnkit_probe::Plan plan = rnnkit_probe::lstm_fwd_plan(rows, z.B, z.H, z.U);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (4 * H * U + H * quads(R) + U * B));
   const float *p_zx = zx.typed_data(), *p_wh = wh.typed_data(), *p_h0 = h0.typed_data(), *p_c0 = c0.typed_data();
   float *p_hs = hs->typed_data(), *p_c = c_out->typed_data(), *p_g = data_or_null(gates), *p_cs = data_or_null(cs);
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_zx, &p_wh, &p_h0, &p_c0, &p_hs, &p_c, &p_g, &p_cs,
-                  &counter, &z.T, &z.B, &z.H, &z.U, &R, &forget_bias};
-  return launch(k, k.lstm_fwd, stream, z.n_cta, shared, barrier, args);
+  return launch(k, k.lstm_fwd, stream, z.n_cta, plan.shared, barrier, p_zx, p_wh, p_h0, p_c0, p_hs, p_c, p_g, p_cs,
+                counter, z.T, z.B, z.H, z.U, plan.R, forget_bias);
 }
 
 // dh_out [T, nCTA, U, B], dc_T [nCTA, U, B], gates, cs, c0 and wh as above -> dz
 // [T, nCTA, 4, U, B], dh0 and dc0 [nCTA, U, B], barrier [1] (scratch).
-ffi::Error LstmBwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
+ffi::Error LstmBwd(Stream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
                    ffi::Buffer<ffi::F32> dc_T, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> wh, ffi::ResultBuffer<ffi::F32> dz,
                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
                    ffi::ResultBuffer<ffi::U32> barrier) {
   Sizes z;
   if (!sizes_of(gates, 4, z)) return ffi::Error::InvalidArgument("gates must be [T, nCTA, 4, U, B]");
-  const int H = z.H, U = z.U, B = z.B;
-  int R = staged_rows(rows, B, quads(U * 4 * H) + 2 * U * B, 4 * H);
+  const rnnkit_probe::Plan plan = rnnkit_probe::lstm_bwd_plan(rows, z.B, z.H, z.U);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared = static_cast<int>(sizeof(float) * (quads(U * 4 * H) + 4 * H * quads(R) + 2 * U * B));
   const float *p_dh = dh_out.typed_data(), *p_dc = dc_T.typed_data(), *p_g = gates.typed_data();
   const float *p_cs = cs.typed_data(), *p_c0 = c0.typed_data(), *p_wh = wh.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data(), *p_dc0 = dc0->typed_data();
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_dh, &p_dc, &p_g, &p_cs, &p_c0, &p_wh, &p_dz, &p_dh0, &p_dc0, &counter, &z.T, &z.B, &z.H, &z.U, &R};
-  return launch(k, k.lstm_bwd, stream, z.n_cta, shared, barrier, args);
+  return launch(k, k.lstm_bwd, stream, z.n_cta, plan.shared, barrier, p_dh, p_dc, p_g, p_cs, p_c0, p_wh, p_dz, p_dh0,
+                p_dc0, counter, z.T, z.B, z.H, z.U, plan.R);
 }
-
 
 // zx [T, nCTA, 3, U, B], wg [H, nCTA, 2, U], wc [H, nCTA, U], h0 [nCTA, U, B] -> hs and rh
 // [T, nCTA, U, B], saved [T, nCTA, 3, U, B] (empty: not saved), barrier [1] (scratch).
-ffi::Error GruFwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> zx,
+ffi::Error GruFwd(Stream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> zx,
                   ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::Buffer<ffi::F32> h0,
                   ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> rh, ffi::ResultBuffer<ffi::F32> saved,
                   ffi::ResultBuffer<ffi::U32> barrier) {
   Sizes z;
   if (!sizes_of(zx, 3, z)) return ffi::Error::InvalidArgument("zx must be [T, nCTA, 3, U, B]");
-  const int H = z.H, U = z.U, B = z.B;
-  int R = staged_rows(rows, B, quads(2 * H * U) + quads(H * U) + U * B, H);
+  const rnnkit_probe::Plan plan = rnnkit_probe::gru_fwd_plan(rows, z.B, z.H, z.U);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared =
-      static_cast<int>(sizeof(float) * (quads(2 * H * U) + quads(H * U) + H * quads(R) + U * B));
   const float *p_zx = zx.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data(), *p_h0 = h0.typed_data();
   float *p_hs = hs->typed_data(), *p_rh = rh->typed_data(), *p_s = data_or_null(saved);
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_zx, &p_wg, &p_wc, &p_h0, &p_hs, &p_rh, &p_s, &counter, &z.T, &z.B, &z.H, &z.U, &R};
-  return launch(k, k.gru_fwd, stream, z.n_cta, shared, barrier, args);
+  return launch(k, k.gru_fwd, stream, z.n_cta, plan.shared, barrier, p_zx, p_wg, p_wc, p_h0, p_hs, p_rh, p_s, counter,
+                z.T, z.B, z.H, z.U, plan.R);
 }
 
 // dh_out [T, nCTA, U, B], saved [T, nCTA, 3, U, B], hs [T, nCTA, U, B], h0, wg and wc as
 // above -> dz [T, nCTA, 3, U, B], dh0 [nCTA, U, B], barrier [1] (scratch).
-ffi::Error GruBwd(CUstream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
+ffi::Error GruBwd(Stream stream, std::string_view source, int64_t rows, ffi::Buffer<ffi::F32> dh_out,
                   ffi::Buffer<ffi::F32> saved, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h0,
                   ffi::Buffer<ffi::F32> wg, ffi::Buffer<ffi::F32> wc, ffi::ResultBuffer<ffi::F32> dz,
                   ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::U32> barrier) {
   Sizes z;
   if (!sizes_of(saved, 3, z)) return ffi::Error::InvalidArgument("saved must be [T, nCTA, 3, U, B]");
-  const int H = z.H, U = z.U, B = z.B;
-  int R = staged_rows(rows, B, quads(2 * U * H) + quads(U * H) + 3 * U * B, 2 * H);
+  const rnnkit_probe::Plan plan = rnnkit_probe::gru_bwd_plan(rows, z.B, z.H, z.U);
   const Kernel& k = kernel(source, stream);
   if (!k.error.empty()) return ffi::Error::Internal(k.error);
-  const int shared =
-      static_cast<int>(sizeof(float) * (quads(2 * U * H) + quads(U * H) + 2 * H * quads(R) + 3 * U * B));
   const float *p_dh = dh_out.typed_data(), *p_s = saved.typed_data(), *p_hs = hs.typed_data();
   const float *p_h0 = h0.typed_data(), *p_wg = wg.typed_data(), *p_wc = wc.typed_data();
   float *p_dz = dz->typed_data(), *p_dh0 = dh0->typed_data();
   unsigned int* counter = barrier->typed_data();
-  void* args[] = {&p_dh, &p_s, &p_hs, &p_h0, &p_wg, &p_wc, &p_dz, &p_dh0, &counter, &z.T, &z.B, &z.H, &z.U, &R};
-  return launch(k, k.gru_bwd, stream, z.n_cta, shared, barrier, args);
+  return launch(k, k.gru_bwd, stream, z.n_cta, plan.shared, barrier, p_dh, p_s, p_hs, p_h0, p_wg, p_wc, p_dz, p_dh0,
+                counter, z.T, z.B, z.H, z.U, plan.R);
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmFwd, LstmFwd,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Ctx<StreamCtx>()
                                   .Attr<std::string_view>("source")
                                   .Attr<int64_t>("rows")
                                   .Attr<float>("forget_bias")
@@ -326,7 +352,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmFwd, LstmFwd,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmBwd, LstmBwd,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Ctx<StreamCtx>()
                                   .Attr<std::string_view>("source")
                                   .Attr<int64_t>("rows")
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -342,7 +368,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeLstmBwd, LstmBwd,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeGruFwd, GruFwd,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Ctx<StreamCtx>()
                                   .Attr<std::string_view>("source")
                                   .Attr<int64_t>("rows")
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -356,7 +382,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeGruFwd, GruFwd,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnkitProbeGruBwd, GruBwd,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<CUstream>>()
+                                  .Ctx<StreamCtx>()
                                   .Attr<std::string_view>("source")
                                   .Attr<int64_t>("rows")
                                   .Arg<ffi::Buffer<ffi::F32>>()

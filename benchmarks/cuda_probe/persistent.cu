@@ -32,6 +32,18 @@
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// What a host build (cuda_probe/host.h: these kernels on CPU threads, to check them without a
+// GPU) defines for itself: the dynamic shared memory, the barrier's acquire load and its pause.
+#ifndef RNNKIT_DYNAMIC_SHARED
+#define RNNKIT_DYNAMIC_SHARED(name) extern __shared__ float4 name[]
+#define RNNKIT_POLL_PAUSE()
+static __device__ __forceinline__ unsigned int rnnkit_load_acquire(const unsigned int* p) {
+  unsigned int seen;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(p) : "memory");
+  return seen;
+}
+#endif
+
 // Every CTA arrives once per step; arrival number `step` (1, 2, ...) waits until all have. A
 // wait of 2^24 polls (a second or more; a real one is microseconds) means the barrier is broken:
 // the kernel traps, so the probe reports an error instead of hanging until its time limit.
@@ -41,11 +53,9 @@ static __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsig
     __threadfence();  // this CTA's h_t stores are visible before its arrival
     atomicAdd(counter, 1u);
     const unsigned int target = step * gridDim.x;
-    for (unsigned int polls = 0;; ++polls) {
-      unsigned int seen;
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-      if (seen >= target) break;
+    for (unsigned int polls = 0; rnnkit_load_acquire(counter) < target; ++polls) {
       if (polls == (1u << 24)) __trap();
+      RNNKIT_POLL_PAUSE();
     }
   }
   __syncthreads();
@@ -94,7 +104,7 @@ extern "C" __global__ void __launch_bounds__(256) lstm_fwd(const float* __restri
                                                            float* __restrict__ c_out, float* __restrict__ gates,
                                                            float* __restrict__ cs, unsigned int* barrier,
                                                            int T, int B, int H, int U, int R, float forget_bias) {
-  extern __shared__ float4 smem4[];
+  RNNKIT_DYNAMIC_SHARED(smem4);
   const int n_cta = gridDim.x, k = blockIdx.x, pitch = quads(R);
   float4* w_s = smem4;                                // [H][U] of (i, j, f, o)
   float* h_s = reinterpret_cast<float*>(w_s + H * U);  // [H][pitch]: staged rows of h_{t-1}, by column
@@ -176,7 +186,7 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd(const float* __restri
                                                            const float* __restrict__ wh, float* dz,
                                                            float* __restrict__ dh0, float* __restrict__ dc0,
                                                            unsigned int* barrier, int T, int B, int H, int U, int R) {
-  extern __shared__ float4 smem4[];
+  RNNKIT_DYNAMIC_SHARED(smem4);
   const int n_cta = gridDim.x, k = blockIdx.x, G = 4 * H, pitch = quads(R);
   float* w_s = reinterpret_cast<float*>(smem4);  // [U][4H]: row k*U + u of W_h, columns CTA-major
   float* z_s = w_s + quads(U * G);               // [4H][pitch]: staged rows of dz_t, by column
@@ -251,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_fwd(const float* __restric
                                                           const float* __restrict__ h0, float* hs, float* rh,
                                                           float* __restrict__ saved, unsigned int* barrier,
                                                           int T, int B, int H, int U, int R) {
-  extern __shared__ float4 smem4[];
+  RNNKIT_DYNAMIC_SHARED(smem4);
   const int n_cta = gridDim.x, k = blockIdx.x, pitch = quads(R);
   float* base = reinterpret_cast<float*>(smem4);
   float2* wg_s = reinterpret_cast<float2*>(base);  // [H][U] of (r, u)
@@ -342,7 +352,7 @@ extern "C" __global__ void __launch_bounds__(256) gru_bwd(const float* __restric
                                                           const float* __restrict__ wc, float* dz,
                                                           float* __restrict__ dh0, unsigned int* barrier,
                                                           int T, int B, int H, int U, int R) {
-  extern __shared__ float4 smem4[];
+  RNNKIT_DYNAMIC_SHARED(smem4);
   const int n_cta = gridDim.x, k = blockIdx.x, G2 = 2 * H, pitch = quads(R);
   float* wg_s = reinterpret_cast<float*>(smem4);  // [U][2H]
   float* wc_s = wg_s + quads(U * G2);             // [U][H]

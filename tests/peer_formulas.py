@@ -13,6 +13,12 @@ Keras 3 (keras.layers.LSTM / GRU / SimpleRNN), columns of kernel / recurrent_ker
                       reset_after=True:  h̃ = tanh(x K_h + b0_h + r (h R_h + b1_h)), bias [2, 3H]
                       h' = z h + (1 - z) h̃
     SimpleRNN:        h' = tanh(x K + h R + b)
+Flax (flax.linen / flax.nnx LSTMCell, GRUCell, SimpleCell docs), kernels [in, out]:
+    LSTM i, f, g, o:  i = σ(x W_ii + h W_hi + b_hi), f, g (tanh), o likewise
+                      c' = f c + i g;  h' = o tanh(c')          (no forget bias added)
+    GRU r, z, n:      r = σ(x W_ir + b_ir + h W_hr),  z likewise
+                      n = tanh(x W_in + b_in + r (h W_hn + b_hn));  h' = (1 - z) n + z h
+    SimpleCell:       h' = tanh(x W_i + b_i + h W_h)
 Each layer function takes x [batch, time, depth] and returns (outputs, final state).
 """
 
@@ -124,5 +130,54 @@ def keras_simple_rnn(w: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np
     outputs = []
     for t in range(x.shape[1]):
         h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+        outputs.append(h)
+    return np.stack(outputs, axis=1), h
+
+
+def _flax_dense(node: dict, name: str) -> tuple[np.ndarray, np.ndarray | float]:
+    d = node[name]
+    return np.asarray(d["kernel"], np.float64), np.asarray(d["bias"], np.float64) if "bias" in d else 0.0
+
+
+def flax_cell(cell: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Flax cell over the sequence, from its parameter tree (Linen's or NNX's names; NNX's
+    fused dense_i / dense_h split into the gates they hold); returns (outputs, final h)."""
+    keys = set(cell)
+    if keys == {"dense_i", "dense_h"}:
+        wi, bi = _flax_dense(cell, "dense_i")
+        wh, bh = _flax_dense(cell, "dense_h")
+        units = wh.shape[0]
+        n = wh.shape[1] // units
+        wis, whs = np.split(wi, n, axis=1), np.split(wh, n, axis=1)
+        bis = np.split(bi, n) if n > 1 and np.ndim(bi) else [bi] * n
+        bhs = np.split(bh, n) if n > 1 and np.ndim(bh) else [bh] * n
+        names = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n"), 1: ("",)}[n]
+        ins = {f"i{g}": {"kernel": w, "bias": b} for g, w, b in zip(names, wis, bis, strict=True)}
+        hids = {f"h{g}": {"kernel": w, "bias": b} for g, w, b in zip(names, whs, bhs, strict=True)}
+        cell = {**ins, **hids}
+        keys = set(cell)
+    units = next(iter(cell.values()))["kernel"].shape[1]
+    h, c = np.zeros((x.shape[0], units)), np.zeros((x.shape[0], units))
+    outputs = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+
+        def pre(gate: str, xt: np.ndarray = xt, h: np.ndarray = h) -> np.ndarray:
+            wi, bi = _flax_dense(cell, "i" + gate if "i" + gate in cell else "if_")
+            wh, bh = _flax_dense(cell, "h" + gate)
+            return xt @ wi + bi + h @ wh + bh
+
+        if "ii" in keys:  # LSTM
+            i, f, g, o = sigmoid(pre("i")), sigmoid(pre("f")), np.tanh(pre("g")), sigmoid(pre("o"))
+            c = f * c + i * g
+            h = o * np.tanh(c)
+        elif "ir" in keys:  # GRU
+            r, z = sigmoid(pre("r")), sigmoid(pre("z"))
+            win, bin_ = _flax_dense(cell, "in")
+            whn, bhn = _flax_dense(cell, "hn")
+            n = np.tanh(xt @ win + bin_ + r * (h @ whn + bhn))
+            h = (1.0 - z) * n + z * h
+        else:  # SimpleCell
+            h = np.tanh(pre(""))
         outputs.append(h)
     return np.stack(outputs, axis=1), h

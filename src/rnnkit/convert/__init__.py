@@ -1,4 +1,5 @@
-"""Weights in and out of rnnkit, exactly: TF1 checkpoints, PyTorch state_dicts, Keras 3 weights.
+"""Weights in and out of rnnkit, exactly: TF1 checkpoints, PyTorch state_dicts, Keras 3 weights,
+Flax parameter trees.
 
     import rnnkit.convert as rc
 
@@ -11,12 +12,17 @@
     c = rc.from_torch_state_dict(torch_module.state_dict())
     w = rc.to_keras_weights(model)                       # keras_model.set_weights(w)
     c = rc.from_keras_weights(keras_model.get_weights())
+    tree = rc.to_flax_params(model, style="nnx")        # or "linen"; rc.flax_model builds the module
+    c = rc.from_flax_params(nnx.state(flax_module, nnx.Param))
 
-Nothing here imports TensorFlow or PyTorch until a function needs one (reading a TF1
+Nothing here imports TensorFlow, PyTorch or Flax until a function needs one (reading a TF1
 checkpoint; reading or writing a `.pt` file; `tensors=True`), and then a missing one is a
 ConfigError that says what to install. Each module's docstring gives its layout and naming.
 """
 
+from rnnkit.convert._flax import flax_model as flax_model
+from rnnkit.convert._flax import from_flax_params as from_flax_params
+from rnnkit.convert._flax import to_flax_params as to_flax_params
 from rnnkit.convert._keras import from_keras_weights as from_keras_weights
 from rnnkit.convert._keras import keras_layers as keras_layers
 from rnnkit.convert._keras import to_keras_weights as to_keras_weights
@@ -37,6 +43,8 @@ __all__ = [
     "AdamState",
     "Conversion",
     "export_torch_file",
+    "flax_model",
+    "from_flax_params",
     "from_keras_weights",
     "from_tf1_checkpoint",
     "from_tf1_variables",
@@ -45,6 +53,7 @@ __all__ = [
     "keras_layers",
     "load_torch_file",
     "read_tf1_checkpoint",
+    "to_flax_params",
     "to_keras_weights",
     "to_torch_state_dict",
     "torch_modules",

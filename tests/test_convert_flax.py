@@ -7,6 +7,7 @@ is refused. With Flax installed (`make peers`), the same against Flax's own modu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -284,3 +285,75 @@ def test_flax_modules_initialised_by_flax_convert_to_their_outputs(flax: Any) ->
     nnx.update(module, perturb(state, jax.random.key(3)))
     conversion = rc.from_flax_params(nnx.state(module, nnx.Param))
     assert_close(conversion.classifier(num_steps=TIME)(x), module(x))
+
+
+# --- rnnkit convert flax -------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from rnnkit.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return int(code or 0), out, err
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".msgpack"])
+def test_cli_flax_both_ways_is_bit_for_bit(tmp_path: Any, capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+    from rnnkit.convert._flax import flax_file_bytes, load_flax_file
+
+    if suffix == ".msgpack":
+        pytest.importorskip("flax")
+    model = random_classifier(EXACT, input_size=28, num_classes=10, num_steps=28, seed=9)
+    tree = rc.to_flax_params(model, style="linen")
+    source = tmp_path / f"params{suffix}"
+    source.write_bytes(flax_file_bytes(tree, source))
+    code, out, err = run_cli(["convert", "flax", str(source), "--out", str(tmp_path / "run")], capsys)
+    assert (code, err) == (0, "")
+    assert "cells rnn:5,lstm:6:forget_bias=0.0,gru_reset_after:5, reading 28 features, 10 classes" in out
+    back = tmp_path / f"back{suffix}"
+    code, out, err = run_cli(["convert", "flax", str(tmp_path / "run"), "--style", "linen", "--out", str(back)], capsys)
+    assert (code, err) == (0, "")
+    first, second = leaves(tree), leaves(load_flax_file(back))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert np.array_equal(first[name], second[name]), name
+
+
+def test_cli_flax_mistakes_exit_2_with_one_line_and_touch_nothing(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rnnkit.convert._flax import flax_file_bytes
+
+    tf1_gru = rc.from_tf1_variables(random_classifier("gru:6", input_size=28, num_classes=3, num_steps=28).variables())
+    run = rc.write_run_dir(tf1_gru, tmp_path / "gru")
+    rng = np.random.default_rng(10)
+    extra = tmp_path / "extra.safetensors"
+    tree = {"cell": flax_layout("linen_lstm", 28, 4, rng), "Dense_0": random_dense(rng, 4, 3, True)}
+    extra.write_bytes(flax_file_bytes({**tree, "opt": {"count": np.zeros(1, np.int32)}}, extra))
+    mistakes = [
+        (["convert", "flax", str(run), "--out", str(tmp_path / "x.msgpack")], "reset gate before its candidate"),
+        (["convert", "flax", str(run), "--out", str(tmp_path / "x.npz")], r"must end in \.msgpack or \.safetensors"),
+        (
+            ["convert", "flax", str(tmp_path / "nope.msgpack"), "--out", str(tmp_path / "r")],
+            "nope.msgpack: no such file",
+        ),
+        (["convert", "flax", str(extra), "--out", str(tmp_path / "r")], "opt/count is neither .*--allow-unused"),
+        (["convert", "flax", str(extra), "--out", str(run)], "exists and is not empty"),
+        (["convert", "flax", str(run), "--style", "haiku", "--out", str(tmp_path / "x.msgpack")], "--style: invalid"),
+    ]
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for argv, message in mistakes:
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2, argv
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(message, err), (message, err)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.safetensors", "gru"]
+    code, out, err = run_cli(["convert", "flax", str(extra), "--out", str(tmp_path / "r"), "--allow-unused"], capsys)
+    assert (code, err) == (0, "")
+    assert "not converted (1): opt/count" in out

@@ -696,6 +696,8 @@ CONVERT_EPILOG = """examples:
   rnnkit convert torch runs/ra --out ra.pt    # a run trained with --cells lstm:128,gru_reset_after:256
   rnnkit convert torch model.safetensors --modules lstm,gru --out runs/from-torch
   rnnkit convert keras runs/seed3 --out seed3.npz                  # np.savez of get_weights() order
+  rnnkit convert flax params.msgpack --out runs/from-flax          # Linen variables or an NNX state
+  rnnkit convert flax runs/ra --style linen --out ra.msgpack       # (.safetensors: paths joined by /)
   rnnkit eval runs/from-tf1                                        # then use it like any run
 """
 
@@ -710,7 +712,7 @@ def _image_shape(text: str) -> tuple[int, int]:
 def _add_convert(commands: Any) -> None:
     convert = commands.add_parser(
         "convert",
-        help="bring TF1 checkpoints, PyTorch or Keras weights into a run directory, or take a run's weights out",
+        help="bring TF1 checkpoints, PyTorch, Keras or Flax weights into a run directory, or take a run's weights out",
         description="Convert weights exactly. Into rnnkit the result is a run directory for rnnkit eval / predict / "
         "train --resume (which fine-tunes with a fresh optimizer); out of rnnkit, a weights file.",
         epilog=CONVERT_EPILOG,
@@ -740,18 +742,29 @@ def _add_convert(commands: Any) -> None:
     keras = sources.add_parser("keras", help="Keras 3 get_weights() lists (.npz) <-> a run directory")
     common(keras, "an .npz of get_weights() (np.savez(path, *weights)), or a run directory")
     keras.add_argument("--forget-bias", type=float, default=0.0, help="forget bias the LSTM cells add (default 0)")
+    flax = sources.add_parser(
+        "flax", help="Flax Linen / NNX parameter trees (.msgpack, .safetensors) <-> a run directory"
+    )
+    common(flax, "a .msgpack or .safetensors parameter tree (into a run directory), or a run directory")
+    flax.add_argument("--modules", default=None, help="the cells' paths in forward order, comma-separated")
+    flax.add_argument("--head", default=None, help="path of the dense head, where it is not the only one")
+    flax.add_argument("--forget-bias", type=float, default=0.0, help="forget bias the LSTM cells add (default 0)")
+    flax.add_argument("--style", choices=("nnx", "linen"), default="nnx", help="the tree written out (default nnx)")
 
 
 def _convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import rnnkit.convert as rc
-    from rnnkit.workflows.convert import check_target, export_keras_file, export_torch_file
+    from rnnkit.workflows.convert import check_target, export_flax_file, export_keras_file, export_torch_file
 
     source = Path(args.source)
-    if args.convert_source in ("torch", "keras") and source.is_dir():
-        export = export_torch_file if args.convert_source == "torch" else export_keras_file
-        out = export(source, args.out, force=args.force)
+    if args.convert_source in ("torch", "keras", "flax") and source.is_dir():
+        if args.convert_source == "flax":
+            out = export_flax_file(source, args.out, style=args.style, force=args.force)
+        else:
+            export = export_torch_file if args.convert_source == "torch" else export_keras_file
+            out = export(source, args.out, force=args.force)
         print(f"{source} -> {out}")
         return 0
     check_target(Path(args.out), args.force)  # before reading a source that may be large
@@ -768,6 +781,19 @@ def _convert(args: argparse.Namespace) -> int:
             head=args.head,
             forget_bias=args.forget_bias,
             allow_unused=args.allow_unused,
+        )
+    elif args.convert_source == "flax":
+        from rnnkit.convert._flax import load_flax_file
+
+        modules = None if args.modules is None else [m.strip() for m in args.modules.split(",")]
+        conversion = rc.from_flax_params(
+            load_flax_file(source),
+            cells=args.cells,
+            modules=modules,
+            head=args.head,
+            forget_bias=args.forget_bias,
+            allow_unused=args.allow_unused,
+            source=str(source),
         )
     else:
         from rnnkit.workflows.convert import load_keras_file

@@ -42,6 +42,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -455,3 +456,81 @@ def _to_jax(tree: Any, jnp: Any) -> Any:
     if isinstance(tree, Mapping):
         return {k: _to_jax(v, jnp) for k, v in tree.items()}
     return jnp.asarray(tree)
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+FILE_SUFFIXES = (".msgpack", ".safetensors")
+
+
+def _import_flax_serialization(path: Path) -> Any:
+    try:
+        from flax import serialization
+    except ImportError:
+        raise ConfigError(
+            f"{path}: a .msgpack file needs flax, which is not installed: pip install flax (or use a .safetensors file "
+            "with the tree's paths joined by '/')"
+        ) from None
+    return serialization
+
+
+def _flatten(tree: Mapping[Any, Any], path: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        where = f"{path}/{key}" if path else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, where))
+        else:
+            out[where] = np.ascontiguousarray(value)
+    return out
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: a parameter's path runs through another parameter")
+        node[leaf] = value
+    return tree
+
+
+def load_flax_file(path: str | Path) -> dict[str, Any]:
+    """A Flax parameter tree from a file: `.msgpack` as `flax.serialization.msgpack_serialize`
+    writes it (needs flax), or `.safetensors` with each leaf named by its path joined by '/'
+    (`flax.traverse_util.flatten_dict(tree, sep="/")`; no flax needed)."""
+    from rnnkit.errors import CheckpointError
+
+    path = Path(path)
+    if path.suffix not in FILE_SUFFIXES:
+        raise ConfigError(f"{path}: expected a .msgpack or .safetensors file; got {path.suffix or 'no suffix'!r}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from rnnkit.workflows.checkpoint import read_safetensors
+
+        return _unflatten(read_safetensors(path)[0])
+    serialization = _import_flax_serialization(path)
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # msgpack's errors have no common base: any failure is an unreadable file
+        raise CheckpointError(f"{path}: not a readable Flax .msgpack file ({type(err).__name__}: {err})") from None
+    if not isinstance(tree, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(tree).__name__}, not a tree of parameters")
+    return tree
+
+
+def flax_file_bytes(tree: Mapping[Any, Any], path: Path) -> bytes:
+    """The bytes of `path` (.msgpack needs flax; .safetensors does not) holding `tree`; keys
+    written as strings (NNX's list indices too: nnx.statelib.restore_int_paths turns them back)."""
+    if path.suffix == ".safetensors":
+        import safetensors.numpy
+
+        return safetensors.numpy.save(_flatten(tree))
+    if path.suffix == ".msgpack":
+        serialization = _import_flax_serialization(path)
+        return serialization.msgpack_serialize(_unflatten(_flatten(tree)))
+    raise ConfigError(f"--out: {path} must end in .msgpack or .safetensors")

@@ -1,4 +1,5 @@
-"""`rnnkit convert`: converted weights into a run directory, and a run directory out to PyTorch.
+"""`rnnkit convert`: converted weights into a run directory, and a run directory out to PyTorch,
+Keras or Flax.
 
 A converted run directory is an ordinary one that `rnnkit eval`, `predict` and
 `train --resume` accept:
@@ -207,6 +208,26 @@ def export_keras_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
     np.savez(buffer, *to_keras_weights(load_run_model(run_dir)))
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def export_flax_file(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, style: str = "nnx", force: bool = False
+) -> Path:
+    """A run directory's model as a Flax parameter tree file (.msgpack needs flax;
+    .safetensors, paths joined by '/', does not), in `style` (linen or nnx)."""
+    from rnnkit.convert._flax import FILE_SUFFIXES, flax_file_bytes, to_flax_params
+
+    out = Path(out)
+    if out.suffix not in FILE_SUFFIXES:
+        raise ConfigError(f"--out: {out} must end in .msgpack or .safetensors")
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; expected a .msgpack or .safetensors file")
+    if out.exists() and not force:
+        raise ConfigError(f"--out: {out} exists; choose another file or pass --force")
+    data = flax_file_bytes(to_flax_params(load_run_model(run_dir), style=style), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_bytes(out, data)
     return out
 
 

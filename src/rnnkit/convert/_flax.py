@@ -405,7 +405,7 @@ def flax_model(model: Any, *, style: str = "nnx") -> Any:
         from flax import linen as nn
         from flax import nnx
     except ImportError:
-        raise ConfigError("flax_model needs flax: pip install flax") from None
+        raise ConfigError("flax_model needs flax, which is not installed: pip install 'rnnkit[flax]'") from None
     kinds = [layer.spec.kind for layer in layers]
     sizes = [(layer.input_size, layer.spec.units) for layer in layers]
     with_head = head is not None
@@ -468,8 +468,8 @@ def _import_flax_serialization(path: Path) -> Any:
         from flax import serialization
     except ImportError:
         raise ConfigError(
-            f"{path}: a .msgpack file needs flax, which is not installed: pip install flax (or use a .safetensors file "
-            "with the tree's paths joined by '/')"
+            f"{path}: a .msgpack file needs flax, which is not installed: pip install 'rnnkit[flax]' (or use a "
+            ".safetensors file with the tree's paths joined by '/')"
         ) from None
     return serialization
 

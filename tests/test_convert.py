@@ -8,6 +8,7 @@ test_convert_keras.py and test_convert_tf1.py (skipped when the framework is abs
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import re
@@ -583,7 +584,16 @@ def cli_mistakes(tmp: Path, gru_run: Path) -> list[tuple[list[str], str]]:
     ambiguous.write_bytes(
         safetensors.numpy.save({n.replace("rnn.0.", "lstm.").replace("rnn.1.", "gru."): v for n, v in state.items()})
     )
+    without_tf = []
+    if importlib.util.find_spec("tensorflow") is None:  # a run out to a TF1 checkpoint needs TensorFlow
+        without_tf.append(
+            (
+                ["convert", "tf1", str(gru_run), "--out", str(tmp / "ckpt" / "model.ckpt")],
+                r"writing a TF1 checkpoint needs TensorFlow, .* pip install 'rnnkit\[tf\]'",
+            )
+        )
     return [
+        *without_tf,
         (
             ["convert", "torch", str(gru_run), "--out", str(tmp / "x.pt")],
             r"TF1's GRUCell \(kind 'gru'\) applies the reset gate before",
@@ -623,7 +633,11 @@ def test_cli_mistakes_exit_2_with_one_line_and_touch_nothing(
 CONVERT_PUBLIC = {
     "AdamState",
     "Conversion",
+    "export_flax_file",
+    "export_tf1_checkpoint",
     "export_torch_file",
+    "flax_model",
+    "from_flax_params",
     "from_keras_weights",
     "from_tf1_checkpoint",
     "from_tf1_variables",
@@ -632,10 +646,13 @@ CONVERT_PUBLIC = {
     "keras_layers",
     "load_torch_file",
     "read_tf1_checkpoint",
+    "tf1_variables",
+    "to_flax_params",
     "to_keras_weights",
     "to_torch_state_dict",
     "torch_modules",
     "write_run_dir",
+    "write_tf1_checkpoint",
 }
 
 
@@ -647,8 +664,9 @@ def test_convert_public_names_are_pinned() -> None:
 
 
 def test_importing_rnnkit_convert_imports_no_peer_framework() -> None:
-    """torch, tensorflow and keras are optional: only the functions that need one import it."""
-    code = "import sys, rnnkit, rnnkit.convert, rnnkit.cli; print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"
+    """torch, tensorflow, keras and flax are optional: only the functions that need one import it."""
+    peers = "('torch', 'tensorflow', 'keras', 'flax')"
+    code = f"import sys, rnnkit, rnnkit.convert, rnnkit.cli; print(sorted(m for m in {peers} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -157,14 +157,11 @@ def test_a_path_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
         rc.read_tf1_checkpoint(tmp_path / "bad")
 
 
-def test_resume_continues_tf1s_training(tmp_path: Path) -> None:
-    """TF1 trains two Adam steps and saves; rnnkit converts and resumes for a third on the same
-    batch TF1 then trains on: the weights after it must agree with TF1's."""
-    import jax
-
+def tiny_mnist(tmp_path: Path, steps: int) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+    """MNIST-format files of random 28x28 images, settings that train `steps` steps of 16 on
+    them, and those steps' batches as rnnkit train draws them."""
     from rnnkit.data import batch_indices, load_mnist, split_validation, to_layout, write_idx
-    from rnnkit.workflows import checkpoint as ckpt
-    from rnnkit.workflows.train import TrainConfig, train
+    from rnnkit.workflows.train import TrainConfig
 
     rng = np.random.default_rng(3)
     data = tmp_path / "idx"
@@ -172,26 +169,44 @@ def test_resume_continues_tf1s_training(tmp_path: Path) -> None:
     for split, n in (("train", 64), ("t10k", 16)):
         write_idx(data / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, TIME, DEPTH)).astype(np.uint8))
         write_idx(data / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % CLASSES).astype(np.uint8))
-    settings = TrainConfig(data_dir=str(data), batch_size=16, validation_size=16, train_samples=3 * 16 + 1)
+    settings = TrainConfig(
+        data_dir=str(data), batch_size=16, validation_size=16, train_samples=steps * 16 + 1, cells="lstm:16,gru:32"
+    )
     splits = load_mnist(str(data))
     (train_x, train_y), _ = split_validation(splits.train_images, splits.train_labels, 16, settings.seed)
     batches = []
     for step in range(3):
         idx = batch_indices(len(train_x), 16, settings.seed, step)
         batches.append((to_layout(train_x[idx], "rows"), train_y[idx].astype(np.int32)))
+    return settings, batches
 
+
+def seed_graph() -> tuple[Any, Any, Any, Any]:
+    """The seed's graph at test size in the current TF1 graph: (x, y, logits, Adam's train op)."""
+    x = v1.placeholder(tf.float32, [None, TIME, DEPTH])
+    y = v1.placeholder(tf.int32, [None])
+    outputs, _ = v1.nn.dynamic_rnn(seed_cells(), x, dtype=tf.float32)
+    with v1.variable_scope("fully_connected"):
+        w = v1.get_variable("weights", [32, CLASSES])
+        b = v1.get_variable("biases", [CLASSES], initializer=v1.zeros_initializer())
+    logits = tf.matmul(outputs[:, -1], w) + b
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+    return x, y, logits, v1.train.AdamOptimizer(0.001).minimize(loss)
+
+
+def test_resume_continues_tf1s_training(tmp_path: Path) -> None:
+    """TF1 trains two Adam steps and saves; rnnkit converts and resumes for a third on the same
+    batch TF1 then trains on: the weights after it must agree with TF1's."""
+    import jax
+
+    from rnnkit.workflows import checkpoint as ckpt
+    from rnnkit.workflows.train import TrainConfig, train
+
+    settings, batches = tiny_mnist(tmp_path, 3)
     g = tf.Graph()
     with g.as_default(), v1.Session(graph=g) as sess:
         v1.set_random_seed(0)
-        x = v1.placeholder(tf.float32, [None, TIME, DEPTH])
-        y = v1.placeholder(tf.int32, [None])
-        outputs, _ = v1.nn.dynamic_rnn(seed_cells(), x, dtype=tf.float32)
-        with v1.variable_scope("fully_connected"):
-            w = v1.get_variable("weights", [32, CLASSES])
-            b = v1.get_variable("biases", [CLASSES], initializer=v1.zeros_initializer())
-        logits = tf.matmul(outputs[:, -1], w) + b
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-        train_op = v1.train.AdamOptimizer(0.001).minimize(loss)
+        x, y, _, train_op = seed_graph()
         sess.run(v1.global_variables_initializer())
         for bx, by in batches[:2]:
             sess.run(train_op, {x: bx, y: by})
@@ -211,3 +226,54 @@ def test_resume_continues_tf1s_training(tmp_path: Path) -> None:
     for name, value in want.items():
         assert np.abs(value - conversion.variables[name]).max() > 1e-4, f"{name}: TF1's third step barely moved it"
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=2e-6, err_msg=name)
+
+
+def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other way: rnnkit trains two steps; `rnnkit convert tf1 RUN --out PREFIX` writes a
+    checkpoint; TF1's own Saver restores the seed's graph from it (weights, Adam's slots and
+    beta powers) and gives rnnkit's logits; its third Adam step on a batch equals rnnkit's third
+    step on it, resumed from the same checkpoint read back."""
+    import dataclasses
+
+    import jax
+
+    from rnnkit.workflows import checkpoint as ckpt
+    from rnnkit.workflows.train import TrainConfig, train
+
+    settings, batches = tiny_mnist(tmp_path, 2)
+    run = tmp_path / "run"
+    with jax.numpy_dtype_promotion("standard"):
+        train(dataclasses.replace(settings, run_dir=str(run)))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "other.ckpt.index").write_bytes(b"kept")
+    prefix = tmp_path / "ckpt" / "model.ckpt"
+    assert main(["convert", "tf1", str(run), "--out", str(prefix)]) == 0
+    assert capsys.readouterr().out.strip() == f"{run} -> {prefix}"
+    assert (tmp_path / "ckpt" / "other.ckpt.index").read_bytes() == b"kept"
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")) == str(prefix)
+    model = load_run_model(run)
+
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        x, y, logits, train_op = seed_graph()
+        v1.train.Saver().restore(sess, str(prefix))  # every variable of the graph, Adam's included
+        want_logits = sess.run(logits, {x: batches[2][0]})
+        sess.run(train_op, {x: batches[2][0], y: batches[2][1]})
+        trainables = v1.trainable_variables()
+        want = {v.name.removesuffix(":0"): value for v, value in zip(trainables, sess.run(trainables), strict=True)}
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(batches[2][0]))), want_logits, rtol=TOL, atol=TOL)
+
+    more = dataclasses.replace(settings, train_samples=3 * 16 + 1)
+    rc.write_run_dir(rc.from_tf1_checkpoint(prefix), tmp_path / "back", image_shape=(TIME, DEPTH), settings=more)
+    with jax.numpy_dtype_promotion("standard"):
+        train(TrainConfig(run_dir=str(tmp_path / "back")), resume=True)
+    got, step = ckpt.load_model_variables(tmp_path / "back")
+    assert step == 3
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=2e-6, err_msg=name)
+    with pytest.raises(SystemExit) as stop:
+        main(["convert", "tf1", str(run), "--out", str(prefix)])
+    assert stop.value.code == 2
+    assert f"{prefix}.index exists; choose another prefix or pass --force" in capsys.readouterr().err

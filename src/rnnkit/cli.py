@@ -693,6 +693,7 @@ def _data(args: argparse.Namespace) -> int:
 CONVERT_EPILOG = """examples:
   rnnkit convert tf1 ckpt/model.ckpt-781 --out runs/from-tf1      # the seed's TF1 checkpoint
   rnnkit convert tf1 ckpt/ --cells lstm:128:forget_bias=0,gru:256 --out runs/x   # what names can't show
+  rnnkit convert tf1 runs/seed3 --out ckpt/seed3.ckpt              # weights and Adam state, for TF1's Saver
   rnnkit convert torch runs/ra --out ra.pt    # a run trained with --cells lstm:128,gru_reset_after:256
   rnnkit convert torch model.safetensors --modules lstm,gru --out runs/from-torch
   rnnkit convert keras runs/seed3 --out seed3.npz                  # np.savez of get_weights() order
@@ -730,8 +731,8 @@ def _add_convert(commands: Any) -> None:
         p.add_argument("--allow-unused", action="store_true", help="convert even if some names have no place")
         p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
-    tf1 = sources.add_parser("tf1", help="a TF1 checkpoint (tf.compat.v1.train.Saver) into a run directory")
-    common(tf1, "checkpoint prefix (model.ckpt-781), its .index file, or its directory")
+    tf1 = sources.add_parser("tf1", help="a TF1 checkpoint (tf.compat.v1.train.Saver) <-> a run directory")
+    common(tf1, "checkpoint prefix (model.ckpt-781), its .index file or its directory; or a run directory")
     tf1.add_argument("--scope", default="rnn", help="variable scope of the RNN (default rnn)")
     tf1.add_argument("--head", default=None, help="scope of the dense head (default: fully_connected or dense)")
     torch = sources.add_parser("torch", help="a PyTorch state_dict (.pt / .safetensors) <-> a run directory")
@@ -756,11 +757,20 @@ def _convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import rnnkit.convert as rc
-    from rnnkit.workflows.convert import check_target, export_flax_file, export_keras_file, export_torch_file
+    from rnnkit.workflows.convert import (
+        check_target,
+        export_flax_file,
+        export_keras_file,
+        export_tf1_checkpoint,
+        export_torch_file,
+    )
 
     source = Path(args.source)
-    if args.convert_source in ("torch", "keras", "flax") and source.is_dir():
-        if args.convert_source == "flax":
+    run_dir_source = source.is_dir() and (args.convert_source != "tf1" or (source / "config.json").is_file())
+    if run_dir_source and args.convert_source in ("torch", "keras", "flax", "tf1"):
+        if args.convert_source == "tf1":
+            out = export_tf1_checkpoint(source, args.out, force=args.force)
+        elif args.convert_source == "flax":
             out = export_flax_file(source, args.out, style=args.style, force=args.force)
         else:
             export = export_torch_file if args.convert_source == "torch" else export_keras_file

@@ -1,4 +1,4 @@
-"""TF1 checkpoints (`tf.compat.v1.train.Saver`) -> rnnkit weights, by variable name.
+"""TF1 checkpoints (`tf.compat.v1.train.Saver`) <-> rnnkit weights, by variable name.
 
 rnnkit keeps TF1's variable names, so the cells map one to one: a checkpoint's
 `rnn/multi_rnn_cell/cell_0/lstm_cell/kernel` is rnnkit's variable of the same name. What has
@@ -23,6 +23,11 @@ moments for every variable (and beta powers of Adam's default betas), they becom
 `rnnkit train --resume` continues TF1's training; every other piece of training state is
 listed in `Conversion.skipped`. Any other variable is an error that names it, unless
 `allow_unused`.
+
+The other way, `tf1_variables` names a model's weights as TF1 does (they already carry TF1's
+names) and, given TF1 Adam's state, adds its slots, beta powers and `global_step`, and
+`write_tf1_checkpoint` saves them with TF1's own Saver: a TF1 program that builds the same
+graph restores it and goes on training where rnnkit stopped.
 """
 
 from __future__ import annotations
@@ -255,3 +260,70 @@ def _adam_state(variables: dict[str, np.ndarray], rnnkit_names: dict[str, str]) 
     m = {rk: variables[f"{name}/Adam"] for name, rk in rnnkit_names.items()}
     v = {rk: variables[f"{name}/Adam_1"] for name, rk in rnnkit_names.items()}
     return AdamState(m, v, step)
+
+
+def tf1_variables(model: Any, adam: AdamState | None = None) -> dict[str, np.ndarray]:
+    """A SequenceClassifier's (or cell stack's) weights by TF1 name, and with `adam` TF1
+    AdamOptimizer's state as its Saver stores it: `<variable>/Adam` (m), `<variable>/Adam_1`
+    (v), `beta1_power` = 0.9^(step + 1), `beta2_power` = 0.999^(step + 1) (what TF1 holds after
+    `step` updates) and `global_step`."""
+    variables = {name: np.asarray(value) for name, value in model.variables().items()}
+    if adam is None:
+        return variables
+    missing = sorted(set(variables) - set(adam.m)) + sorted(set(variables) - set(adam.v))
+    if missing:
+        raise ConfigError(f"the Adam state has no moments for {', '.join(missing)}")
+    for name in list(variables):
+        variables[f"{name}/Adam"] = np.asarray(adam.m[name])
+        variables[f"{name}/Adam_1"] = np.asarray(adam.v[name])
+    variables["beta1_power"] = np.asarray(0.9 ** (adam.step + 1), np.float32)
+    variables["beta2_power"] = np.asarray(0.999 ** (adam.step + 1), np.float32)
+    variables["global_step"] = np.asarray(adam.step, np.int64)
+    return variables
+
+
+def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path) -> Path:
+    """Save `variables` (name -> array) as a TF1 checkpoint at `prefix` (`prefix.index` and
+    `prefix.data-00000-of-00001`) with tf.compat.v1.train.Saver, and point the directory's
+    `checkpoint` file at it (so tf.train.latest_checkpoint finds it). Saved under a temporary
+    name and renamed into place: a failure leaves what was there. Needs tensorflow."""
+    import os
+    import secrets
+    import shutil
+
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ConfigError(
+            "writing a TF1 checkpoint needs TensorFlow, which is not installed: pip install 'rnnkit[tf]' "
+            "(tensorflow-cpu)"
+        ) from None
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp = prefix.parent / f".{prefix.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
+    try:
+        v1 = tf.compat.v1
+        graph = tf.Graph()
+        with graph.as_default(), v1.Session(graph=graph) as sess:
+            held = {
+                name: v1.Variable(np.asarray(value), name=f"v{k}") for k, (name, value) in enumerate(variables.items())
+            }
+            sess.run(v1.variables_initializer(list(held.values())))
+            v1.train.Saver(var_list=held).save(sess, str(tmp / prefix.name), write_meta_graph=False, write_state=False)
+        for part in sorted(tmp.iterdir()):  # the .data file first, then the .index that names it
+            os.replace(part, prefix.parent / part.name)
+        state = v1.train.get_checkpoint_state(str(prefix.parent))
+        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if Path(p).name != prefix.name]
+        paths = [*kept, prefix.name]
+
+        def quoted(path: str) -> str:
+            return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = [f"model_checkpoint_path: {quoted(prefix.name)}"]
+        lines += [f"all_model_checkpoint_paths: {quoted(path)}" for path in paths]
+        (tmp / "checkpoint").write_text("\n".join(lines) + "\n")
+        os.replace(tmp / "checkpoint", prefix.parent / "checkpoint")  # the CheckpointState Saver writes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return prefix

@@ -1,5 +1,5 @@
-"""`rnnkit convert`: converted weights into a run directory, and a run directory out to PyTorch,
-Keras or Flax.
+"""`rnnkit convert`: converted weights into a run directory, and a run directory out to a TF1
+checkpoint, PyTorch, Keras or Flax.
 
 A converted run directory is an ordinary one that `rnnkit eval`, `predict` and
 `train --resume` accept:
@@ -46,7 +46,7 @@ from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
 
 if TYPE_CHECKING:  # an annotation only: rnnkit.convert re-exports this module's functions, so
     # importing it here, with this module imported first, would be a circular import
-    from rnnkit.convert._stack import Conversion
+    from rnnkit.convert._stack import AdamState, Conversion
 
 
 def check_target(run_dir: Path, force: bool, flag: str = "--out") -> None:
@@ -209,6 +209,45 @@ def export_keras_file(run_dir: str | os.PathLike[str], out: str | os.PathLike[st
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def run_adam_state(run_dir: str | os.PathLike[str], model: SequenceClassifier) -> AdamState | None:
+    """The run's Adam state (TF1's AdamOptimizer: moments by TF1 name and update count), or
+    None where the run's optimizer holds none."""
+    from rnnkit.convert._stack import AdamState
+    from rnnkit.workflows.train import _restore_opt_state
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(ckpt.read_config(run_dir))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    template = make_optimizer(config).init(params)
+    _, opt_vars, _ = ckpt.load_checkpoint(run_dir)  # refuses a model and optimizer from different steps
+    state = _restore_opt_state(template, opt_vars, run_dir)
+    parts = state if isinstance(state, tuple) and not isinstance(state, optax.ScaleByAdamState) else (state,)
+    adam = next((part for part in parts if isinstance(part, optax.ScaleByAdamState)), None)  # after a clip, say
+    if adam is None:
+        return None
+    m = eqx.combine(adam.mu, static).variables()
+    v = eqx.combine(adam.nu, static).variables()
+    return AdamState(
+        {k: np.asarray(a) for k, a in m.items()}, {k: np.asarray(a) for k, a in v.items()}, int(adam.count)
+    )
+
+
+def export_tf1_checkpoint(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """A run directory as a TF1 checkpoint at the prefix `out` (needs tensorflow): the weights
+    under their TF1 names and the run's Adam state as TF1's AdamOptimizer keeps it, so a TF1
+    program building the same graph restores it with Saver and trains on."""
+    from rnnkit.convert._tf1 import tf1_variables, write_tf1_checkpoint
+
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; expected a checkpoint prefix such as {out}/model.ckpt")
+    if Path(f"{out}.index").exists() and not force:
+        raise ConfigError(f"--out: {out}.index exists; choose another prefix or pass --force")
+    model = load_run_model(run_dir)
+    variables = tf1_variables(model, run_adam_state(run_dir, model))
+    return write_tf1_checkpoint(variables, out)
 
 
 def export_flax_file(

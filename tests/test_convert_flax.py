@@ -213,6 +213,8 @@ def test_ambiguous_or_unknown_parameters_are_named() -> None:
     assert conversion.skipped == ("Dense_1",)
     with pytest.raises(ConfigError, match="step is neither a recurrent cell's nor the head's; pass allow_unused"):
         rc.from_flax_params({"cell": cell, "Dense_0": head, "step": np.int32(3)})
+    rngs = {"cell": cell, "Dense_0": head, "rngs": {"count": np.uint32(1), "key": np.zeros(2, np.uint32)}}
+    assert rc.from_flax_params(rngs).skipped == ("rngs/count", "rngs/key")  # nnx.state(model) without a filter
     with pytest.raises(ConfigError, match="found no recurrent layer"):
         rc.from_flax_params({"Dense_0": head})
     with pytest.raises(ConfigError, match=r"--cells: layer 0 of .* reset gate before"):

@@ -225,17 +225,18 @@ def from_flax_params(
     (LSTMCell_0, LSTMCell_1; layers/0, layers/1); `modules` lists the cells' paths
     ("layers/0/cell", "LSTMCell_0") in forward order where neither tells. `head` is the head's
     path where there is not exactly one kernel/bias pair beside the cells. `cells`
-    overrides kinds and forget biases. Anything else in the tree is refused unless
-    `allow_unused` (then it is listed in `skipped`)."""
+    overrides kinds and forget biases. NNX's RNG state (under `rngs`) is listed in `skipped`;
+    anything else in the tree is refused unless `allow_unused` (then it is listed too)."""
     if not isinstance(tree, Mapping):
         raise ConfigError(f"{source}: expected a mapping of parameters (a Flax params dict or nnx.State)")
     found: list[tuple[str, str, Any]] = []
     others: list[tuple[str, Any]] = []
     _walk(tree, "", found, others)
     head_node, skipped = _find_head(others, head, source)
-    if skipped and not allow_unused:
+    unknown = [path for path in skipped if "rngs" not in path.split("/")]  # NNX's RNG streams: bookkeeping
+    if unknown and not allow_unused:
         raise ConfigError(
-            f"{source}: {', '.join(skipped)} {'is' if len(skipped) == 1 else 'are'} neither a recurrent cell's nor "
+            f"{source}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} neither a recurrent cell's nor "
             "the head's; pass allow_unused (--allow-unused) to convert without them"
         )
     read = [_keras_layout(kind, node, f"{source}: {where}") for where, kind, node in found]

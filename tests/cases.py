@@ -168,3 +168,16 @@ def benchmark_script(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """rnnkit's CLI in this process (capsys: pytest's fixture): (exit status, stdout, stderr),
+    argparse's exits included."""
+    from rnnkit.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return int(code or 0), out, err

@@ -35,6 +35,7 @@ from rnnkit.workflows.evaluate import evaluate_run
 from rnnkit.workflows.train import TrainConfig, train
 
 import peer_formulas as peer
+from cases import run_cli
 from convert_cases import random_classifier
 
 TOL = 1e-5
@@ -515,15 +516,6 @@ def test_resume_on_a_converted_tf1_run_makes_tf1s_next_adam_update(data_dir: Pat
 
 
 # --- rnnkit convert -------------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return int(code or 0), out, err
 
 
 def test_cli_torch_both_ways_round_trips_bit_identically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ import pytest
 import rnnkit.convert as rc
 from rnnkit.errors import ConfigError
 
+from cases import run_cli
 from convert_cases import random_classifier
 from peer_formulas import flax_cell
 
@@ -291,17 +292,6 @@ def test_flax_modules_initialised_by_flax_convert_to_their_outputs(flax: Any) ->
 
 
 # --- rnnkit convert flax -------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from rnnkit.cli import main
-
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return int(code or 0), out, err
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".msgpack"])

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rnnkit.cli import main
 from rnnkit.data import write_idx
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.evaluate import evaluate_run, predict_images
 from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
+
+from cases import run_cli
 
 SIDE, CLASSES = 8, 3
 
@@ -168,15 +169,6 @@ def test_predict_matches_eval_logits(data_dir: Path, tmp_path: Path) -> None:
         assert p.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
         assert p.step_probabilities.shape == (SIDE, CLASSES)
         np.testing.assert_allclose(p.step_probabilities[-1], p.probabilities, rtol=1e-5, atol=1e-6)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_train_prints_the_seed_lines(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,14 @@ from typing import Any
 import numpy as np
 
 from rnnkit.convert import _layouts as L
-from rnnkit.convert._stack import Conversion, Layer, conversion_from_layers, layers_of, with_forget_bias
+from rnnkit.convert._stack import (
+    Conversion,
+    Layer,
+    check_given_spec,
+    conversion_from_layers,
+    layers_of,
+    with_forget_bias,
+)
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
 
@@ -289,16 +296,9 @@ def _spec_for(gates: int, units: int, forget_bias: float, given: CellSpec | None
     kind = {1: "rnn", 4: "lstm", 3: "gru_reset_after"}[gates]
     if given is None:
         return CellSpec(kind, units, (("forget_bias", float(forget_bias)),) if gates == 4 else ())
-    allowed = ("lstm", "basic_lstm") if gates == 4 else (kind,)
     if given.kind == "gru" and gates == 3:
         raise ConfigError(f"--cells: layer {index} of {source}: {_FLAX_TF1_GRU}")
-    if given.kind not in allowed or given.units != units:
-        raise ConfigError(
-            f"--cells: layer {index} of {source} is {' or '.join(allowed)}:{units}; got {given.kind}:{given.units}"
-        )
-    extra = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in dict(given.options)]
-    if extra:
-        raise ConfigError(f"--cells: layer {index} asks for {', '.join(extra)}, which Flax's LSTMCell does not have")
+    check_given_spec(given, kind, units, index, source, "Flax's LSTMCell")
     if gates == 4 and "forget_bias" not in dict(given.options):
         return with_forget_bias(given, forget_bias)
     return given

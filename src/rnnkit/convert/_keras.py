@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rnnkit.convert import _layouts as L
-from rnnkit.convert._stack import Conversion, Layer, conversion_from_layers, layers_of
+from rnnkit.convert._stack import Conversion, Layer, check_given_spec, conversion_from_layers, layers_of
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
 
@@ -182,12 +182,5 @@ def _spec_for(
     if given is None:
         options = (("forget_bias", float(forget_bias)),) if gates == 4 else ()
         return CellSpec(kind, units, options), layer_reset_after
-    allowed = ("lstm", "basic_lstm") if gates == 4 else (kind,)
-    if given.kind not in allowed or given.units != units:
-        raise ConfigError(
-            f"--cells: layer {index} of {source} is {' or '.join(allowed)}:{units}; got {given.kind}:{given.units}"
-        )
-    extra = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in dict(given.options)]
-    if extra:
-        raise ConfigError(f"--cells: layer {index} asks for {', '.join(extra)}, which Keras's LSTM does not have")
+    check_given_spec(given, kind, units, index, source, "Keras's LSTM")
     return given, layer_reset_after

@@ -185,6 +185,20 @@ def conversion_from_layers(
     return conversion
 
 
+def check_given_spec(given: CellSpec, kind: str, units: int, index: int, source: str, peer_lstm: str) -> None:
+    """A `--cells` entry for a layer the weights show as `kind`:`units` (an LSTM may be given as
+    lstm or basic_lstm) must name that cell, and no LSTM option the peer's LSTM (`peer_lstm`)
+    lacks."""
+    allowed = ("lstm", "basic_lstm") if kind == "lstm" else (kind,)
+    if given.kind not in allowed or given.units != units:
+        raise ConfigError(
+            f"--cells: layer {index} of {source} is {' or '.join(allowed)}:{units}; got {given.kind}:{given.units}"
+        )
+    extra = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in dict(given.options)]
+    if extra:
+        raise ConfigError(f"--cells: layer {index} asks for {', '.join(extra)}, which {peer_lstm} does not have")
+
+
 def with_forget_bias(spec: CellSpec, forget_bias: float) -> CellSpec:
     options = {**dict(spec.options), "forget_bias": float(forget_bias)}
     return CellSpec(spec.kind, spec.units, tuple(sorted(options.items())))

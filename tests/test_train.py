@@ -375,3 +375,34 @@ def test_precision_is_kept_with_the_run_and_eval_falls_back_where_the_backend_la
         *run_cli(["train", "--precision", "BF16_BF16_BF16", "--data-dir", str(data_dir)], capsys)[::2]
     )
     assert "--precision BF16_BF16_BF16: JAX's cpu backend does not run it" in line
+
+
+def test_samples_per_s_counts_training_steps_not_validation_or_checkpoints(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a clock where every reading advances 1 ms, and validating or writing a checkpoint takes
+    1000 s (a GPU compiling its predict program can take tens of seconds), the reported speed
+    is the steps' own: each step reads the clock a few times, so it is far above
+    (steps x batch) / 1000 s."""
+    import rnnkit.workflows.train as train_module
+
+    clock = [0.0]
+
+    def perf_counter() -> float:
+        clock[0] += 1e-3
+        return clock[0]
+
+    def slow(fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            clock[0] += 1000.0
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(train_module, "time", type("Clock", (), {"perf_counter": staticmethod(perf_counter)}))
+    monkeypatch.setattr(train_module, "loss_and_accuracy", slow(train_module.loss_and_accuracy))
+    monkeypatch.setattr(train_module.ckpt, "save_checkpoint", slow(train_module.ckpt.save_checkpoint))
+    result = train(config(data_dir, tmp_path / "run"))  # 12 steps: checkpoints at 5 and 10, a validation at 12
+    assert result.steps == 12
+    assert result.samples_per_s > 11 * 16 / 1.0  # 11 steady steps in well under a second of this clock
+    assert result.wall_s > 3000.0  # the clock did run through the validations and checkpoints

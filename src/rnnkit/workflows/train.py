@@ -343,7 +343,7 @@ class TrainResult:
     test_accuracy: float
     test_loss: float
     wall_s: float
-    samples_per_s: float  # training steps only, after the first (compiling) step
+    samples_per_s: float  # training steps only: after the first (compiling) step, without validations and checkpoints
     first_step_s: float  # the first step: trace + compile + run
 
 
@@ -633,6 +633,14 @@ def _train(
     t_start = time.perf_counter()
     first_step_s, t_steady, steady_steps = 0.0, None, 0
     logged = step  # the last step whose minibatch record is in metrics.jsonl
+    aside_s = 0.0  # time the loop spends validating and checkpointing: not training, so not in samples/s
+
+    def aside(fn: Any, at_step: int) -> None:
+        nonlocal aside_s
+        jax.block_until_ready((params, opt_state))  # the steps queued before it count as training
+        t0 = time.perf_counter()
+        fn(at_step)
+        aside_s += time.perf_counter() - t0
 
     def log(at_step: int, loss: jax.Array, acc: jax.Array) -> tuple[float, float]:
         nonlocal logged
@@ -661,16 +669,16 @@ def _train(
                     steady_steps += 1
                 if is_display_step(step):
                     loss_v, acc_v = log(step, loss, acc)  # the record first: Ctrl-C may come during reporting
-                    elapsed = time.perf_counter() - t_steady
+                    elapsed = time.perf_counter() - t_steady - aside_s
                     speed = steady_steps * config.batch_size / elapsed if steady_steps and elapsed > 0 else 0.0
                     reporter.step(step, loss_v, acc_v, speed)
                     if step % config.display_step == 0:
                         samples = step * config.batch_size
                         reporter.line(f"Iter {samples}, Minibatch Loss= {loss_v:.6f}, Training Accuracy= {acc_v:.5f}")
                 if step % steps_per_epoch == 0:
-                    validate(step)
+                    aside(validate, step)
                 if step % config.checkpoint_every == 0:
-                    save(step)
+                    aside(save, step)
                 if stop.requested:
                     raise KeyboardInterrupt  # after the step: params and optimizer state are whole
     except KeyboardInterrupt:
@@ -681,7 +689,7 @@ def _train(
         reporter.stop()
         raise TrainingInterrupted(run_dir, step) from None
     jax.block_until_ready(params)
-    train_s = time.perf_counter() - (t_steady or t_start)
+    train_s = time.perf_counter() - (t_steady or t_start) - aside_s
     save(step)
     if step % steps_per_epoch != 0:
         validate(step)

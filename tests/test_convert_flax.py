@@ -154,6 +154,13 @@ def test_every_flax_layout_reads_as_flaxs_formulas() -> None:
         conversion = rc.from_flax_params(tree)
         assert conversion.cells.split(",")[0] == "lstm:4:forget_bias=0.0"
         assert_close(conversion.classifier(num_steps=TIME)(jnp.asarray(x)), want)
+    # A bias where Flax's own cells have none (a variant cell) is added in, not dropped.
+    extra = [flax_layout("linen_lstm", DEPTH, 4, rng), flax_layout("linen_gru", 4, 5, rng)]
+    extra[0]["ii"]["bias"] = np.full(4, 0.7, np.float32)
+    extra[1]["hr"]["bias"] = np.full(5, -0.4, np.float32)
+    tree = {"LSTMCell_0": extra[0], "GRUCell_0": extra[1], "Dense_0": random_dense(rng, 5, CLASSES, True)}
+    got = rc.from_flax_params(tree).classifier(num_steps=TIME)(jnp.asarray(x))
+    assert_close(got, formulas(extra, tree["Dense_0"], x))
 
 
 def test_forward_order_comes_from_the_sizes_not_the_trees_order() -> None:

@@ -84,12 +84,9 @@ def _children(node: Mapping[Any, Any]) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in node.items()]
 
 
-def _is_dense(node: Any, bias: bool | None = None) -> bool:
-    """A Dense/Linear's parameters: a mapping with a 2-D kernel (and a bias, if `bias`)."""
-    if not isinstance(node, Mapping) or "kernel" not in node:
-        return False
-    keys = set(map(str, node))
-    if not keys <= {"kernel", "bias"} or (bias is not None and ("bias" in keys) != bias):
+def _is_dense(node: Any) -> bool:
+    """A Dense/Linear's parameters: a mapping of a 2-D kernel and, optionally, a bias."""
+    if not isinstance(node, Mapping) or "kernel" not in node or not set(map(str, node)) <= {"kernel", "bias"}:
         return False
     return _leaf(node["kernel"]).ndim == 2
 
@@ -138,6 +135,14 @@ def _get(node: Mapping[Any, Any], name: str) -> np.ndarray:
     return _leaf(node[name])
 
 
+def _bias(dense: Mapping[Any, Any]) -> np.ndarray:
+    """A Dense's bias, zeros where it has none (Flax's recurrent cells leave some out)."""
+    if "bias" in dense:
+        return _get(dense, "bias")
+    kernel = _get(dense, "kernel")
+    return np.zeros(kernel.shape[1], kernel.dtype)
+
+
 def _keras_layout(kind: str, node: Mapping[Any, Any], where: str) -> tuple[int, list[np.ndarray]]:
     """(gate count, Keras's [kernel, recurrent_kernel, bias]) for one Flax cell: the layout the
     Keras maps in _layouts already handle (LSTM i, f, g, o; GRU z, r, h with bias [2, 3H])."""
@@ -145,17 +150,18 @@ def _keras_layout(kind: str, node: Mapping[Any, Any], where: str) -> tuple[int, 
         inputs = {"i": "ii", "f": "if" if "if" in map(str, node) else "if_", "g": "ig", "o": "io"}
         kernel = np.concatenate([_get(node[inputs[g]], "kernel") for g in _LSTM_GATES], 1)
         recurrent = np.concatenate([_get(node["h" + g], "kernel") for g in _LSTM_GATES], 1)
-        bias = np.concatenate([_get(node["h" + g], "bias") for g in _LSTM_GATES])
+        bias = np.concatenate([_bias(node["h" + g]) + _bias(node[inputs[g]]) for g in _LSTM_GATES])
         return 4, [kernel, recurrent, bias]
     if kind == "gru":
         kernel = np.concatenate([_get(node[n], "kernel") for n in ("iz", "ir", "in")], 1)
         recurrent = np.concatenate([_get(node[n], "kernel") for n in ("hz", "hr", "hn")], 1)
-        input_bias = np.concatenate([_get(node[n], "bias") for n in ("iz", "ir", "in")])
-        hn = _get(node["hn"], "bias")
+        input_bias = np.concatenate([_bias(node["iz"]) + _bias(node["hz"]), _bias(node["ir"]) + _bias(node["hr"])])
+        input_bias = np.concatenate([input_bias, _bias(node["in"])])
+        hn = _bias(node["hn"])
         recurrent_bias = np.concatenate([np.zeros_like(hn), np.zeros_like(hn), hn])
         return 3, [kernel, recurrent, np.stack([input_bias, recurrent_bias])]
     if kind == "simple":
-        return 1, [_get(node["i"], "kernel"), _get(node["h"], "kernel"), _get(node["i"], "bias")]
+        return 1, [_get(node["i"], "kernel"), _get(node["h"], "kernel"), _bias(node["i"]) + _bias(node["h"])]
     dense_i, dense_h = node["dense_i"], node["dense_h"]
     kernel, recurrent = _get(dense_i, "kernel"), _get(dense_h, "kernel")
     units = recurrent.shape[0]
@@ -268,8 +274,7 @@ def from_flax_params(
     head_pair = None
     if head_node is not None:
         kernel = _get(head_node, "kernel")
-        bias = _get(head_node, "bias") if "bias" in head_node else np.zeros(kernel.shape[1], kernel.dtype)
-        head_pair = (kernel, bias)
+        head_pair = (kernel, _bias(head_node))
     return conversion_from_layers(layers, head_pair, skipped=tuple(skipped), source=source)
 
 

@@ -27,10 +27,12 @@ run: install
 demo: install
 	$(BIN)/rnnkit demo
 
+# --dist loadscope: each module's tests on one worker, so a module fixture (rnnkit compare's
+# tiny run, 24 s) is built once, not once per worker as with --dist load.
 test: install
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(MAKE) lint
-	$(BIN)/python -m pytest -n auto --dist load
+	$(BIN)/python -m pytest -n auto --dist loadscope
 
 # Optional: the peers `rnnkit bench` measures against (about 1 GB): PyTorch (CPU build),
 # TensorFlow 1 through tf.compat.v1 (tf-keras with --no-deps: its requirements would pull a

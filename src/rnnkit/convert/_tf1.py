@@ -291,6 +291,8 @@ def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path
     import secrets
     import shutil
 
+    from rnnkit._atomic import atomic_write
+
     try:
         import tensorflow as tf
     except ImportError:
@@ -312,6 +314,8 @@ def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path
             sess.run(v1.variables_initializer(list(held.values())))
             v1.train.Saver(var_list=held).save(sess, str(tmp / prefix.name), write_meta_graph=False, write_state=False)
         for part in sorted(tmp.iterdir()):  # the .data file first, then the .index that names it
+            with open(part, "rb") as written:
+                os.fsync(written.fileno())
             os.replace(part, prefix.parent / part.name)
         state = v1.train.get_checkpoint_state(str(prefix.parent))
         kept = [p for p in (state.all_model_checkpoint_paths if state else []) if Path(p).name != prefix.name]
@@ -322,8 +326,8 @@ def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path
 
         lines = [f"model_checkpoint_path: {quoted(prefix.name)}"]
         lines += [f"all_model_checkpoint_paths: {quoted(path)}" for path in paths]
-        (tmp / "checkpoint").write_text("\n".join(lines) + "\n")
-        os.replace(tmp / "checkpoint", prefix.parent / "checkpoint")  # the CheckpointState Saver writes
+        with atomic_write(prefix.parent / "checkpoint") as state_file:  # the CheckpointState Saver writes
+            state_file.write(("\n".join(lines) + "\n").encode())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return prefix

@@ -54,6 +54,7 @@ from rnnkit.convert._stack import (
     check_given_spec,
     conversion_from_layers,
     layers_of,
+    refuse_lstm_options,
     with_forget_bias,
 )
 from rnnkit.errors import ConfigError
@@ -316,12 +317,7 @@ def _check_exportable(layer: Layer, index: int, style: str) -> None:
     kind = layer.spec.kind
     if kind == "gru":
         raise ConfigError(f"layer {index} (gru:{layer.spec.units}): {_FLAX_TF1_GRU}")
-    unsupported = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in dict(layer.spec.options)]
-    if unsupported:
-        raise ConfigError(
-            f"layer {index} ({kind}:{layer.spec.units}) uses {', '.join(unsupported)}, which Flax's LSTMCell does not "
-            "have; it cannot be converted exactly"
-        )
+    refuse_lstm_options(layer, index, "Flax's LSTMCell")
     if kind == "gru_reset_after" and style == "nnx":
         hidden_bias = layer.weights["candidate/hidden_projection/bias"]
         if np.any(hidden_bias != 0):

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from rnnkit.convert import _layouts as L
-from rnnkit.convert._stack import Conversion, Layer, check_given_spec, conversion_from_layers, layers_of
+from rnnkit.convert._stack import (
+    Conversion,
+    Layer,
+    check_given_spec,
+    conversion_from_layers,
+    layers_of,
+    refuse_lstm_options,
+)
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
 
@@ -29,13 +36,7 @@ KERAS_LAYER = {"rnn": "SimpleRNN", "basic_lstm": "LSTM", "lstm": "LSTM", "gru": 
 
 
 def _check_exportable(layer: Layer, index: int) -> None:
-    opts = dict(layer.spec.options)
-    unsupported = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in opts]
-    if unsupported:
-        raise ConfigError(
-            f"layer {index} ({layer.spec.kind}:{layer.spec.units}) uses {', '.join(unsupported)}, which Keras's LSTM "
-            "does not have; it cannot be converted exactly"
-        )
+    refuse_lstm_options(layer, index, "Keras's LSTM")
 
 
 def to_keras_weights(model: Any) -> list[np.ndarray]:

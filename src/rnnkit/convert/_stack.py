@@ -185,6 +185,20 @@ def conversion_from_layers(
     return conversion
 
 
+# What TF1's LSTMCell has beyond a plain LSTM: options a peer's LSTM may lack.
+LSTM_OPTIONS = ("peepholes", "proj", "cell_clip", "proj_clip")
+
+
+def refuse_lstm_options(layer: Layer, index: int, peer_lstm: str, lacking: tuple[str, ...] = LSTM_OPTIONS) -> None:
+    """Refuse to write out a layer using any of the options `lacking`, which `peer_lstm` does not have."""
+    unsupported = [name for name in lacking if name in dict(layer.spec.options)]
+    if unsupported:
+        raise ConfigError(
+            f"layer {index} ({layer.spec.kind}:{layer.spec.units}) uses {', '.join(unsupported)}, which {peer_lstm} "
+            "does not have; it cannot be converted exactly"
+        )
+
+
 def check_given_spec(given: CellSpec, kind: str, units: int, index: int, source: str, peer_lstm: str) -> None:
     """A `--cells` entry for a layer the weights show as `kind`:`units` (an LSTM may be given as
     lstm or basic_lstm) must name that cell, and no LSTM option the peer's LSTM (`peer_lstm`)
@@ -194,7 +208,7 @@ def check_given_spec(given: CellSpec, kind: str, units: int, index: int, source:
         raise ConfigError(
             f"--cells: layer {index} of {source} is {' or '.join(allowed)}:{units}; got {given.kind}:{given.units}"
         )
-    extra = [name for name in ("peepholes", "proj", "cell_clip", "proj_clip") if name in dict(given.options)]
+    extra = [name for name in LSTM_OPTIONS if name in dict(given.options)]
     if extra:
         raise ConfigError(f"--cells: layer {index} asks for {', '.join(extra)}, which {peer_lstm} does not have")
 

@@ -43,6 +43,7 @@ from rnnkit.convert._stack import (
     check_chain,
     conversion_from_layers,
     layers_of,
+    refuse_lstm_options,
 )
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
@@ -60,15 +61,10 @@ _TORCH_TF1_GRU = (
 
 
 def _torch_type(layer: Layer, index: int) -> str:
-    spec, opts = layer.spec, dict(layer.spec.options)
+    spec = layer.spec
     if spec.kind == "gru":
         raise ConfigError(f"layer {index}: {_TORCH_TF1_GRU}")
-    unsupported = [name for name in ("peepholes", "cell_clip", "proj_clip") if name in opts]
-    if unsupported:
-        raise ConfigError(
-            f"layer {index} ({spec.kind}:{spec.units}) uses {', '.join(unsupported)}, which nn.LSTM does not have; "
-            "it cannot be converted exactly"
-        )
+    refuse_lstm_options(layer, index, "nn.LSTM", ("peepholes", "cell_clip", "proj_clip"))  # proj: proj_size
     return _TORCH_TYPE[spec.kind]
 
 

@@ -29,9 +29,9 @@ check of the layouts, the indexing and the VJPs' plumbing (not of CUDA) that nee
 `host` (about 2 minutes) compiles persistent.cu itself for the CPU (cuda_probe/host.h: one OS
 thread per CUDA thread, every CTA at once; __syncthreads a pthread barrier; the grid barrier
 persistent.cu's own, on the same counter) and runs it through ffi.cc's handlers registered for
-XLA's CPU, against fused, then cuda_probe/host_check.cc under ThreadSanitizer and AddressSanitizer. It
-checks the kernels' code, their barriers' placement and their shared-memory plans; not the
-GPU's weaker memory ordering, and not speed.
+XLA's CPU, against fused, then cuda_probe/host_check.cc under ThreadSanitizer and
+AddressSanitizer. It checks the kernels' code, their barriers' placement and their
+shared-memory plans; not the GPU's weaker memory ordering, and not speed.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ def test_whole_run_in_subprocesses_writes_json_table_and_chart(tmp_path: Path, m
     table = files["markdown"].read_text()
     assert "| rnnkit-dynamic | " in table
     assert "| torch-eager | skipped |" in table
+    assert ("Every row ran with glibc's allocator" in table) is ours["allocator_tuned"]
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -252,3 +253,49 @@ def test_a_runners_math_mode_is_recorded_with_its_figure() -> None:
     config = BenchConfig(workloads=(TINY,), repeats=1, min_time_s=0.0)
     assert bench.measure(Runner, TINY, config)["math_mode"] == Runner.math_mode
     assert "math_mode" not in bench.measure(Plain, TINY, config)
+
+
+PEER_CHILD = """
+import sys
+from rnnkit import _host
+from rnnkit.workflows import bench
+from rnnkit.workflows.bench_rows import Row
+
+class Runner:
+    def step(self):
+        pass
+
+def build(w, seed):
+    print("tuned when built:", _host._tuned, file=sys.stderr)
+    return Runner()
+
+row = Row(name="some-peer", label="a peer", requires=(), build=build, versions=lambda: {"peer": "1"})
+bench.find_row = lambda name: row
+sys.exit(bench._child(["some-peer", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_every_row_gets_the_allocator_rnnkit_train_sets(keep: str, tmp_path: Path) -> None:
+    """A peer's process is set up as rnnkit's are: glibc's allocator tuned before the row is
+    built (else rnnkit's figures alone would be spared page faults), and the setting recorded
+    with each figure; the user's opt-out holds for peers too."""
+    import os
+    import subprocess
+    import sys
+
+    from rnnkit import _host
+
+    if sys.platform != "linux":
+        pytest.skip("the allocator setting is glibc's")
+    env = {k: v for k, v in os.environ.items() if k not in _host._USER_MALLOC_SETTINGS}
+    env.update(JAX_PLATFORMS="cpu", RNNKIT_KEEP_ALLOCATOR=keep)
+    config = bench.config_to_json(BenchConfig(workloads=(TINY,), repeats=1, min_time_s=0.0))
+    proc = subprocess.run(
+        [sys.executable, "-c", PEER_CHILD, config], capture_output=True, text=True, env=env, check=False, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["workloads"][TINY.key]
+    assert measured["status"] == "ok", measured
+    assert measured["allocator_tuned"] is (keep == "")
+    assert f"tuned when built: {keep == ''}" in proc.stderr

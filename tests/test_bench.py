@@ -276,17 +276,18 @@ sys.exit(bench._child(["some-peer", sys.argv[1]]))
 
 
 @pytest.mark.parametrize("keep", ["", "1"])
-def test_every_row_gets_the_allocator_rnnkit_train_sets(keep: str, tmp_path: Path) -> None:
+def test_every_row_gets_the_allocator_rnnkit_train_sets(keep: str) -> None:
     """A peer's process is set up as rnnkit's are: glibc's allocator tuned before the row is
     built (else rnnkit's figures alone would be spared page faults), and the setting recorded
     with each figure; the user's opt-out holds for peers too."""
     import os
+    import platform
     import subprocess
     import sys
 
     from rnnkit import _host
 
-    if sys.platform != "linux":
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator setting is glibc's")
     env = {k: v for k, v in os.environ.items() if k not in _host._USER_MALLOC_SETTINGS}
     env.update(JAX_PLATFORMS="cpu", RNNKIT_KEEP_ALLOCATOR=keep)

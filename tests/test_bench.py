@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +199,9 @@ def test_markdown_table_marks_errors_and_skips() -> None:
     assert "| rnnkit-dynamic | 1,234 | 2.0 | 0.5 |" in table
     assert "| tf1-static | error |  |  |" in table
     assert "rnnkit-dynamic 39%" in table
+    assert "glibc's allocator" not in table  # no figure says it ran with it
+    result["rows"][0]["workloads"][w.key]["allocator_tuned"] = True
+    assert "Every row ran with glibc's allocator keeping freed memory" in markdown_table(result)
 
 
 @pytest.mark.parametrize(
@@ -280,17 +287,12 @@ def test_every_row_gets_the_allocator_rnnkit_train_sets(keep: str) -> None:
     """A peer's process is set up as rnnkit's are: glibc's allocator tuned before the row is
     built (else rnnkit's figures alone would be spared page faults), and the setting recorded
     with each figure; the user's opt-out holds for peers too."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
     from rnnkit import _host
 
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator setting is glibc's")
     env = {k: v for k, v in os.environ.items() if k not in _host._USER_MALLOC_SETTINGS}
-    env.update(JAX_PLATFORMS="cpu", RNNKIT_KEEP_ALLOCATOR=keep)
+    env.update({"JAX_PLATFORMS": "cpu", _host.OPT_OUT: keep})
     config = bench.config_to_json(BenchConfig(workloads=(TINY,), repeats=1, min_time_s=0.0))
     proc = subprocess.run(
         [sys.executable, "-c", PEER_CHILD, config], capture_output=True, text=True, env=env, check=False, timeout=120

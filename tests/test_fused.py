@@ -76,7 +76,7 @@ def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: b
     state0 = jax.tree_util.tree_map(
         lambda z: z + 0.1, cell.zero_state(x.shape[1] if time_major else x.shape[0])
     )  # a non-zero initial state, so its gradient is exercised
-    params, static = eqx.partition(cell, eqx.is_array)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
 
     def f(p: Any, x: jax.Array, s: Any) -> jax.Array:
         return _loss(eqx.combine(p, static), x, s, lengths, time_major, how)
@@ -154,14 +154,25 @@ def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
                 np.testing.assert_allclose(np.asarray(got)[b], np.asarray(want)[0], rtol=1e-6, atol=1e-6)
 
 
+def _outside(name: str) -> rk.RNNCell:
+    key = jax.random.key(0)
+    if name == "basic_rnn_relu":
+        return rk.BasicRNNCell(4, input_size=INPUT_SIZE, key=key, activation=jax.nn.relu)
+    if name == "state_dropout":  # changes the recurrence itself
+        return rk.DropoutWrapper(rk.GRUCell(4, input_size=INPUT_SIZE, key=key), state_keep_prob=0.5, seed=0)
+    if name == "residual_fn":  # any function of one step's input and output
+        gru = rk.GRUCell(INPUT_SIZE, input_size=INPUT_SIZE, key=key)
+        return rk.ResidualWrapper(gru, residual_fn=lambda i, o: o - i)
+    if name == "dropout_around_peepholes":
+        return rk.DropoutWrapper(make_cell("lstm_peephole_clip_proj"), output_keep_prob=0.5, seed=0)
+    return make_cell(name)
+
+
 @pytest.mark.parametrize(
-    "name", ["lstm_peephole_clip_proj", "residual_gru", "dropout_wrapper_keep_all", "basic_rnn_relu"]
+    "name", ["lstm_peephole_clip_proj", "basic_rnn_relu", "state_dropout", "residual_fn", "dropout_around_peepholes"]
 )
 def test_cells_outside_the_fast_path_take_the_plain_one(name: str) -> None:
-    if name == "basic_rnn_relu":
-        cell = rk.BasicRNNCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), activation=jax.nn.relu)
-    else:
-        cell = make_cell(name)
+    cell = _outside(name)
     assert not _fused.supports(cell)
     fusable = rk.GRUCell(INPUT_SIZE, input_size=INPUT_SIZE, key=jax.random.key(1))
     assert _fused.supports(fusable)
@@ -170,6 +181,85 @@ def test_cells_outside_the_fast_path_take_the_plain_one(name: str) -> None:
     outputs, _ = rk.dynamic_rnn(cell, x, implementation="fused")  # runs, through the per-step path
     assert outputs.shape == (2, 3, cell.output_size)
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation="fused"))(x))
+
+
+def _wrapped(dtype: Any, variant: str) -> rk.RNNCell:
+    """The wrappers the fast paths take, around every fused kind. "layers": input and output
+    dropout with fresh masks each step; variational output dropout under a residual sum; input
+    dropout over a residual sum; a residual sum in a wrapper in inference mode (its state
+    dropout is off, so it is taken). "around_the_stack": those layers, with output dropout
+    around the whole MultiRNNCell. "residual_from_the_input": residual sums from the inputs up
+    to the top, so padded steps come out zero only if the fast path zeroes them."""
+    k = jax.random.split(jax.random.key(5), 4)
+    if variant == "residual_from_the_input":
+        lstm = rk.LSTMCell(INPUT_SIZE, input_size=INPUT_SIZE, key=k[0], dtype=dtype)
+        gru = rk.GRUCell(INPUT_SIZE, input_size=INPUT_SIZE, key=k[1], dtype=dtype)
+        dropped = rk.DropoutWrapper(lstm, input_keep_prob=0.8, output_keep_prob=0.7, seed=6)
+        return rk.MultiRNNCell([rk.ResidualWrapper(dropped), rk.ResidualWrapper(gru)])
+    layers = [
+        rk.DropoutWrapper(
+            rk.LSTMCell(6, input_size=INPUT_SIZE, key=k[0], dtype=dtype),
+            input_keep_prob=0.8,
+            output_keep_prob=0.7,
+            seed=1,
+        ),
+        rk.ResidualWrapper(
+            rk.DropoutWrapper(
+                rk.GRUCell(6, input_size=6, key=k[1], dtype=dtype),
+                output_keep_prob=0.6,
+                variational_recurrent=True,
+                seed=2,
+            )
+        ),
+        rk.DropoutWrapper(
+            rk.ResidualWrapper(rk.GRUCell(6, input_size=6, key=k[2], dtype=dtype, reset_after=True)),
+            input_keep_prob=0.75,
+            seed=3,
+        ),
+        eqx.nn.inference_mode(
+            rk.DropoutWrapper(
+                rk.ResidualWrapper(rk.BasicRNNCell(6, input_size=6, key=k[3], dtype=dtype)), 0.5, 0.5, 0.5, seed=4
+            )
+        ),
+    ]
+    stack = rk.MultiRNNCell(layers)
+    return rk.DropoutWrapper(stack, output_keep_prob=0.9, seed=5) if variant == "around_the_stack" else stack
+
+
+def _outputs(cell: rk.RNNCell, x: jax.Array, lengths: Any, how: str) -> np.ndarray:
+    return np.asarray(rk.dynamic_rnn(cell, x, lengths, implementation=how)[0])
+
+
+@pytest.mark.parametrize("variant", ["layers", "around_the_stack", "residual_from_the_input"])
+def test_wrappers_take_the_fast_path_with_the_plain_paths_masks(variant: str, x64: None) -> None:
+    """Dropout and residual wrappers run through fused: the same dropout masks as the plain
+    path (the same units zeroed, bit for bit) and the same values and gradients."""
+    cell = _wrapped(jnp.float64, variant)
+    assert _fused.supports(cell)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
+    plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
+    plain_zeros = _outputs(cell, x, LENGTHS, "per_step") == 0
+    assert 0.05 < plain_zeros.mean() < 0.6  # masks dropped units, or padding is zero
+    for how in ["fused", "fused_stack"]:
+        np.testing.assert_array_equal(_outputs(cell, x, LENGTHS, how) == 0, plain_zeros)
+        _assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
+    jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="fused"))(x))
+    assert jaxpr.count("custom_vjp") >= len(_fused._leaves(cell))  # every layer's loop fused
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, None], ids=["lengths", "no_lengths"])
+def test_native_runs_wrapped_layers(lengths: Any, native_kernel: None) -> None:
+    cell = _wrapped(jnp.float32, "around_the_stack")
+    assert _fused.native_supports(cell)
+    x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(x))
+    for kernel in ["lstm", "gru", "gru_reset_after", "rnn"]:  # every layer in the kernel
+        assert f"target_name=rnnkit_{kernel}_fwd" in jaxpr
+    np.testing.assert_array_equal(
+        _outputs(cell, x, lengths, "native") == 0, _outputs(cell, x, lengths, "per_step") == 0
+    )
+    native = _value_and_grads(cell, x, lengths, False, "native")
+    _assert_trees_close(native, _value_and_grads(cell, x, lengths, False, "per_step"), 2e-5)
 
 
 def _path_taken(how: str, dtype: Any = jnp.float32) -> str:
@@ -319,7 +409,7 @@ def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_ker
     cotangent then a symbolic zero, which the kernel gets as zeros)."""
     cell = _stack(jnp.float32)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
-    params, static = eqx.partition(cell, eqx.is_array)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
 
     def loss(p: Any, v: jax.Array, how: str) -> jax.Array:
         outputs, state = rk.dynamic_rnn(eqx.combine(p, static), v, LENGTHS, implementation=how)
@@ -421,7 +511,7 @@ def test_native_forward_reads_each_cells_weights_where_they_lie(native_kernel: N
             rk.BasicRNNCell(5, input_size=6, key=k[2]),
         ]
     )
-    params, static = eqx.partition(cell, eqx.is_array)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
     x = random_inputs((1, 4, INPUT_SIZE), jnp.float32)
 
     def run(p: Any, v: jax.Array) -> Any:
@@ -438,7 +528,7 @@ def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:
     gradients equal per_step's."""
     cell = make_cell("lstm")
     xs = random_inputs((3, 2, 4, INPUT_SIZE), jnp.float32)  # 3 separate batches of 2
-    params, static = eqx.partition(cell, eqx.is_array)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
 
     def loss(p: Any, x: jax.Array, how: str) -> jax.Array:
         return jnp.sum(jnp.tanh(rk.dynamic_rnn(eqx.combine(p, static), x, implementation=how)[0]))

@@ -30,8 +30,11 @@ products as `[x, h] @ W` in another order (differences of a few ulp; tests/test_
 checks values and gradients against the plain path and a NumPy reference).
 
 Cells it takes: BasicRNNCell, BasicLSTMCell, LSTMCell without peepholes, clipping or
-projection, GRUCell (both formulas), all with tanh, and MultiRNNCell stacks of them. Anything
-else (dropout and residual wrappers, peepholes, other activations) takes the plain path.
+projection, GRUCell (both formulas), all with tanh; MultiRNNCell stacks of them; and
+DropoutWrappers (input and output dropout; masks drawn for the whole sequence from the keys
+the per-step path uses, so the same masks) and ResidualWrappers (the default sum) around any
+of these. Anything else (state dropout, a residual_fn, peepholes, other activations) takes
+the plain path.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from jaxtyping import Array
 from rnnkit import _native
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, LSTMStateTuple, RNNCell
 from rnnkit._checks import full_float32
-from rnnkit._wrappers import MultiRNNCell
+from rnnkit._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, _dropout
 
 
 def _is_tanh(fn: Any) -> bool:
@@ -75,17 +78,38 @@ def _leaf_kind(cell: RNNCell) -> str | None:
     return None
 
 
+def _dropout_off(wrapper: DropoutWrapper) -> bool:
+    """Whether a DropoutWrapper draws no mask at all: the wrapped cell's numbers exactly."""
+    return bool(wrapper.inference) or wrapper.key is None
+
+
+def _leaves(cell: RNNCell) -> list[RNNCell] | None:
+    """The cells with a fused kind that `cell` is made of, in order, or None where some part of
+    it needs the plain path. Wrappers the layered arrangement can reproduce exactly are looked
+    through: a MultiRNNCell (layer by layer), a DropoutWrapper that drops only inputs and
+    outputs (whole-sequence masks, drawn from the keys the per-step path folds; state dropout
+    changes the recurrence itself), and a ResidualWrapper with the default sum."""
+    if type(cell) is MultiRNNCell:
+        parts = [_leaves(c) for c in cell.cells]
+        return None if any(p is None for p in parts) else [leaf for p in parts for leaf in p]
+    if type(cell) is DropoutWrapper:
+        takes = _dropout_off(cell) or cell.state_keep_prob == 1.0
+        return _leaves(cell.cell) if takes else None
+    if type(cell) is ResidualWrapper:
+        return _leaves(cell.cell) if cell.residual_fn is None else None
+    return [cell] if _leaf_kind(cell) is not None else None
+
+
 def supports(cell: RNNCell) -> bool:
     """True when `dynamic_rnn` runs `cell` through this module."""
-    cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
-    return all(_leaf_kind(c) is not None for c in cells)
+    return _leaves(cell) is not None
 
 
 def native_supports(cell: RNNCell) -> bool:
     """True when the native CPU kernel can run `cell`: a cell `supports` takes, in float32, at a
     precision that multiplies in full float32 (the kernel has no other arithmetic)."""
-    cells = cell.cells if type(cell) is MultiRNNCell else (cell,)
-    return supports(cell) and all(jnp.dtype(c.dtype) == jnp.float32 and full_float32(c.precision) for c in cells)
+    leaves = _leaves(cell) if supports(cell) else None
+    return leaves is not None and all(jnp.dtype(c.dtype) == jnp.float32 and full_float32(c.precision) for c in leaves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,20 +556,70 @@ def run_time_major(
     the loops in rnnkit's native CPU kernel (float32; see `native_supports`); `one_loop` runs a
     MultiRNNCell in one loop over time (`_stack_recurrence`) instead of a loop per layer;
     `pallas` runs the loops of the layers `_pallas.supports` as Pallas kernels."""
-    valid = native_lengths = None
+    padded = (
+        None if lengths is None else (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]
+    )
+    valid = None if native else padded  # [T, B, 1]: the XLA loops' mask; the kernel takes lengths
+    native_lengths = None
     if native:
         native_lengths = jnp.full(x.shape[1], x.shape[0], jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    elif lengths is not None:
-        valid = (jnp.arange(x.shape[0], dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
-    if type(cell) is not MultiRNNCell:
-        return _layer(cell, x, state, valid, native_lengths, unroll, pallas)
-    if one_loop and not native:
+    plain_stack = type(cell) is MultiRNNCell and all(_leaf_kind(c) is not None for c in cell.cells)
+    if one_loop and not native and plain_stack:
         return _run_stack(cell, x, state, valid, unroll)
-    finals = []
-    for layer, layer_state in zip(cell.cells, state, strict=True):
-        x, final = _layer(layer, x, layer_state, valid, native_lengths, unroll, pallas)
-        finals.append(final)
-    return x, tuple(finals)
+    run_leaf = functools.partial(_layer, valid=valid, lengths=native_lengths, unroll=unroll, pallas=pallas)
+    return _layered(cell, x, state, padded, run_leaf)
+
+
+def _layered(
+    cell: RNNCell, x: Array, state: Any, padded: Array | None, run_leaf: Callable[..., tuple[Array, Any]]
+) -> tuple[Array, Any]:
+    """`cell` over time-major x [T, B, input] a layer at a time, `run_leaf` running each cell
+    with a fused kind. Wrappers act on whole sequences, as the per-step path acts on each step:
+    a DropoutWrapper masks the layer's input sequence and its output sequence with the masks
+    the per-step path draws (the same keys, so the same bits), a ResidualWrapper adds the
+    layer's input to its output. `padded` ([T, B, 1], True where t < length) zeroes a residual
+    sum's padded steps, as the per-step path's masking does; a layer's own outputs are zero
+    there already, and so stay zero through dropout."""
+    if type(cell) is MultiRNNCell:
+        finals = []
+        for layer, layer_state in zip(cell.cells, state, strict=True):
+            x, final = _layered(layer, x, layer_state, padded, run_leaf)
+            finals.append(final)
+        return x, tuple(finals)
+    if type(cell) is DropoutWrapper:
+        if _dropout_off(cell):
+            return _layered(cell.cell, x, state, padded, run_leaf)
+        in_keys, out_keys = _dropout_keys(cell, x.shape[0])
+        x = _drop_sequence(x, cell.input_keep_prob, in_keys, cell.variational_recurrent)
+        outputs, final = _layered(cell.cell, x, state, padded, run_leaf)
+        return _drop_sequence(outputs, cell.output_keep_prob, out_keys, cell.variational_recurrent), final
+    if type(cell) is ResidualWrapper:
+        outputs, final = _layered(cell.cell, x, state, padded, run_leaf)
+        combined = x + outputs
+        return (combined if padded is None else jnp.where(padded, combined, jnp.zeros_like(combined))), final
+    return run_leaf(cell, x, state)
+
+
+def _dropout_keys(wrapper: DropoutWrapper, steps: int) -> tuple[Any, Any]:
+    """The input and output masks' keys of every step, as `DropoutWrapper._at_step(t)._step`
+    derives them: key t is `fold_in(key, t)` split in three (input, state, output), stacked
+    over t; with variational masks, the unfolded key's split, the same at every step."""
+    if wrapper.variational_recurrent:
+        k_in, _, k_out = jax.random.split(wrapper.key, 3)
+        return k_in, k_out
+    steps_keys = jax.vmap(lambda t: jax.random.split(jax.random.fold_in(wrapper.key, t), 3))(
+        jnp.arange(steps, dtype=jnp.int32)
+    )
+    return steps_keys[:, 0], steps_keys[:, 2]
+
+
+def _drop_sequence(x: Array, keep_prob: float, keys: Any, variational: bool) -> Array:
+    """`_wrappers._dropout` at every step of x [T, B, size] at once: step t's mask from keys[t],
+    or from the one key at every step for variational masks."""
+    if keep_prob == 1.0:
+        return x
+    drop = functools.partial(_dropout, keep_prob=keep_prob, variational=variational)
+    return jax.vmap(lambda x_t, k: drop(x_t, key=k), in_axes=(0, None if variational else 0))(x, keys)
 
 
 def _run_stack(cell: MultiRNNCell, x: Array, state: Any, valid: Array | None, unroll: int | bool) -> tuple[Array, Any]:

@@ -188,7 +188,9 @@ def dynamic_rnn(
     `implementation` picks how the loop is arranged, like Keras' `implementation=`; the
     numbers are the same up to float rounding. `"per_step"` runs the cell's own step in the
     loop and lets autodiff derive the backward pass. `"fused"` (for LSTM, GRU and basic RNN
-    cells with tanh, and stacks of them; others fall back to per_step) runs a layer at a time,
+    cells with tanh, stacks of them, and input/output DropoutWrappers and default
+    ResidualWrappers around them, with the per-step path's dropout masks; others fall back to
+    per_step) runs a layer at a time,
     the input projections of the whole sequence hoisted into one matmul, with a hand-written
     backward pass whose weight gradients are one matmul after the loop (see rnnkit/_fused.py).
     `"fused_stack"` is fused with one loop for a whole MultiRNNCell instead of one per layer:

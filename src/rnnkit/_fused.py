@@ -108,8 +108,9 @@ def supports(cell: RNNCell) -> bool:
 def native_supports(cell: RNNCell) -> bool:
     """True when the native CPU kernel can run `cell`: a cell `supports` takes, in float32, at a
     precision that multiplies in full float32 (the kernel has no other arithmetic)."""
-    leaves = _leaves(cell) if supports(cell) else None
-    return leaves is not None and all(jnp.dtype(c.dtype) == jnp.float32 and full_float32(c.precision) for c in leaves)
+    if not supports(cell):  # through `supports`, so that a test turning the fast paths off turns off both
+        return False
+    return all(jnp.dtype(c.dtype) == jnp.float32 and full_float32(c.precision) for c in _leaves(cell) or ())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -189,11 +189,11 @@ def dynamic_rnn(
     numbers are the same up to float rounding. `"per_step"` runs the cell's own step in the
     loop and lets autodiff derive the backward pass. `"fused"` (for LSTM, GRU and basic RNN
     cells with tanh, stacks of them, and input/output DropoutWrappers and default
-    ResidualWrappers around them, with the per-step path's dropout masks; others fall back to
-    per_step) runs a layer at a time,
-    the input projections of the whole sequence hoisted into one matmul, with a hand-written
-    backward pass whose weight gradients are one matmul after the loop (see rnnkit/_fused.py).
-    `"fused_stack"` is fused with one loop for a whole MultiRNNCell instead of one per layer:
+    ResidualWrappers around them, which draw the per-step path's dropout masks; others fall
+    back to per_step) runs a layer at a time, the input projections of the whole sequence
+    hoisted into one matmul, with a hand-written backward pass whose weight gradients are one
+    matmul after the loop (see rnnkit/_fused.py). `"fused_stack"` is fused with one loop for a
+    whole MultiRNNCell of unwrapped layers instead of one per layer:
     each iteration steps every layer, only the first layer's input projection hoisted (half
     the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
     1.07-1.22x slower than fused on an H200). `"pallas"` is fused with each time step of an

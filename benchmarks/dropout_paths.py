@@ -8,8 +8,13 @@ Wrapped layers once ran only on the per-step path; they now take the fused and n
 update, jitted; a fresh dropout key each step) and one inference call (dropout off, as `eval`
 runs it) for each implementation, with and without dropout, in one process: every round runs
 each configuration once for `--steps` steps, in turn, so the machine's drift falls on all of
-them alike. It prints each configuration's median step time over the rounds and its ratio
-to the per-step path with the same dropout.
+them alike. It prints each configuration's median step time over the rounds and how many
+times faster the first implementation listed (`auto`) ran than it, with the same dropout.
+
+With `--torch` (PyTorch installed) PyTorch eager joins the rounds as a peer: nn.LSTM and nn.GRU
+with `F.dropout` on the LSTM's output sequence and on the GRU's last output (what the head
+reads), Adam, PyTorch's default threads. Its GRU is the reset-after formula (rnnkit's is
+TF1's reset-before), as in `rnnkit bench`'s torch-eager row.
 """
 
 from __future__ import annotations
@@ -31,9 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--implementations", default="auto,per_step", help="dynamic_rnn implementations, comma-separated"
     )
+    parser.add_argument("--torch", action="store_true", help="time PyTorch eager in the same rounds")
     args = parser.parse_args(argv)
     if not 0.0 < args.dropout < 1.0:
         parser.error(f"--dropout must be in (0, 1); got {args.dropout}")
+    if args.torch:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            parser.error("--torch needs PyTorch, which is not installed here (`make peers` installs it)")
 
     from rnnkit._host import tune_allocator
 
@@ -88,9 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         m, opt_state = train_step(m, opt_state, jax.random.key(0))  # compile
         jax.block_until_ready(infer(m))
         state[config] = (m, opt_state)
+    torch_peers = _torch_peers(args, np.asarray(x), np.asarray(y), np.asarray(x_infer)) if args.torch else {}
+    configs += list(torch_peers)
     times: dict[tuple[Any, ...], list[float]] = {(*c, w): [] for c in configs for w in ("train", "infer")}
     for r in range(args.rounds):
         for config in configs:
+            if config in torch_peers:
+                train, infer_torch = torch_peers[config]
+                for kind, fn in (("train", train), ("infer", infer_torch)):
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        fn()
+                    times[(*config, kind)].append((time.perf_counter() - start) / args.steps)
+                continue
             m, opt_state = state[config]
             start = time.perf_counter()
             for i in range(args.steps):
@@ -108,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         f"jax {jax.__version__}, {jax.devices()[0].device_kind}, auto = {auto_implementation()}, "
         f"allocator tuned: {tuned}; {args.rounds} rounds x {args.steps} steps, medians"
     )
-    print(
-        f"{'workload':<22} {'dropout':>7} {'implementation':<15} {'ms/step':>8} {'samples/s':>10} {'vs per_step':>11}"
-    )
+    faster = configs[0][1] + " faster"
+    print(f"{'workload':<22} {'dropout':>7} {'implementation':<15} {'ms/step':>8} {'samples/s':>10} {faster:>15}")
     for work, batch in (
         ("train b" + str(args.batch_size), args.batch_size),
         ("infer b" + str(args.infer_batch_size), args.infer_batch_size),
@@ -118,10 +138,53 @@ def main(argv: list[str] | None = None) -> int:
         kind = work.split()[0]
         for d, impl in configs:
             ms = statistics.median(times[(d, impl, kind)]) * 1e3
-            base = times.get((d, "per_step", kind))
-            ratio = f"{statistics.median(base) * 1e3 / ms:.2f}x" if base else "-"
-            print(f"{work:<22} {d:>7.2f} {impl:<15} {ms:>8.1f} {batch / ms * 1e3:>10.0f} {ratio:>11}")
+            first = statistics.median(times[(d, configs[0][1], kind)]) * 1e3
+            ratio = f"{ms / first:.2f}x"
+            print(f"{work:<22} {d:>7.2f} {impl:<15} {ms:>8.1f} {batch / ms * 1e3:>10.0f} {ratio:>15}")
     return 0
+
+
+def _torch_peers(args: Any, x: Any, y: Any, x_infer: Any) -> dict[tuple[float, str], tuple[Any, Any]]:
+    """PyTorch eager's training step and inference call, with and without dropout."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self, p: float) -> None:
+            super().__init__()
+            self.p = p
+            self.lstm = nn.LSTM(28, 128, batch_first=True)
+            self.gru = nn.GRU(128, 256, batch_first=True)
+            self.head = nn.Linear(256, 10)
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            seq = F.dropout(self.lstm(v)[0], self.p, self.training)
+            return self.head(F.dropout(self.gru(seq)[0][:, -1], self.p, self.training))
+
+    tx, ty, tx_infer = (torch.from_numpy(np.array(a)) for a in (x, y, x_infer))  # writable copies
+    ty = ty.long()
+    peers = {}
+    for p in (args.dropout, 0.0):
+        torch.manual_seed(0)
+        model = Model(p)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def train(model: Any = model, optimizer: Any = optimizer) -> None:
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(tx), ty).backward()
+            optimizer.step()
+
+        def infer(model: Any = model) -> None:
+            model.eval()
+            with torch.inference_mode():
+                model(tx_infer)
+
+        train(), infer()  # warm-up
+        peers[(p, f"torch {torch.__version__.split('+')[0]}")] = (train, infer)
+    return peers
 
 
 if __name__ == "__main__":

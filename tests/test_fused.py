@@ -409,7 +409,7 @@ def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_ker
     cotangent then a symbolic zero, which the kernel gets as zeros)."""
     cell = _stack(jnp.float32)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
-    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
+    params, static = eqx.partition(cell, eqx.is_array)
 
     def loss(p: Any, v: jax.Array, how: str) -> jax.Array:
         outputs, state = rk.dynamic_rnn(eqx.combine(p, static), v, LENGTHS, implementation=how)
@@ -511,7 +511,7 @@ def test_native_forward_reads_each_cells_weights_where_they_lie(native_kernel: N
             rk.BasicRNNCell(5, input_size=6, key=k[2]),
         ]
     )
-    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
+    params, static = eqx.partition(cell, eqx.is_array)
     x = random_inputs((1, 4, INPUT_SIZE), jnp.float32)
 
     def run(p: Any, v: jax.Array) -> Any:
@@ -528,7 +528,7 @@ def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:
     gradients equal per_step's."""
     cell = make_cell("lstm")
     xs = random_inputs((3, 2, 4, INPUT_SIZE), jnp.float32)  # 3 separate batches of 2
-    params, static = eqx.partition(cell, eqx.is_inexact_array)  # a DropoutWrapper's key stays static
+    params, static = eqx.partition(cell, eqx.is_array)
 
     def loss(p: Any, x: jax.Array, how: str) -> jax.Array:
         return jnp.sum(jnp.tanh(rk.dynamic_rnn(eqx.combine(p, static), x, implementation=how)[0]))

@@ -52,7 +52,7 @@ from jaxtyping import Array
 from rnnkit import _native
 from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, LSTMStateTuple, RNNCell
 from rnnkit._checks import full_float32
-from rnnkit._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, _dropout
+from rnnkit._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, _dropout, _mask_keys
 
 
 def _is_tanh(fn: Any) -> bool:
@@ -602,16 +602,14 @@ def _layered(
 
 
 def _dropout_keys(wrapper: DropoutWrapper, steps: int) -> tuple[Any, Any]:
-    """The input and output masks' keys of every step, as `DropoutWrapper._at_step(t)._step`
-    derives them: key t is `fold_in(key, t)` split in three (input, state, output), stacked
-    over t; with variational masks, the unfolded key's split, the same at every step."""
+    """The input and output masks' keys of every step, derived as the per-step path derives
+    them (`DropoutWrapper._key_at`, `_mask_keys`): stacked over the steps, or with variational
+    masks the one pair every step uses."""
     if wrapper.variational_recurrent:
-        k_in, _, k_out = jax.random.split(wrapper.key, 3)
-        return k_in, k_out
-    steps_keys = jax.vmap(lambda t: jax.random.split(jax.random.fold_in(wrapper.key, t), 3))(
-        jnp.arange(steps, dtype=jnp.int32)
-    )
-    return steps_keys[:, 0], steps_keys[:, 2]
+        k_in, _, k_out = _mask_keys(wrapper._key_at(0))
+    else:
+        k_in, _, k_out = jax.vmap(lambda t: _mask_keys(wrapper._key_at(t)))(jnp.arange(steps, dtype=jnp.int32))
+    return k_in, k_out
 
 
 def _drop_sequence(x: Array, keep_prob: float, keys: Any, variational: bool) -> Array:

@@ -150,6 +150,12 @@ def _check_keep_prob(name: str, value: Any) -> float:
     return float(value)
 
 
+def _mask_keys(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    """One step's keys for its input, state and output masks."""
+    k_in, k_state, k_out = jax.random.split(key, 3)
+    return k_in, k_state, k_out
+
+
 def _dropout(x: Array, keep_prob: float, key: PRNGKeyArray, variational: bool) -> Array:
     # TF1's nn.dropout: x / keep_prob * floor(keep_prob + U[0, 1)). With variational
     # recurrence TF1 draws one [1, size] mask shared by the whole batch and every step.
@@ -216,7 +222,7 @@ class DropoutWrapper(_Wrapper):
     def _step(self, inputs: Array, state: Any) -> tuple[Array, Any]:
         if self.inference or self.key is None:
             return self.cell._step(inputs, state)
-        k_in, k_state, k_out = jax.random.split(self.key, 3)
+        k_in, k_state, k_out = _mask_keys(self.key)
         variational = self.variational_recurrent
         inputs = _dropout(inputs, self.input_keep_prob, k_in, variational)
         output, new_state = self.cell._step(inputs, state)
@@ -237,8 +243,13 @@ class DropoutWrapper(_Wrapper):
             dropped.append(part)
         return jax.tree_util.tree_unflatten(treedef, dropped)
 
+    def _key_at(self, step: Any) -> PRNGKeyArray:
+        """The key step `step` draws its masks from (`_mask_keys` splits it): the wrapper's own
+        with variational masks, the same at every step; else the step folded into it."""
+        return self.key if self.variational_recurrent else jax.random.fold_in(self.key, step)
+
     def _at_step(self, step: Any) -> DropoutWrapper:
         wrapper = eqx.tree_at(lambda w: w.cell, self, self.cell._at_step(step))
         if self.variational_recurrent or self.key is None:
             return wrapper  # the same masks at every step
-        return eqx.tree_at(lambda w: w.key, wrapper, jax.random.fold_in(self.key, step))
+        return eqx.tree_at(lambda w: w.key, wrapper, self._key_at(step))

@@ -14,7 +14,7 @@ from typing import NoReturn
 from rnnkit._version import __version__
 from rnnkit.cli import bench, compare, convert, data, demo, env, evaluate, export, train
 from rnnkit.cli._parser import INTERRUPTED, Parser, handle_user_errors
-from rnnkit.cli.bench import workload_list as _workload_list  # noqa: F401  (benchmarks/ parse --workloads so)
+from rnnkit.cli.bench import workload_list as _workload_list  # noqa: F401  benchmarks/*.py import it from here
 
 __all__ = ["INTERRUPTED", "build_parser", "main", "run"]
 

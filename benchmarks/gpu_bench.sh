@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements the speed issue still needs, in one command sized for a lent GPU machine
-# (the device tool: one H100/H200, ~15 minutes a session including start-up). Give the command a
-# limit of 450 s (timeout_s): the jobs' own limits add up to 400.
+# The GPU measurements the speed issue still needs, in one command sized for one H100 or H200
+# held for about 15 minutes including start-up. Give the command a limit of 450 s: the jobs'
+# own limits add up to 400.
 #
 # Its sixth version asks whether a persistent kernel (one launch per layer, the time loop
 # inside; benchmarks/cuda_probe.py) gets a step under XLA's fused loop, in about 400 s, each job
@@ -13,9 +13,9 @@
 #   3. torch: PyTorch's cuDNN rows with its defaults, for the issue's ratios in the same run.
 # The fifth version (git show 20035df:benchmarks/gpu_bench.sh) measured the per-step Pallas
 # kernels: RESULTS.md, "GPU, fourth run".
-# The device machines' image has JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors,
-# matplotlib and pillow. Where one is missing, carry it as wheels in .whl/ (see the device tool's
-# README); they are installed from there first. Everything goes to $OUT (default runs/gpu): log,
+# It expects JAX, PyTorch, Flax, equinox, optax, jaxtyping, rich, safetensors, matplotlib and
+# pillow on the GPU machine. Where one is missing, put it as wheels in .whl/; they are installed
+# from there first. Everything goes to $OUT (default runs/gpu): log,
 # and gpu.tgz holding each job's JSON and tables. Each figure is in the log as it comes, so a job
 # cut short still reports what it measured.
 set -uo pipefail
@@ -49,5 +49,5 @@ job probe 150 python3 benchmarks/unroll_probe.py --out "$out/jobs/probe.json" --
 job torch 70 python3 -m rnnkit.cli bench --rows torch-eager --workloads train:128:28:28,train:128:784:1,infer:4096:28:28 \
     --repeats 3 --min-time 0.3 --out "$out/jobs/torch"
 date -u
-# The device tool returns at most 8 files: the jobs' results travel as one archive.
+# The jobs' results travel as one archive: one file to copy off the machine.
 tar czf "$out/gpu.tgz" -C "$out" jobs && rm -rf "$out/jobs"

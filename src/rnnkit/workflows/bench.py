@@ -700,6 +700,18 @@ def with_overrides(config: BenchConfig, **overrides: Any) -> BenchConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def bench_config(quick: bool = False, full: bool = False, **overrides: Any) -> BenchConfig:
+    """The configuration `rnnkit bench` runs, validated: the quick preset (`quick`), or the
+    default workloads (with `full`, training at batch 1024 over 784 steps too), with
+    `overrides` (BenchConfig fields; None keeps the preset's value) over it."""
+    if quick and full:
+        raise ConfigError("--quick and --full contradict each other: pick one")
+    base = BenchConfig.quick_preset() if quick else BenchConfig(workloads=default_workloads(full))
+    config = with_overrides(base, **overrides)
+    config.validate()
+    return config
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         sys.exit(_child(sys.argv[2:]))

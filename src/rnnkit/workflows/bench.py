@@ -685,7 +685,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def write_results(result: dict[str, Any], out_dir: Path, command: str) -> dict[str, Path]:
     """bench.json, bench.md (the table) and bench.png into `out_dir`, each written atomically."""
-    from rnnkit.workflows.checkpoint import atomic_write_bytes
+    from rnnkit._atomic import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "png": out_dir / "bench.png"}

@@ -214,7 +214,8 @@ class _RnnkitRunner:
 
         from rnnkit._rnn import auto_implementation
         from rnnkit.models.classifier import build_classifier, parse_cells
-        from rnnkit.workflows.train import make_predict, make_train_step, tf1_adam
+        from rnnkit.runs import tf1_adam
+        from rnnkit.workflows.train_step import make_predict, make_train_step
 
         # What `auto` resolved to in this process, recorded with the figures: a native kernel
         # that went stale or failed to load mid-run would otherwise pass as rnnkit-dynamic.

@@ -12,7 +12,7 @@ from rnnkit.data import load_mnist, to_layout
 from rnnkit.errors import ConfigError
 from rnnkit.runs import load_model, read_run_config
 from rnnkit.workflows.plots import pyplot, save_png
-from rnnkit.workflows.train import loss_and_accuracy, make_predict, predict_logits
+from rnnkit.workflows.train_step import loss_and_accuracy, make_predict, predict_logits
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ The whole train step (forward, backward, Adam) is one jitted function with donat
 batches are cut in a background thread so the step never waits on NumPy. Batch k is a pure
 function of (seed, k) (`rnnkit.data.batch_indices`), so a resumed run sees exactly the
 batches an uninterrupted one would, and reaches the same weights.
+
+This module holds the loop and the run's life (new, resumed, interrupted); the parts it
+composes live beside it: the run directory, config and optimizer in `rnnkit.runs`, the data
+and batches in `train_data`, the jitted steps in `train_step`, what the caller is told in
+`train_report`. Every name this module offered before stays importable from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import queue
 import signal
 import threading
 import time
@@ -22,18 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
 from rnnkit import runs
 from rnnkit._atomic import atomic_write_text
-from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.data import DataError
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.runs import (
     TrainConfig,
@@ -48,9 +50,18 @@ from rnnkit.runs import (
 )
 from rnnkit.workflows import distributed
 from rnnkit.workflows.distributed import DataParallel
-from rnnkit.workflows.plots import pyplot, save_png
+from rnnkit.workflows.train_data import Data, load_data, prefetch_batches, total_steps
+from rnnkit.workflows.train_report import Reporter, SilentReporter, TrainingInterrupted, TrainResult, plot_curves
+from rnnkit.workflows.train_step import (
+    cross_entropy,
+    loss_and_accuracy,
+    make_parallel_train_step,
+    make_predict,
+    make_train_step,
+    predict_logits,
+)
 
-__all__ = [  # the names this module has always offered, some now defined in rnnkit.runs
+__all__ = [  # the names this module has always offered; each is defined where its concept lives
     "Data",
     "Reporter",
     "SilentReporter",
@@ -72,150 +83,6 @@ __all__ = [  # the names this module has always offered, some now defined in rnn
     "total_steps",
     "train",
 ]
-
-
-@dataclass
-class Data:
-    """Arrays in the model's layout: x float32 [N, time, features], y int32 [N]."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    valid_x: np.ndarray
-    valid_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    num_classes: int
-
-
-def load_data(config: TrainConfig) -> tuple[Data, tuple[int, int]]:
-    """The run's data in the model's layout, and the images' [height, width]."""
-    splits = load_mnist(config.data_dir)
-    (train_images, train_labels), (valid_images, valid_labels) = split_validation(
-        splits.train_images, splits.train_labels, config.validation_size, config.seed
-    )
-    num_classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
-
-    def layout(images: np.ndarray) -> np.ndarray:
-        return to_layout(images, config.layout)
-
-    image_shape = (int(splits.train_images.shape[1]), int(splits.train_images.shape[2]))
-    data = Data(
-        layout(train_images),
-        train_labels.astype(np.int32),
-        layout(valid_images),
-        valid_labels.astype(np.int32),
-        layout(splits.test_images),
-        splits.test_labels.astype(np.int32),
-        num_classes,
-    )
-    return data, image_shape
-
-
-def total_steps(config: TrainConfig, num_train: int) -> int:
-    if config.epochs is not None:
-        return config.epochs * (num_train // config.batch_size)
-    return (config.train_samples - 1) // config.batch_size  # the seed's `while step * batch < iters`, step from 1
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def make_train_step(static: Any, optimizer: optax.GradientTransformation) -> Any:
-    """One jitted step: loss, gradients, the optimizer update. Params and optimizer state are
-    donated: their buffers are reused for the new values."""
-    return jax.jit(_train_step_fn(static, optimizer), donate_argnums=(0, 1))
-
-
-def _train_step_fn(static: Any, optimizer: optax.GradientTransformation) -> Any:
-    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Any, ...]:
-        def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
-            model = eqx.combine(p, static).with_dropout_key(key)
-            logits = model(x)
-            return cross_entropy(logits, y), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
-        return params, opt_state, loss, accuracy
-
-    return step
-
-
-def make_parallel_train_step(
-    static: Any, optimizer: optax.GradientTransformation, parallel: DataParallel, dropout_key: jax.Array
-) -> Any:
-    """The train step over a device mesh: x and y sharded over the batch, the rest replicated;
-    takes the step number (the dropout key is derived inside, as the single-device loop does
-    outside, so both draw the same masks)."""
-    step_fn = _train_step_fn(static, optimizer)
-
-    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, at: jax.Array) -> tuple[Any, ...]:
-        return step_fn(params, opt_state, x, y, jax.random.fold_in(dropout_key, at))
-
-    return parallel.jit(step, batch_args=(2, 3), num_args=5, donate_argnums=(0, 1))
-
-
-def make_predict(static: Any, parallel: DataParallel | None = None) -> Any:
-    """Jitted inference: dropout off. Over `parallel`'s mesh, x is sharded over the batch and
-    the logits gathered on every device."""
-
-    def predict(params: Any, x: jax.Array) -> jax.Array:
-        return eqx.nn.inference_mode(eqx.combine(params, static))(x)
-
-    return jax.jit(predict) if parallel is None else parallel.jit(predict, batch_args=(1,), num_args=2)
-
-
-def predict_logits(predict: Any, params: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for all of x, in fixed-size batches (the last one padded) so it compiles once."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-        out.append(np.asarray(predict(params, padded))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    loss = float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)))
-    return loss, float(np.mean(logits.argmax(axis=-1) == labels))
-
-
-class Reporter(Protocol):
-    """What the training loop tells its caller; the CLI draws it with Rich, tests collect it."""
-
-    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None: ...
-    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None: ...
-    def line(self, text: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class SilentReporter:
-    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None:
-        pass
-
-    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None:
-        pass
-
-    def line(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    steps: int
-    test_accuracy_first_100: float
-    test_accuracy: float
-    test_loss: float
-    wall_s: float
-    samples_per_s: float  # training steps only: after the first (compiling) step, without validations and checkpoints
-    first_step_s: float  # the first step: trace + compile + run
 
 
 class _StopRequest:
@@ -246,44 +113,6 @@ class _StopRequest:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C during training; the checkpoint at `step` was saved before this was raised."""
-
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.run_dir, self.step = run_dir, step
-
-
-def _batches(
-    data: Data, config: TrainConfig, first: int, last: int, rows: slice = slice(None)
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches first..last-1 (0-based), cut ahead in a thread so the device never waits; with
-    `rows`, only those rows of each batch (a process's share of a global batch)."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def produce() -> None:
-        for step in range(first, last):
-            if stop.is_set():
-                return
-            idx = batch_indices(len(data.train_x), config.batch_size, config.seed, step)[rows]
-            q.put((data.train_x[idx], data.train_y[idx]))
-        q.put(None)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not None:
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
 
 
 def _default_run_dir(config: TrainConfig) -> Path:
@@ -338,6 +167,39 @@ class _Progress:
     saved: int | None = None  # the step of the last checkpoint on disk
 
 
+def _open_run(
+    config: TrainConfig, resume: bool, parallel: DataParallel | None, writer: bool, progress: _Progress
+) -> tuple[TrainConfig, Path, Data]:
+    """The config to train with (its data's facts recorded), its run directory (config.json
+    written there by the writing process of a new run) and its data; every check that can
+    refuse the run comes before training starts."""
+    several = jax.process_count() > 1
+    if several and config.run_dir is None:
+        raise ConfigError("several processes need --run-dir: one directory that every process sees (shared storage)")
+    config, run_dir = _resolve_run_dir(config, resume)
+    progress.run_dir = run_dir
+    if parallel is not None:
+        distributed.check_batch_size(config.batch_size, parallel.num_devices)
+    data, image_shape = load_data(config)
+    if several:  # every process has checked the run directory before process 0 writes into it
+        multihost_utils.sync_global_devices("rnnkit train: run directory checked")
+    config = _with_data_facts(config, data, image_shape, run_dir, resume, write=writer)
+    if config.batch_size > len(data.train_x):
+        raise ConfigError(
+            f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
+        )
+    return config, run_dir, data
+
+
+def _restore(model: Any, opt_state: Any, config: TrainConfig, run_dir: Path) -> tuple[Any, Any, int]:
+    """The parameters, optimizer state and step of the run's last checkpoint, each checked
+    against the fresh `model` and `opt_state` it replaces."""
+    model_vars, opt_vars, step = runs.load_checkpoint(run_dir)
+    restored = with_checkpoint_weights(model, model_vars, run_dir, config)
+    params, _ = eqx.partition(restored, eqx.is_inexact_array)
+    return params, restore_optimizer_state(opt_state, opt_vars, run_dir), step
+
+
 def train(
     config: TrainConfig,
     *,
@@ -371,33 +233,15 @@ def train(
 def _train(
     config: TrainConfig, resume: bool, reporter: Reporter, parallel: DataParallel | None, progress: _Progress
 ) -> TrainResult:
-    several = jax.process_count() > 1
     writer = distributed.is_writer()
-    if several and config.run_dir is None:
-        raise ConfigError("several processes need --run-dir: one directory that every process sees (shared storage)")
-    config, run_dir = _resolve_run_dir(config, resume)
-    progress.run_dir = run_dir
-    if parallel is not None:
-        distributed.check_batch_size(config.batch_size, parallel.num_devices)
-    data, image_shape = load_data(config)
-    if several:  # every process has checked the run directory before process 0 writes into it
-        multihost_utils.sync_global_devices("rnnkit train: run directory checked")
-    config = _with_data_facts(config, data, image_shape, run_dir, resume, write=writer)
-    if config.batch_size > len(data.train_x):
-        raise ConfigError(
-            f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
-        )
-
+    config, run_dir, data = _open_run(config, resume, parallel, writer, progress)
     model = build_model(config, data.train_x.shape[1:], data.num_classes)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = make_optimizer(config)
     opt_state = optimizer.init(params)
     step = 0
     if resume:
-        model_vars, opt_vars, step = runs.load_checkpoint(run_dir)
-        restored = with_checkpoint_weights(model, model_vars, run_dir, config)
-        params, _ = eqx.partition(restored, eqx.is_inexact_array)
-        opt_state = restore_optimizer_state(opt_state, opt_vars, run_dir)
+        params, opt_state, step = _restore(model, opt_state, config, run_dir)
         progress.saved = step
         if writer:
             runs.truncate_metrics(run_dir, step)
@@ -475,7 +319,7 @@ def _train(
     def is_display_step(at_step: int) -> bool:
         return at_step % config.display_step == 0 or at_step == total
 
-    batches = _batches(data, config, step, total, rows)
+    batches = prefetch_batches(data, config, step, total, rows)
     stop = _StopRequest()
     try:
         with stop.installed():
@@ -527,26 +371,5 @@ def _train(
         {"step": step, "test_loss": test_loss, "test_accuracy": test_acc, "test_accuracy_first_100": first_100}
     )
     if writer:
-        _plot_curves(run_dir)
+        plot_curves(run_dir)
     return TrainResult(run_dir, step, first_100, test_acc, test_loss, wall, speed, first_step_s)
-
-
-def _plot_curves(run_dir: Path) -> None:
-    plt = pyplot()
-
-    records = runs.read_metrics(run_dir)
-    train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "val_loss" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="minibatch")
-    ax_loss.plot([r["step"] for r in valid], [r["val_loss"] for r in valid], "o-", label="validation")
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="minibatch")
-    ax_acc.plot([r["step"] for r in valid], [r["val_accuracy"] for r in valid], "o-", label="validation")
-    for ax, name in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"rnnkit train: {run_dir.name}")
-    fig.tight_layout()
-    save_png(fig, run_dir / runs.CURVES)

@@ -37,6 +37,7 @@ from rnnkit import runs
 from rnnkit._atomic import atomic_write_text
 from rnnkit.data import DataError
 from rnnkit.errors import CheckpointError, ConfigError
+from rnnkit.models import SequenceClassifier
 from rnnkit.runs import (
     TrainConfig,
     build_model,
@@ -191,7 +192,7 @@ def _open_run(
     return config, run_dir, data
 
 
-def _restore(model: Any, opt_state: Any, config: TrainConfig, run_dir: Path) -> tuple[Any, Any, int]:
+def _restore(model: SequenceClassifier, opt_state: Any, config: TrainConfig, run_dir: Path) -> tuple[Any, Any, int]:
     """The parameters, optimizer state and step of the run's last checkpoint, each checked
     against the fresh `model` and `opt_state` it replaces."""
     model_vars, opt_vars, step = runs.load_checkpoint(run_dir)

@@ -18,8 +18,8 @@ import equinox as eqx
 import numpy as np
 
 from rnnkit.data import load_mnist, to_layout
-from rnnkit.workflows import checkpoint as ckpt
-from rnnkit.workflows.train import TrainConfig, load_model, make_predict, predict_logits
+from rnnkit.runs import load_model, read_run_config
+from rnnkit.workflows.train_step import make_predict, predict_logits
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tf_logits = np.load(f"{args.prefix}.test_logits.npy")
-    config = TrainConfig.from_dict(ckpt.read_config(args.run_dir))
+    config = read_run_config(args.run_dir)
     model, _ = load_model(args.run_dir, config)
     splits = load_mnist(config.data_dir)
     x = to_layout(splits.test_images, config.layout)

@@ -401,7 +401,7 @@ def test_samples_per_s_counts_training_steps_not_validation_or_checkpoints(
 
     monkeypatch.setattr(train_module, "time", type("Clock", (), {"perf_counter": staticmethod(perf_counter)}))
     monkeypatch.setattr(train_module, "loss_and_accuracy", slow(train_module.loss_and_accuracy))
-    monkeypatch.setattr(train_module.ckpt, "save_checkpoint", slow(train_module.ckpt.save_checkpoint))
+    monkeypatch.setattr(train_module.runs, "save_checkpoint", slow(train_module.runs.save_checkpoint))
     result = train(config(data_dir, tmp_path / "run"))  # 12 steps: checkpoints at 5 and 10, a validation at 12
     assert result.steps == 12
     assert result.samples_per_s > 11 * 16 / 1.0  # 11 steady steps in well under a second of this clock

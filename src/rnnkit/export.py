@@ -43,6 +43,7 @@ from rnnkit._rnn import auto_implementation
 from rnnkit._version import __version__
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
+from rnnkit.runs import load_model, read_run_config
 
 FORMAT = "rnnkit-export"
 FORMAT_VERSION = 1
@@ -183,11 +184,8 @@ def export_run(
 ) -> ExportInfo:
     """Export a run directory's checkpoint (`rnnkit train`'s, or `rnnkit convert`'s) in `mode`
     ("static" or "dynamic"; default: the mode it was trained in). Weights are the same either way."""
-    from rnnkit.workflows import checkpoint as ckpt
-    from rnnkit.workflows.train import TrainConfig, load_model
-
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(ckpt.read_config(run_dir))
+    config = read_run_config(run_dir)
     trained_mode = config.mode
     if mode is not None:
         if mode not in ("static", "dynamic"):

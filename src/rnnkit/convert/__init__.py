@@ -28,6 +28,10 @@ from rnnkit.convert._flax import to_flax_params as to_flax_params
 from rnnkit.convert._keras import from_keras_weights as from_keras_weights
 from rnnkit.convert._keras import keras_layers as keras_layers
 from rnnkit.convert._keras import to_keras_weights as to_keras_weights
+from rnnkit.convert._run_dir import export_flax_file as export_flax_file
+from rnnkit.convert._run_dir import export_tf1_checkpoint as export_tf1_checkpoint
+from rnnkit.convert._run_dir import export_torch_file as export_torch_file
+from rnnkit.convert._run_dir import write_run_dir as write_run_dir
 from rnnkit.convert._stack import AdamState as AdamState
 from rnnkit.convert._stack import Conversion as Conversion
 from rnnkit.convert._tf1 import from_tf1_checkpoint as from_tf1_checkpoint
@@ -40,10 +44,6 @@ from rnnkit.convert._torch import from_torch_state_dict as from_torch_state_dict
 from rnnkit.convert._torch import load_torch_file as load_torch_file
 from rnnkit.convert._torch import to_torch_state_dict as to_torch_state_dict
 from rnnkit.convert._torch import torch_modules as torch_modules
-from rnnkit.workflows.convert import export_flax_file as export_flax_file
-from rnnkit.workflows.convert import export_tf1_checkpoint as export_tf1_checkpoint
-from rnnkit.workflows.convert import export_torch_file as export_torch_file
-from rnnkit.workflows.convert import write_run_dir as write_run_dir
 
 __all__ = [
     "AdamState",

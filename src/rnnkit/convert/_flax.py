@@ -512,7 +512,7 @@ def load_flax_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from rnnkit.workflows.checkpoint import read_safetensors
+        from rnnkit.runs import read_safetensors
 
         return _unflatten(read_safetensors(path)[0])
     serialization = _import_flax_serialization(path)

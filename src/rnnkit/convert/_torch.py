@@ -344,7 +344,7 @@ def load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from rnnkit.workflows.checkpoint import read_safetensors
+        from rnnkit.runs import read_safetensors
 
         return read_safetensors(path)[0]
     if path.suffix not in (".pt", ".pth", ".bin"):

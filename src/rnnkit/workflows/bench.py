@@ -214,7 +214,8 @@ class _RnnkitRunner:
 
         from rnnkit._rnn import auto_implementation
         from rnnkit.models.classifier import build_classifier, parse_cells
-        from rnnkit.workflows.train import make_predict, make_train_step, tf1_adam
+        from rnnkit.runs import tf1_adam
+        from rnnkit.workflows.train_step import make_predict, make_train_step
 
         # What `auto` resolved to in this process, recorded with the figures: a native kernel
         # that went stale or failed to load mid-run would otherwise pass as rnnkit-dynamic.
@@ -685,7 +686,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def write_results(result: dict[str, Any], out_dir: Path, command: str) -> dict[str, Path]:
     """bench.json, bench.md (the table) and bench.png into `out_dir`, each written atomically."""
-    from rnnkit.workflows.checkpoint import atomic_write_bytes
+    from rnnkit._atomic import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "png": out_dir / "bench.png"}

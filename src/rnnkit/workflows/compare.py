@@ -267,7 +267,8 @@ class Programs:
     called with donated buffers."""
 
     def __init__(self, model: SequenceClassifier):
-        from rnnkit.workflows.train import cross_entropy, tf1_adam
+        from rnnkit.runs import tf1_adam
+        from rnnkit.workflows.train_step import cross_entropy
 
         params, static = eqx.partition(model, eqx.is_inexact_array)
         self.leaves, treedef = jax.tree_util.tree_flatten(params)

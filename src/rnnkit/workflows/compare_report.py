@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rnnkit.workflows.checkpoint import atomic_write_text
+from rnnkit._atomic import atomic_write_text
 from rnnkit.workflows.plots import pyplot, save_png
 
 HOLDS, FAILS, ABOVE, MIXED = "holds", "does not hold", "holds only above length", "mixed"

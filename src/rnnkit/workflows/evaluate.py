@@ -10,19 +10,9 @@ import numpy as np
 
 from rnnkit.data import load_mnist, to_layout
 from rnnkit.errors import ConfigError
-from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.runs import load_model, read_run_config
 from rnnkit.workflows.plots import pyplot, save_png
-from rnnkit.workflows.train import (
-    TrainConfig,
-    load_model,
-    loss_and_accuracy,
-    make_predict,
-    predict_logits,
-)
-
-
-def _run_config(run_dir: Path) -> TrainConfig:
-    return TrainConfig.from_dict(ckpt.read_config(run_dir))
+from rnnkit.workflows.train_step import loss_and_accuracy, make_predict, predict_logits
 
 
 @dataclass(frozen=True)
@@ -40,7 +30,7 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None =
     """Loss, accuracy, per-class accuracy and the confusion matrix on the test split of the
     run's data (or of `data_dir`)."""
     run_dir = Path(run_dir)
-    config = _run_config(run_dir)
+    config = read_run_config(run_dir)
     splits = load_mnist(data_dir if data_dir is not None else config.data_dir)
     x = to_layout(splits.test_images, config.layout)
     y = splits.test_labels.astype(np.int32)
@@ -115,7 +105,7 @@ def predict_images(run_dir: Path, paths: list[Path], steps: bool = False) -> lis
     import jax
 
     run_dir = Path(run_dir)
-    config = _run_config(run_dir)
+    config = read_run_config(run_dir)
     model, _ = load_model(run_dir, config)
     model = eqx.nn.inference_mode(model)
     assert config.image_shape is not None  # load_model checked it

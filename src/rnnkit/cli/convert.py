@@ -71,67 +71,29 @@ def add_parser(commands: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from rnnkit.workflows.convert import convert
 
-    import rnnkit.convert as rc
-    from rnnkit.workflows.convert import (
-        check_target,
-        export_flax_file,
-        export_keras_file,
-        export_tf1_checkpoint,
-        export_torch_file,
+    modules = getattr(args, "modules", None)
+    done = convert(
+        args.convert_source,
+        args.source,
+        args.out,
+        cells=args.cells,
+        scope=getattr(args, "scope", "rnn"),
+        head=getattr(args, "head", None),
+        modules=None if modules is None else [m.strip() for m in modules.split(",")],
+        forget_bias=getattr(args, "forget_bias", 0.0),
+        allow_unused=args.allow_unused,
+        style=getattr(args, "style", "nnx"),
+        layout=args.layout,
+        image_shape=args.image_shape,
+        mode=args.mode,
+        force=args.force,
     )
-
-    source = Path(args.source)
-    run_dir_source = source.is_dir() and (args.convert_source != "tf1" or (source / "config.json").is_file())
-    if run_dir_source and args.convert_source in ("torch", "keras", "flax", "tf1"):
-        if args.convert_source == "tf1":
-            out = export_tf1_checkpoint(source, args.out, force=args.force)
-        elif args.convert_source == "flax":
-            out = export_flax_file(source, args.out, style=args.style, force=args.force)
-        else:
-            export = export_torch_file if args.convert_source == "torch" else export_keras_file
-            out = export(source, args.out, force=args.force)
-        print(f"{source} -> {out}")
+    print(f"{done.source} -> {done.out}")
+    conversion = done.conversion
+    if conversion is None:
         return 0
-    check_target(Path(args.out), args.force)  # before reading a source that may be large
-    if args.convert_source == "tf1":
-        conversion = rc.from_tf1_checkpoint(
-            source, cells=args.cells, scope=args.scope, head=args.head, allow_unused=args.allow_unused
-        )
-    elif args.convert_source == "torch":
-        modules = None if args.modules is None else [m.strip() for m in args.modules.split(",")]
-        conversion = rc.from_torch_file(
-            source,
-            cells=args.cells,
-            modules=modules,
-            head=args.head,
-            forget_bias=args.forget_bias,
-            allow_unused=args.allow_unused,
-        )
-    elif args.convert_source == "flax":
-        from rnnkit.convert._flax import load_flax_file
-
-        modules = None if args.modules is None else [m.strip() for m in args.modules.split(",")]
-        conversion = rc.from_flax_params(
-            load_flax_file(source),
-            cells=args.cells,
-            modules=modules,
-            head=args.head,
-            forget_bias=args.forget_bias,
-            allow_unused=args.allow_unused,
-            source=str(source),
-        )
-    else:
-        from rnnkit.workflows.convert import load_keras_file
-
-        conversion = rc.from_keras_weights(
-            load_keras_file(source), cells=args.cells, forget_bias=args.forget_bias, source=str(source)
-        )
-    run_dir = rc.write_run_dir(
-        conversion, args.out, layout=args.layout, image_shape=args.image_shape, mode=args.mode, force=args.force
-    )
-    print(f"{source} -> {run_dir}")
     print(f"  cells {conversion.cells}, reading {conversion.input_size} features, {conversion.num_classes} classes")
     if conversion.adam is not None:
         print(f"  optimizer: TF1's Adam state after {conversion.adam.step} updates (train --resume continues it)")
@@ -139,7 +101,7 @@ def handle(args: argparse.Namespace) -> int:
         print("  optimizer: fresh (train --resume fine-tunes with a new Adam)")
     if conversion.skipped:
         print(f"  not converted ({len(conversion.skipped)}): {', '.join(conversion.skipped)}")
-    print(f"  next: rnnkit eval {run_dir}")
+    print(f"  next: rnnkit eval {done.out}")
     return 0
 
 

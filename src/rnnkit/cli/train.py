@@ -33,7 +33,7 @@ EPILOG = """examples:
 
 
 def add_parser(commands: Any) -> None:
-    from rnnkit.workflows.train import TrainConfig
+    from rnnkit.runs import TrainConfig
 
     d = TrainConfig()
     p = add_command(
@@ -72,8 +72,9 @@ def add_parser(commands: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from rnnkit._host import enable_compile_cache, tune_allocator
+    from rnnkit.runs import TrainConfig
     from rnnkit.workflows import distributed
-    from rnnkit.workflows.train import SilentReporter, TrainConfig, TrainingInterrupted, train
+    from rnnkit.workflows.train import SilentReporter, TrainingInterrupted, train
 
     tune_allocator()  # before JAX starts its threads; see rnnkit/_host.py
     enable_compile_cache()  # a static model compiles once, not in every process

@@ -5,9 +5,11 @@ depth first, including those inside sub-jaxprs held in an equation's params: sca
 bodies, cond branches, pjit (jit) calls, custom_jvp / custom_vjp calls. A test then asks about
 primitives and their params (`eqn.primitive.name`, `eqn.params["precision"]`, an FFI call's
 `target_name`), which neither breaks when JAX changes how it prints a jaxpr nor matches a
-string that happens to appear elsewhere in the text.
+string that happens to appear elsewhere in the text. For example, the precision of every
+matmul a cell asks for, and the native kernel's calls in a gradient:
 
-    >>> [e.params["precision"] for e in eqns(cell, x, state) if e.primitive.name == "dot_general"]
+    [dot["precision"] for dot in params_of("dot_general", cell, x, state)]
+    ffi_targets(jax.grad(loss), params, x)  # ["rnnkit_gru_fwd", "rnnkit_gru_bwd"]
 
 A custom_vjp's backward function is not a jaxpr until it is differentiated: to see what the
 backward pass runs, trace the gradient (`eqns(jax.grad(loss), ...)`).

@@ -3,51 +3,34 @@
 set from a seeded generator, saved with tf.compat.v1.train.Saver, converted by name, and the
 logits compared with the TF1 graph's on random inputs (float32, 1e-5).
 
-Needs tensorflow and tf-keras (TF_USE_LEGACY_KERAS=1 before tensorflow is imported); skipped
-without them.
+Needs tensorflow and tf-keras, imported as `tf1.py` says; skipped without them.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-tf = pytest.importorskip("tensorflow")
+import rnnkit.convert as rc
+from rnnkit.cli import main
+from rnnkit.errors import CheckpointError
+from rnnkit.workflows.convert import load_run_model
 
-import jax.numpy as jnp  # noqa: E402
+import tf1
+from tf1 import rnn_cell, tf, v1
 
-import rnnkit.convert as rc  # noqa: E402
-from rnnkit.cli import main  # noqa: E402
-from rnnkit.errors import CheckpointError  # noqa: E402
-from rnnkit.workflows.convert import load_run_model  # noqa: E402
-
-v1 = tf.compat.v1
-try:
-    _cells = v1.nn.rnn_cell
-    _cells.MultiRNNCell  # noqa: B018  (raises under Keras 3)
-except AttributeError as err:
-    pytest.skip(
-        f"tf.compat.v1 RNN cells unavailable ({err}); install tf-keras, set TF_USE_LEGACY_KERAS=1",
-        allow_module_level=True,
-    )
-
-pytestmark = [
-    pytest.mark.tf,
-    pytest.mark.filterwarnings(r"ignore:`tf\.nn\.rnn_cell\.\w+` is deprecated:UserWarning"),
-    pytest.mark.filterwarnings(r"ignore:`tf\.layers\.dense` is deprecated:UserWarning"),
-]
+pytestmark = [*tf1.MARKS, pytest.mark.filterwarnings(r"ignore:`tf\.layers\.dense` is deprecated:UserWarning")]
 
 TOL = 1e-5
 BATCH, TIME, DEPTH, CLASSES = 4, 7, 28, 10
 
 
 def seed_cells() -> Any:
-    return _cells.MultiRNNCell([_cells.LSTMCell(16), _cells.GRUCell(32)])
+    return rnn_cell.MultiRNNCell([rnn_cell.LSTMCell(16), rnn_cell.GRUCell(32)])
 
 
 def save_tf1(make_cell: Any, path: Path, *, head: str = "fully_connected", static: bool = False) -> tuple[str, Any]:
@@ -117,12 +100,12 @@ def test_cli_converts_a_checkpoint_into_a_run_directory(tmp_path: Path, capsys: 
 
 
 def every_kind() -> Any:
-    return _cells.MultiRNNCell(
+    return rnn_cell.MultiRNNCell(
         [
-            _cells.BasicRNNCell(8),
-            _cells.BasicLSTMCell(8),
-            _cells.LSTMCell(8, use_peepholes=True, num_proj=5),
-            _cells.GRUCell(6),
+            rnn_cell.BasicRNNCell(8),
+            rnn_cell.BasicLSTMCell(8),
+            rnn_cell.LSTMCell(8, use_peepholes=True, num_proj=5),
+            rnn_cell.GRUCell(6),
         ]
     )
 
@@ -137,7 +120,7 @@ def test_every_cell_kind_is_inferred(tmp_path: Path) -> None:
 
 
 def clipped() -> Any:
-    return _cells.LSTMCell(8, cell_clip=0.2, forget_bias=0.3, num_proj=4, proj_clip=0.1)
+    return rnn_cell.LSTMCell(8, cell_clip=0.2, forget_bias=0.3, num_proj=4, proj_clip=0.1)
 
 
 def test_what_a_checkpoint_does_not_store_comes_from_cells(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ import pytest
 from rnnkit.cli import main
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.distributed import check_batch_size
-from test_train import make_idx_dir
+
+from small_runs import make_idx_dir
 
 ATOL = 1e-5  # see the module docstring
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -22,7 +22,8 @@ from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.export import export_run, load, portable, sidecar_path
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.train import TrainConfig, load_model, train
-from test_train import SIDE, config, make_idx_dir
+
+from small_runs import SIDE, config, make_idx_dir
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from rnnkit.errors import ConfigError
 from rnnkit.models import CellSpec, build_classifier, format_cells, parse_cells
 
 from cases import random_inputs
+from jaxprs import params_of
 
 
 def seed_model(mode: str = "dynamic", **kwargs: object) -> rk.RNNCell:
@@ -154,17 +155,6 @@ def _small_model(cells: str, mode: str = "dynamic", **kwargs: object) -> rk.RNNC
     )
 
 
-def _dot_precisions(jaxpr: jax.extend.core.ClosedJaxpr) -> list[object]:
-    """The `precision` of every dot_general in a jaxpr, sub-jaxprs (scan bodies) included."""
-    found = []
-    for eqn in jaxpr.jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _dot_precisions(jax.extend.core.ClosedJaxpr(sub, ()))
-    return found
-
-
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 @pytest.mark.parametrize(("precision", "expected"), [("highest", jax.lax.Precision.HIGHEST), (None, None)])
 def test_precision_reaches_every_matmul(mode: str, precision: object, expected: object) -> None:
@@ -174,7 +164,7 @@ def test_precision_reaches_every_matmul(mode: str, precision: object, expected: 
         implementation="per_step",  # matmuls in the jaxpr (the native kernel's are not)
         precision=precision,
     )
-    precisions = _dot_precisions(jax.make_jaxpr(model)(jnp.zeros((2, 5, 3))))
+    precisions = [dot["precision"] for dot in params_of("dot_general", model, jnp.zeros((2, 5, 3)))]
     # LSTM: 1 matmul a step; TF1's GRU: 2; the head: 1.
     assert len(precisions) == (5 * 3 + 1 if mode == "static" else 3 + 1)
     assert all(p in (expected, (expected, expected)) for p in precisions), precisions

@@ -136,3 +136,169 @@ def test_kernel_threads_follow_openblas_settings_and_openblas_starts_single_thre
     got = json.loads(done.stdout.strip().splitlines()[-1])
     cpus = len(os.sched_getaffinity(0))
     assert got == {"added": 0, "threads": expected or cpus, "env": setting}
+
+
+# --- The seed's model at a training batch size, against per_step ------------------------------
+# The tests of the kernel's numbers elsewhere (test_fused.py) use a few rows and units. Here the
+# seed's stack, MultiRNNCell([LSTMCell(128), GRUCell(256)]) over 28 steps of 28 features, with
+# full 32-unit panels (4 and 8 of them), a batch of 72 rows and each of the kernel's ways of
+# splitting the work between its threads, picked by setting the thread count (so what is covered
+# does not depend on the machine's CPUs): 2 threads take 36 rows each, step by step (row
+# groups of 8 end in a partial one); with 4, fewer than 32 rows each, they split each step's
+# units instead, whole panels each; with 8, the LSTM's 4 panels are too few for that and its
+# steps go by rows a block at a time, while the GRU's 8 panels split by units.
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxprs import ffi_targets  # noqa: E402
+
+SEED_BATCH, SEED_STEPS, SEED_FEATURES = 72, 28, 28
+SEED_THREADS = (2, 4, 8)
+
+# Tolerance, per leaf, relative to the leaf's largest magnitude (the gradients of this loss reach
+# ~1e2, the outputs ~1). Measured on an AVX-512 build over outputs, final states and the gradients
+# of every weight, the inputs and the initial state: native against per_step at most 1.7e-6 of
+# the leaf's scale (the same at 2, 4 and 8 threads), and per_step's own float32 results against
+# the same model in float64 1.2e-6: a few float32 ulps from sums taken in another order. 1e-5 is
+# 6x the larger, room for builds whose products sum in yet another order (AVX2, OpenBLAS). A
+# real fault is far above it: one weight of the second layer's kernel moved by 1e-3 (of ~0.1)
+# for the native call alone moves the results by 2e-4 to 1.2e-3 of their scale.
+SEED_TOL = 1e-5
+
+# per_step, the reference, compiled for compile speed as in test_fused.py (the same formulas to
+# float rounding, a third of the compile time); the native path keeps XLA's defaults.
+_REFERENCE_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+
+
+def _seed_stack() -> rk.MultiRNNCell:
+    k = jax.random.split(jax.random.key(21), 2)
+    cell = rk.MultiRNNCell(
+        [
+            rk.LSTMCell(128, input_size=SEED_FEATURES, key=k[0]),
+            rk.GRUCell(256, input_size=128, key=k[1]),
+        ]
+    )
+    return _with_random_biases(cell)
+
+
+def _reset_after_and_basic_stack() -> rk.MultiRNNCell:
+    k = jax.random.split(jax.random.key(22), 2)
+    cell = rk.MultiRNNCell(
+        [
+            rk.GRUCell(256, input_size=SEED_FEATURES, key=k[0], reset_after=True),
+            rk.BasicRNNCell(128, input_size=256, key=k[1]),
+        ]
+    )
+    return _with_random_biases(cell)
+
+
+def _with_random_biases(cell: rk.RNNCell) -> rk.RNNCell:
+    """TF1's initial kernels (random weights of the model's own scale) and non-zero biases, so
+    the bias paths count; random kernels at these widths would saturate every gate."""
+    rng = np.random.default_rng(23)
+    variables = {
+        name: value + (0.5 * rng.standard_normal(value.shape)).astype(value.dtype) if name.endswith("bias") else value
+        for name, value in rk.get_variables(cell).items()
+    }
+    return rk.set_variables(cell, variables)
+
+
+def _with_kernel_threads(n: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) with the loaded kernel running n threads (rnnkit/_native sets the count once,
+    at load), finished before the count is restored: a running call reads it."""
+    before = _native.threads()
+    _native._library[-1].rnnkit_set_threads(n)
+    try:
+        return jax.block_until_ready(fn(*args))
+    finally:
+        _native._library[-1].rnnkit_set_threads(before)
+
+
+def _seed_loss(cell: rk.RNNCell, lengths: np.ndarray | None, how: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """A loss of every output and every final-state leaf, each weighted by fixed random numbers
+    (so no permutation of rows, steps or units goes unseen), as a function of the cell's weights,
+    the inputs and a non-zero initial state; and those arguments."""
+    rng = np.random.default_rng(24)
+    x = jnp.asarray(rng.standard_normal((SEED_BATCH, SEED_STEPS, SEED_FEATURES)), jnp.float32)
+    zero = cell.zero_state(SEED_BATCH)
+    state0 = jax.tree_util.tree_map(lambda z: jnp.asarray(0.3 * rng.standard_normal(z.shape), z.dtype), zero)
+    out_weights = jnp.asarray(rng.standard_normal((SEED_BATCH, SEED_STEPS, cell.output_size)), jnp.float32)
+    state_weights = jax.tree_util.tree_map(lambda z: jnp.asarray(rng.standard_normal(z.shape), z.dtype), zero)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+
+    def loss(p: Any, x: jax.Array, s: Any) -> tuple[jax.Array, Any]:
+        outputs, final = rk.dynamic_rnn(eqx.combine(p, static), x, lengths, initial_state=s, implementation=how)
+        weighted = jax.tree_util.tree_map(lambda a, w: jnp.sum(a * w), (outputs, final), (out_weights, state_weights))
+        return sum(jax.tree_util.tree_leaves(weighted)), (outputs, final)
+
+    def values_and_grads(p: Any, x: jax.Array, s: Any) -> Any:
+        (_, values), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, x, s)
+        return values, grads  # not the loss: a sum of cancelling terms, less exact than its parts
+
+    return values_and_grads, (params, x, state0)
+
+
+def _assert_close_to_scale(got: Any, want: Any, tol: float) -> None:
+    """Same tree; every leaf within tol times the largest magnitude of want's leaf."""
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want), strict=True):
+        w = np.asarray(w, np.float64)
+        scale = float(np.max(np.abs(w)))
+        assert scale > 0, f"{jax.tree_util.keystr(path)} is all zeros: nothing to compare"
+        np.testing.assert_allclose(
+            np.asarray(g, np.float64), w, rtol=0, atol=tol * scale, err_msg=jax.tree_util.keystr(path)
+        )
+
+
+_SEED_LENGTHS = np.random.default_rng(25).integers(1, SEED_STEPS + 1, SEED_BATCH)
+_SEED_LENGTHS[:4] = [1, SEED_STEPS, 0, SEED_STEPS - 1]  # one step, every step, none, all but the last
+
+
+_SEED_TARGETS = {"rnnkit_lstm_fwd", "rnnkit_lstm_bwd", "rnnkit_gru_fwd", "rnnkit_gru_bwd"}
+_OTHER_TARGETS = {"rnnkit_gru_reset_after_fwd", "rnnkit_gru_reset_after_bwd", "rnnkit_rnn_fwd", "rnnkit_rnn_bwd"}
+
+
+@pytest.mark.parametrize(
+    ("make", "targets", "lengths"),
+    [
+        pytest.param(_seed_stack, _SEED_TARGETS, _SEED_LENGTHS, id="seed-lengths"),
+        pytest.param(_seed_stack, _SEED_TARGETS, None, id="seed-no_lengths"),
+        # The kinds that split only by rows (reset-after GRU, basic RNN), in the slow sweep
+        # (pytest -m slow): 3-4 s each here.
+        pytest.param(
+            _reset_after_and_basic_stack,
+            _OTHER_TARGETS,
+            _SEED_LENGTHS,
+            id="reset_after_basic-lengths",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            _reset_after_and_basic_stack,
+            _OTHER_TARGETS,
+            None,
+            id="reset_after_basic-no_lengths",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_native_equals_per_step_for_the_seeds_model_at_batch_size(
+    native_kernel: None, make: Callable[[], rk.RNNCell], targets: set[str], lengths: np.ndarray | None
+) -> None:
+    """Outputs, final state and the gradients of every weight, the inputs and the initial state,
+    native against per_step, with each thread split; the native kernel ran, per_step did not."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the native kernel is CPU-only")
+    cell = make()
+    native, args = _seed_loss(cell, lengths, "native")
+    plain, _ = _seed_loss(cell, lengths, "per_step")
+    assert set(ffi_targets(native, *args)) == targets
+    assert ffi_targets(plain, *args) == []
+    want = jax.jit(plain, compiler_options=_REFERENCE_COMPILE)(*args)
+    native = jax.jit(native)
+    for threads in SEED_THREADS:
+        _assert_close_to_scale(_with_kernel_threads(threads, native, *args), want, SEED_TOL)

@@ -3,7 +3,6 @@ time-major, unroll, every-step states, last_relevant, and jit / vmap / dtypes.""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import equinox as eqx
@@ -15,6 +14,7 @@ import pytest
 import rnnkit as rk
 
 from cases import CELL_CASES, INPUT_SIZE, assert_close, make_cell, random_inputs
+from jaxprs import params_of
 
 LENGTHS = np.array([6, 0, 3, 1, 5])
 
@@ -155,9 +155,10 @@ def test_default_unroll_is_chosen_per_path_and_platform(
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     cell = make_cell(cell_name)
     x = random_inputs((5, 6, INPUT_SIZE))
-    program = jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, LENGTHS, unroll=unroll, implementation=implementation))
-    unrolls = set(re.findall(r"unroll=(\d+)", str(program(x))))
-    assert unrolls == {str(expected)}
+    scans = params_of(
+        "scan", lambda x: rk.dynamic_rnn(cell, x, LENGTHS, unroll=unroll, implementation=implementation), x
+    )
+    assert {scan["unroll"] for scan in scans} == {expected}
 
 
 def test_return_all_states_gives_the_state_after_every_step(per_step_path: None) -> None:

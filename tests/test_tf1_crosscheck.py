@@ -6,42 +6,25 @@ and pushes them into rnnkit with `rk.set_variables` under the same names (which 
 that the names and shapes agree), then compares outputs and every leaf of the final state
 on random inputs, to 1e-5 in float32.
 
-Needs tensorflow (the `tf` extra) and tf-keras; TF1's cells exist only with
-TF_USE_LEGACY_KERAS=1 set before tensorflow is imported. Skipped without them.
+Needs tensorflow (the `tf` extra) and tf-keras, imported as `tf1.py` says (TF1's cells exist
+only with TF_USE_LEGACY_KERAS=1 set before tensorflow is imported). Skipped without them.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-tf = pytest.importorskip("tensorflow")
+import rnnkit as rk
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import tf1
+from tf1 import rnn_cell, tf, v1
 
-import rnnkit as rk  # noqa: E402
-
-v1 = tf.compat.v1
-try:
-    _tf_cells = v1.nn.rnn_cell
-    _tf_cells.MultiRNNCell  # noqa: B018  (raises under Keras 3)
-except AttributeError as err:  # tf-keras missing, or TF was imported before TF_USE_LEGACY_KERAS=1
-    pytest.skip(
-        f"tf.compat.v1 RNN cells unavailable ({err}); install tf-keras and set TF_USE_LEGACY_KERAS=1 "
-        "before tensorflow is imported",
-        allow_module_level=True,
-    )
-
-pytestmark = [
-    pytest.mark.tf,
-    # TF1's cell classes warn on construction; the warning is attributed to this module.
-    pytest.mark.filterwarnings(r"ignore:`tf\.nn\.rnn_cell\.\w+` is deprecated:UserWarning"),
-]
+pytestmark = tf1.MARKS
 
 RTOL = ATOL = 1e-5
 BATCH, TIME, DEPTH, UNITS = 4, 6, 5, 7
@@ -59,21 +42,19 @@ CELL_KINDS = ["basic_rnn", "basic_lstm", "basic_lstm_fb0.5", "lstm", "lstm_peep_
 
 def tf_cell(kind: str) -> Any:
     if kind == "basic_rnn":
-        return _tf_cells.BasicRNNCell(UNITS)
+        return rnn_cell.BasicRNNCell(UNITS)
     if kind == "basic_lstm":
-        return _tf_cells.BasicLSTMCell(UNITS)
+        return rnn_cell.BasicLSTMCell(UNITS)
     if kind == "basic_lstm_fb0.5":
-        return _tf_cells.BasicLSTMCell(UNITS, forget_bias=0.5)
+        return rnn_cell.BasicLSTMCell(UNITS, forget_bias=0.5)
     if kind == "lstm":
-        return _tf_cells.LSTMCell(UNITS)
+        return rnn_cell.LSTMCell(UNITS)
     if kind == "lstm_peep_clip_proj":
-        return _tf_cells.LSTMCell(
-            UNITS, use_peepholes=True, cell_clip=CELL_CLIP, num_proj=NUM_PROJ, proj_clip=PROJ_CLIP
-        )
+        return rnn_cell.LSTMCell(UNITS, use_peepholes=True, cell_clip=CELL_CLIP, num_proj=NUM_PROJ, proj_clip=PROJ_CLIP)
     if kind == "gru":
-        return _tf_cells.GRUCell(UNITS)
+        return rnn_cell.GRUCell(UNITS)
     if kind == "stack":  # the seed's network: LSTMCell(n) under GRUCell(2n)
-        return _tf_cells.MultiRNNCell([_tf_cells.LSTMCell(UNITS), _tf_cells.GRUCell(2 * UNITS)])
+        return rnn_cell.MultiRNNCell([rnn_cell.LSTMCell(UNITS), rnn_cell.GRUCell(2 * UNITS)])
     raise AssertionError(kind)
 
 
@@ -145,7 +126,7 @@ def as_rk_structure(tree: Any) -> Any:
 def as_tf_structure(tree: Any) -> Any:
     """An rnnkit state of NumPy arrays as TF constants, with TF's LSTMStateTuple."""
     if isinstance(tree, rk.LSTMStateTuple):
-        return _tf_cells.LSTMStateTuple(tf.constant(tree.c), tf.constant(tree.h))
+        return rnn_cell.LSTMStateTuple(tf.constant(tree.c), tf.constant(tree.h))
     if isinstance(tree, tuple):
         return tuple(as_tf_structure(t) for t in tree)
     return tf.constant(tree)

@@ -3,7 +3,6 @@ and the CLI's exit codes and messages for them."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -13,14 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rnnkit.data import write_idx
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.evaluate import evaluate_run, predict_images
 from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
 
 from cases import run_cli
-
-SIDE, CLASSES = 8, 3
+from small_runs import CLASSES, SIDE, config, make_idx_dir
 
 
 @pytest.fixture(autouse=True)
@@ -33,46 +30,9 @@ def standard_promotion() -> Any:
         yield
 
 
-def make_idx_dir(path: Path, n_train: int = 240, n_test: int = 60, seed: int = 0, classes: int = CLASSES) -> Path:
-    """Class c lights up columns c, c+3, ... of an 8x8 image, plus noise."""
-    rng = np.random.default_rng(seed)
-
-    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.integers(0, classes, n).astype(np.uint8)
-        x = rng.integers(0, 60, (n, SIDE, SIDE)).astype(np.uint8)
-        for i, c in enumerate(labels):
-            x[i, :, c::classes] = 250  # every row shows the class: learnable in a few steps
-        return x, labels
-
-    path.mkdir(parents=True, exist_ok=True)
-    train_x, train_y = images(n_train)
-    test_x, test_y = images(n_test)
-    write_idx(path / "train-images-idx3-ubyte.gz", train_x)
-    write_idx(path / "train-labels-idx1-ubyte.gz", train_y)
-    write_idx(path / "t10k-images-idx3-ubyte.gz", test_x)
-    write_idx(path / "t10k-labels-idx1-ubyte.gz", test_y)
-    return path
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_idx_dir(tmp_path_factory.mktemp("idx"))
-
-
-def config(data_dir: Path, run_dir: Path, **changes: Any) -> TrainConfig:
-    base = TrainConfig(
-        cells="lstm:8,gru:12",
-        data_dir=str(data_dir),
-        run_dir=str(run_dir),
-        train_samples=12 * 16 + 1,  # 12 steps of 16
-        batch_size=16,
-        learning_rate=0.01,
-        display_step=1,
-        checkpoint_every=5,
-        validation_size=40,
-        eval_batch_size=32,
-    )
-    return dataclasses.replace(base, **changes)
 
 
 def losses(run_dir: Path) -> list[float]:

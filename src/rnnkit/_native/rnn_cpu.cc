@@ -10,8 +10,8 @@
 //
 // This file is the kernel's one translation unit: it includes the headers beside it, each on
 // one concern, and defines what the library exports. Everything else has internal linkage
-// (the headers' anonymous namespace), as when the kernel was one file, so the compiler sees
-// and inlines the whole of it at once.
+// (the headers' anonymous namespace): the compiler sees the whole kernel at once and inlines
+// across the headers as within one file.
 //   rnn_layout.h    shapes, masking (sequence lengths), blocks of steps, 32-column panels
 //   rnn_math.h      tanh, exp and sigmoid, vector and matrix helpers (OpenBLAS's sgemm)
 //   rnn_threads.h   the kernel's threads (kThreads, parallel), splits by rows or units
@@ -20,7 +20,7 @@
 //   rnn_products.h  Weights (packed once per call) and weight gradients, on the above or OpenBLAS
 //   rnn_cells.h     the cell kinds' steps: BasicRNN, LSTM, GRU, GRU with the reset after
 //   rnn_drivers.h   forward and backward over the sequence, for any kind
-//   rnn_ffi.h       the FFI entry points, and the bindings derived from their parameters
+//   rnn_ffi.h       the FFI entry points, a kind and direction each (handlers defined here)
 
 #include <algorithm>
 #include <cstdint>

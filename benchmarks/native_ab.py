@@ -1,12 +1,14 @@
 """Two builds of rnnkit's native CPU kernel in one process, timed step by step in alternation.
 
-    PYTHONPATH=src python benchmarks/native_ab.py --other old_rnn_cpu.cc \\
+    mkdir -p /tmp/old && git archive HEAD~1 src/rnnkit/_native | tar -x -C /tmp/old
+    PYTHONPATH=src python benchmarks/native_ab.py --other /tmp/old/src/rnnkit/_native/rnn_cpu.cc \\
         --workloads train:128:28:28,train:1024:28:28 --steps 60
 
 On a shared machine whose speed drifts by 15% or more between minutes, two processes timed
 one after the other can't resolve a change worth a few percent. Here the kernel built from
-this checkout's `rnn_cpu.cc` ("this") and one built from `--other` (say, the previous commit's
-`git show HEAD~1:src/rnnkit/_native/rnn_cpu.cc`) are loaded side by side, each under its own
+this checkout's `rnn_cpu.cc` ("this") and one built from `--other` (say, the previous commit's,
+extracted as above with the headers it includes beside it; one from before the headers were
+split out of it is a single file) are loaded side by side, each under its own
 FFI target names, and the seed's model is compiled once against each. Their steps then run
 alternately, this, other, this, other, ..., so drift falls on both alike; the figure that
 counts is the median of the paired ratios (other's step time over this one's: above 1, this
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from rnnkit.workflows.bench import _RnnkitRunner
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--other", required=True, type=Path, help="the other kernel's rnn_cpu.cc")
+    p.add_argument("--other", required=True, type=Path, help="the other kernel's rnn_cpu.cc, its headers beside it")
     p.add_argument("--other-flags", default="", help="extra compiler flags for the other build, space-separated")
     p.add_argument("--workloads", default="train:128:28:28")
     p.add_argument("--steps", type=int, default=60, help="timed steps of each build per workload")

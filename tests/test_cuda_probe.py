@@ -1,7 +1,8 @@
 """The speed issue's GPU probe (benchmarks/cuda_probe.py) checked without a GPU: its CUDA kernels
 compiled for the CPU and run on CPU threads through its XLA handlers, against the fused path
-(values and gradients), then under ThreadSanitizer and AddressSanitizer. About two minutes:
-slow-marked (`pytest -m slow tests/test_cuda_probe.py`)."""
+(values and gradients), then under ThreadSanitizer and AddressSanitizer. About two minutes.
+Research code, so out of the default run: marked research (`pytest -m research
+tests/test_cuda_probe.py`) and slow. The probe runs in a subprocess: nothing here imports it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_probe.py"
 
 
+@pytest.mark.research
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="needs a C++ compiler")
 def test_persistent_kernels_on_cpu_threads() -> None:

@@ -40,6 +40,9 @@ import numpy as np
 from jaxtyping import Array
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
+# The headers SOURCE includes (rnn_math.h, rnn_cells.h, ...): the kernel is one translation
+# unit, SOURCE, split by concern into these files beside it.
+HEADERS = tuple(sorted(SOURCE.parent.glob("rnn_*.h")))
 LIBRARY = Path(__file__).with_name("librnnkit_cpu.so")
 # Optimised for the CPU it is built on (it is built where it runs). -fno-math-errno and
 # -fno-trapping-math let the compiler vectorise the row loops: tanh's final select leaves its
@@ -97,6 +100,13 @@ def compile_command(output: Path) -> list[str]:
         "-o",
         str(output),
     ]
+
+
+def _newer_source() -> Path | None:
+    """The kernel's first source file (SOURCE, then its HEADERS) newer than the built library,
+    or None. The library is built from all of them: it is out of date where any changed."""
+    built = LIBRARY.stat().st_mtime
+    return next((p for p in (SOURCE, *HEADERS) if p.stat().st_mtime > built), None)
 
 
 def build() -> Path:
@@ -164,8 +174,9 @@ def _load() -> str | None:
     """Load the library and register its FFI targets; the reason it can't be used, or None."""
     if not LIBRARY.exists():
         return f"it is not built ({LIBRARY} is missing)"
-    if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
-        return f"it is out of date ({LIBRARY} is older than {SOURCE.name})"
+    newer = _newer_source()
+    if newer is not None:
+        return f"it is out of date ({LIBRARY} is older than {newer.name})"
     threads = kernel_threads()  # before the load changes the environment
     try:
         with _single_threaded_openblas():

@@ -97,6 +97,21 @@ def test_the_kernel_takes_only_full_float32_precisions(native_kernel: None, prec
     assert any("BF16_BF16_F32_X3" in p for p in dots) is not native
 
 
+def test_ffi_targets_keep_their_names() -> None:
+    """The FFI targets, derived from the loop kinds, keep the names of the C symbols the kernel
+    exports (loading it looks each one up)."""
+    assert _native.TARGETS == {
+        "rnnkit_rnn_fwd": "RnnkitRnnFwd",
+        "rnnkit_rnn_bwd": "RnnkitRnnBwd",
+        "rnnkit_lstm_fwd": "RnnkitLstmFwd",
+        "rnnkit_lstm_bwd": "RnnkitLstmBwd",
+        "rnnkit_gru_fwd": "RnnkitGruFwd",
+        "rnnkit_gru_bwd": "RnnkitGruBwd",
+        "rnnkit_gru_reset_after_fwd": "RnnkitGruAfterFwd",
+        "rnnkit_gru_reset_after_bwd": "RnnkitGruAfterBwd",
+    }
+
+
 def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_native, "LIBRARY", tmp_path / "no-such-dir" / "librnnkit_cpu.so")
     with pytest.raises(_native.NativeUnavailableError, match=r"can't write next to the package"):

@@ -57,12 +57,16 @@ LOOP_KIND = {k.name: k for k in LOOP_KINDS}
 @dataclass(frozen=True)
 class Option:
     """One `--cells` option: `name` in the spec, its `type` (`bool` options are flags without a
-    value), the constructor argument it sets, and the value the cell has without it."""
+    value), the constructor argument it sets, the value the cell has without it, whether a
+    value must be positive (sizes and clips; a forget bias may be 0 or negative), and another
+    option it needs."""
 
     name: str
     type: type
     arg: str
     default: Any = None
+    positive: bool = True
+    needs: str | None = None
 
     def read(self, cell: RNNCell) -> Any:
         """The option's value on `cell`, or None where the spec would leave it out (a flag
@@ -73,7 +77,7 @@ class Option:
         return None if value is None else self.type(value)
 
 
-_FORGET_BIAS = Option("forget_bias", float, "forget_bias", 1.0)
+_FORGET_BIAS = Option("forget_bias", float, "forget_bias", 1.0, positive=False)
 
 
 def _lstm_fast_reason(cell: LSTMCell) -> str | None:
@@ -140,12 +144,21 @@ CELL_KINDS = (
             Option("peepholes", bool, "use_peepholes", False),
             Option("proj", int, "num_proj"),
             Option("cell_clip", float, "cell_clip"),
-            Option("proj_clip", float, "proj_clip"),
+            Option("proj_clip", float, "proj_clip", needs="proj"),
             _FORGET_BIAS,
         ),
         fast_reason=_lstm_fast_reason,
     ),
-    CellKind("gru", GRUCell, "gru_cell", "gru", "GRU", "GRU", "GRUCell (TF1's, reset before the candidate matmul)"),
+    CellKind(
+        "gru",
+        GRUCell,
+        "gru_cell",
+        "gru",
+        "GRU",
+        "GRU",
+        "GRUCell (TF1's, reset before the candidate matmul)",
+        fixed=(("reset_after", False),),
+    ),
     CellKind(
         "gru_reset_after",
         GRUCell,
@@ -163,10 +176,8 @@ BY_SCOPE = {k.scope: k for k in CELL_KINDS}
 
 def kind_of(cell: Any) -> CellKind | None:
     """The kind of a leaf cell, or None for anything else (a wrapper, a stack, another class).
-    A class with several kinds (GRUCell) matches the one whose fixed arguments it has, the
-    most specific first."""
-    found = [k for k in CELL_KINDS if k.matches(cell)]
-    return max(found, key=lambda k: len(k.fixed)) if found else None
+    A class with several kinds (GRUCell) has the one whose fixed arguments it has."""
+    return next((k for k in CELL_KINDS if k.matches(cell)), None)
 
 
 def fast_reason(cell: Any) -> str | None:

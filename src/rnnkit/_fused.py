@@ -97,11 +97,6 @@ def unsupported(cell: RNNCell) -> str | None:
     return None
 
 
-def supports(cell: RNNCell) -> bool:
-    """True when the fused loops can run `cell` (see `unsupported`)."""
-    return unsupported(cell) is None
-
-
 @functools.cache
 def _recurrence(kind_name: str, precision: Any, forget_bias: float, unroll: int | bool, masked: bool) -> Callable:
     """recurrence(ws, xp [T,B,G], state0, valid [T,B,1] or None) -> (outputs [T,B,H], final state),
@@ -256,8 +251,9 @@ def layer(cell: RNNCell, x: Array, state: Any, valid: Array | None, unroll: int 
 
 
 def run(cell: RNNCell, x: Array, state: Any, lengths: Array | None, unroll: int | bool) -> tuple[Array, Any]:
-    """`dynamic_rnn` on time-major x [T, B, input] a loop per layer, for a cell `supports`
-    takes: the top layer's outputs [T, B, output] (zero past each length), the final state."""
+    """`dynamic_rnn` on time-major x [T, B, input] a loop per layer, for a cell the fused loops
+    take (`unsupported` is None): the top layer's outputs [T, B, output] (zero past each
+    length) and the final state."""
     valid = valid_mask(lengths, x.shape[0])
     return layered(cell, x, state, valid, functools.partial(layer, valid=valid, unroll=unroll))
 

@@ -101,7 +101,6 @@ class CellKind:
     loop: str
     keras: str
     torch: str
-    description: str
     options: tuple[Option, ...] = ()
     fixed: tuple[tuple[str, Any], ...] = ()  # constructor arguments that make the class this kind
     fast_reason: Callable[[Any], str | None] = field(default=lambda cell: None)  # beyond the loop kind
@@ -121,25 +120,23 @@ class CellKind:
 
 
 CELL_KINDS = (
-    CellKind("rnn", BasicRNNCell, "basic_rnn_cell", "rnn", "SimpleRNN", "RNN", "BasicRNNCell"),
+    CellKind(spec="rnn", cell_class=BasicRNNCell, scope="basic_rnn_cell", loop="rnn", keras="SimpleRNN", torch="RNN"),
     CellKind(
-        "basic_lstm",
-        BasicLSTMCell,
-        "basic_lstm_cell",
-        "lstm",
-        "LSTM",
-        "LSTM",
-        "BasicLSTMCell",
+        spec="basic_lstm",
+        cell_class=BasicLSTMCell,
+        scope="basic_lstm_cell",
+        loop="lstm",
+        keras="LSTM",
+        torch="LSTM",
         options=(_FORGET_BIAS,),
     ),
     CellKind(
-        "lstm",
-        LSTMCell,
-        "lstm_cell",
-        "lstm",
-        "LSTM",
-        "LSTM",
-        "LSTMCell",
+        spec="lstm",
+        cell_class=LSTMCell,
+        scope="lstm_cell",
+        loop="lstm",
+        keras="LSTM",
+        torch="LSTM",
         options=(
             Option("peepholes", bool, "use_peepholes", False),
             Option("proj", int, "num_proj"),
@@ -149,29 +146,28 @@ CELL_KINDS = (
         ),
         fast_reason=_lstm_fast_reason,
     ),
+    # TF1's GRUCell, the reset gate before the candidate's matmul
     CellKind(
-        "gru",
-        GRUCell,
-        "gru_cell",
-        "gru",
-        "GRU",
-        "GRU",
-        "GRUCell (TF1's, reset before the candidate matmul)",
+        spec="gru",
+        cell_class=GRUCell,
+        scope="gru_cell",
+        loop="gru",
+        keras="GRU",
+        torch="GRU",
         fixed=(("reset_after", False),),
     ),
+    # the cuDNN / PyTorch / Keras-default formula, the reset gate after it
     CellKind(
-        "gru_reset_after",
-        GRUCell,
-        "cudnn_compatible_gru_cell",
-        "gru_reset_after",
-        "GRU",
-        "GRU",
-        "GRUCell(reset_after=True) (cuDNN / PyTorch formula)",
+        spec="gru_reset_after",
+        cell_class=GRUCell,
+        scope="cudnn_compatible_gru_cell",
+        loop="gru_reset_after",
+        keras="GRU",
+        torch="GRU",
         fixed=(("reset_after", True),),
     ),
 )
 BY_SPEC = {k.spec: k for k in CELL_KINDS}
-BY_SCOPE = {k.scope: k for k in CELL_KINDS}
 
 
 def kind_of(cell: Any) -> CellKind | None:

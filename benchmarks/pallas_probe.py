@@ -1,4 +1,4 @@
-"""Where the per-step Pallas kernels (implementation="pallas", src/rnnkit/_pallas.py) spend their
+"""Where the experimental per-step Pallas kernels (src/rnnkit/experimental/pallas.py) spend their
 time on a GPU, against the fused path XLA runs (written for the speed issue's GPU rows; the
 figures are in benchmarks/RESULTS.md, "GPU, fourth run").
 
@@ -6,7 +6,7 @@ figures are in benchmarks/RESULTS.md, "GPU, fourth run").
     PYTHONPATH=src python benchmarks/pallas_probe.py launch       # one kernel, launched 1000 times
 
 `recurrence`: one layer of the seed's model (LSTM 128 at T=28 and T=784, GRU 256 at T=28,
-batch 128) as `_pallas.recurrence` at unroll 4 and 1 and `_fused._recurrence` at unroll 4:
+batch 128) as `pallas.recurrence` at unroll 4 and 1 and `_fused._recurrence` at unroll 4:
 microseconds per forward pass and per gradient, mean of 30 calls after one warm-up. With
 OUT set, each T=28 gradient program's optimized HLO is written there (to look for copies).
 `launch`: the LSTM's forward kernel at several tilings (batch rows x hidden units x warps), in
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from rnnkit import _fused, _pallas
+from rnnkit import _fused
+from rnnkit.experimental import pallas as _pallas
 
 
 def _mean_us(fn: Any, *args: Any, n: int) -> float:

@@ -4,7 +4,7 @@ algorithms such as TF32_TF32_F32_X3 or BF16_BF16_F32_X6 multiply on tensor cores
 passes, for near-float32 results).
 
     PYTHONPATH=src python benchmarks/precision_probe.py --out precision.json \\
-        --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default --implementations auto,pallas
+        --precisions highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default --implementations auto,fused
 
 The reference is the same model at "highest" on the host CPU (full float32, XLA's CPU
 backend), same weights and batch. Each precision's figures are relative errors against it:
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="highest,TF32_TF32_F32_X3,BF16_BF16_F32_X6,default")
     p.add_argument("--implementations", default="auto")
     p.add_argument("--workloads", default="train:128:28:28,train:32:784:1")
-    p.add_argument("--pallas-precision", default=None, help="the pallas kernels' matmul precision")
     args = p.parse_args(argv)
-    from rnnkit import _pallas
-
-    _pallas.DOT_PRECISION = args.pallas_precision
     cpu = jax.devices("cpu")[0]
     data: dict[str, Any] = {"command": " ".join(sys.argv), "jax": jax.__version__, "backend": jax.default_backend()}
     data["device"], data["figures"] = str(jax.devices()[0].device_kind), []

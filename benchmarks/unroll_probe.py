@@ -11,7 +11,9 @@ fused path, whose loops are `lax.scan`s that `unroll` widens).
 Each (workload, implementation, precision, unroll) is built and timed in this process with the same
 runner and timing rule as `rnnkit bench` (its rnnkit-dynamic row, with `unroll` passed to the
 model). Prints one line per figure and writes every figure to --out as JSON, rewritten
-(atomically) after each one, so a run cut short keeps what it measured.
+(atomically) after each one, so a run cut short keeps what it measured. The experimental Pallas
+kernels (rnnkit.experimental.pallas) are not one of dynamic_rnn's implementations;
+benchmarks/pallas_probe.py times them.
 """
 
 from __future__ import annotations
@@ -41,15 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="highest")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-time", type=float, default=0.5)
-    p.add_argument(
-        "--pallas-tiles",
-        default="auto",
-        help="for implementation pallas: tilings to compare, each ROWSxUNITSxWARPS (batch rows and hidden "
-        "units per program, warps per program) or auto",
-    )
-    p.add_argument(
-        "--pallas-precision", default=None, help="the pallas kernels' matmul precision, e.g. TF32_TF32_F32_X3"
-    )
     args = p.parse_args(argv)
     workloads = _workload_list(args.workloads)
     unrolls = [int(u) for u in args.unroll.split(",")]
@@ -65,30 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "figures": [],
     }
-    from rnnkit import _pallas
-
-    _pallas.DOT_PRECISION = args.pallas_precision
-    runs = [(i, None) for i in implementations if i != "pallas"]
-    if "pallas" in implementations:
-        runs += [("pallas", None if t == "auto" else t) for t in args.pallas_tiles.split(",")]
-    for w, (impl, tiles), prec, u in itertools.product(workloads, runs, precisions, unrolls):
-        if tiles is None:
-            _pallas.TILES = _pallas.NUM_WARPS = None
-        else:
-            rows, units, warps = (int(v) for v in tiles.split("x"))
-            _pallas.TILES, _pallas.NUM_WARPS = (rows, units), warps
+    for w, impl, prec, u in itertools.product(workloads, implementations, precisions, unrolls):
         t0 = time.perf_counter()
         try:
             r = measure(functools.partial(_RnnkitRunner, w, 0, "dynamic", impl, unroll=u, precision=prec), w, config)
         except Exception as e:  # a figure that fails is recorded, the rest still run
             r = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
         r.update(workload=w.key, implementation_asked=impl, precision=prec, unroll=u, wall_s=time.perf_counter() - t0)
-        r["pallas_tiles"] = tiles if impl == "pallas" else None
         data["figures"].append(r)
         atomic_write_text(Path(args.out), json.dumps(data, indent=1))
         rate = f"{r['samples_per_s']:10.0f} samples/s" if r["status"] == "ok" else r["error"]
-        name = f"{impl}:{tiles}" if tiles else impl
-        print(f"{w.key:24s} {name:18s} {prec:8s} unroll={u:<3d} {rate}  ({r['wall_s']:.0f} s)", flush=True)
+        print(f"{w.key:24s} {impl:18s} {prec:8s} unroll={u:<3d} {rate}  ({r['wall_s']:.0f} s)", flush=True)
     return 0
 
 

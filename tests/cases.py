@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import rnnkit as rk
 
@@ -181,3 +182,66 @@ def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
         code = stop.code
     out, err = capsys.readouterr()
     return int(code or 0), out, err
+
+
+def _sub_jaxprs(value: Any) -> list[Any]:
+    """The jaxprs inside one equation's parameter (a Jaxpr, a ClosedJaxpr, or a list of them)."""
+    if isinstance(value, ClosedJaxpr):
+        return [value.jaxpr]
+    if isinstance(value, Jaxpr):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [j for v in value for j in _sub_jaxprs(v)]
+    return []
+
+
+def equations(jaxpr: Any) -> list[Any]:
+    """Every equation of a (closed) jaxpr, those inside its loops, conditionals and custom
+    derivative rules' primal programs included, outer ones first."""
+    jaxpr = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
+    found = []
+    for eqn in jaxpr.eqns:
+        found.append(eqn)
+        for value in eqn.params.values():
+            for sub in _sub_jaxprs(value):
+                found += equations(sub)
+    return found
+
+
+def ffi_targets(jaxpr: Any) -> list[str]:
+    """The FFI targets a program calls (`rnnkit_lstm_fwd`, ...), in program order."""
+    return [str(e.params["target_name"]) for e in equations(jaxpr) if e.primitive.name == "ffi_call"]
+
+
+def path_taken(fn: Callable[..., Any], *args: Any) -> str:
+    """Which of dynamic_rnn's loops the program `fn(*args)` runs, read off its jaxpr's
+    primitives: "native" where it calls the native kernel, "fused" where a custom VJP wraps
+    its loops (the fused paths' hand-written backward), else "per_step"."""
+    found = equations(jax.make_jaxpr(fn)(*args))
+    if any(e.primitive.name == "ffi_call" and str(e.params["target_name"]).startswith("rnnkit_") for e in found):
+        return "native"
+    if any(e.primitive.name == "custom_vjp_call" for e in found):
+        return "fused"
+    return "per_step"
+
+
+def count_primitive(fn: Callable[..., Any], name: str, *args: Any) -> int:
+    """How many equations of primitive `name` the program `fn(*args)` holds, nested ones included."""
+    return sum(e.primitive.name == name for e in equations(jax.make_jaxpr(fn)(*args)))
+
+
+def assert_trees_close(got: Any, want: Any, tol: float) -> None:
+    """Same tree structure, and every leaf equal within tol (relative and absolute)."""
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def read_everything(outputs: jax.Array, state: Any) -> jax.Array:
+    """A loss that reads every output and every leaf of a final state through fixed random
+    weights, so that a wrong value or gradient anywhere shows."""
+    rng = np.random.default_rng(7)
+    total = jnp.sum(outputs * jnp.asarray(rng.standard_normal(outputs.shape), outputs.dtype))
+    for leaf in jax.tree_util.tree_leaves(state):
+        total = total + jnp.sum(jnp.tanh(leaf) * jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype))
+    return total

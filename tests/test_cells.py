@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 import rnnkit as rk
+import rnnkit.models
+from rnnkit import _kinds
+from rnnkit._cells import _LeafCell
+from rnnkit._wrappers import at_path, leaves
 
 import reference as ref
 from cases import CELL_CASES, INPUT_SIZE, assert_close, cell_variables_below_scope, flat_state, make_cell, random_inputs
@@ -185,3 +189,71 @@ def test_a_dot_algorithm_preset_reaches_every_matmul(precision: object) -> None:
     assert [d["precision"] for d in dots] == [jax.lax.DotAlgorithmPreset[name]]
     with pytest.raises(ValueError, match=r"DotAlgorithmPreset such as 'TF32_TF32_F32_X3'; got 'TF32_X3'"):
         rk.GRUCell(3, input_size=2, key=jax.random.key(0), precision="TF32_X3")
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of cell kinds (rnnkit/_kinds.py) every part reads: each entry must describe the
+# cell it builds, and every leaf cell class must have an entry.
+
+# Non-default values for every option, so a mapping that drops or swaps one shows.
+OPTION_VALUES = {"forget_bias": 0.25, "peepholes": True, "proj": 3, "cell_clip": 2.5, "proj_clip": 1.5}
+
+
+@pytest.mark.parametrize("kind", _kinds.CELL_KINDS, ids=lambda k: k.spec)
+def test_each_cell_kind_builds_the_cell_it_declares(kind: _kinds.CellKind) -> None:
+    options = {o.name: OPTION_VALUES[o.name] for o in kind.options}
+    cell = kind.build(6, input_size=INPUT_SIZE, key=jax.random.key(0), options=options)
+    assert type(cell) is kind.cell_class
+    assert _kinds.kind_of(cell) is kind
+    assert cell.name == kind.scope  # the class's default TF1 scope is the table's
+    assert kind.options_of(cell) == options  # read back off the cell, as the converters write it
+    assert kind.options_of(kind.build(6, input_size=INPUT_SIZE, key=jax.random.key(0), options={})) == {
+        o.name: o.default for o in kind.options if o.default not in (None, False)
+    }
+    assert kind.loop in _kinds.LOOP_KIND
+    assert kind.spec in rk.models.CELL_KINDS
+
+
+def test_every_leaf_cell_class_has_a_cell_kind() -> None:
+    leaf_classes = {c for c in vars(rk).values() if isinstance(c, type) and issubclass(c, _LeafCell)}
+    assert leaf_classes == {k.cell_class for k in _kinds.CELL_KINDS}
+    assert (
+        len({k.spec for k in _kinds.CELL_KINDS}) == len({k.scope for k in _kinds.CELL_KINDS}) == len(_kinds.CELL_KINDS)
+    )
+
+
+def test_fast_reason_names_what_the_fast_paths_lack() -> None:
+    key = jax.random.key(0)
+    assert _kinds.fast_reason(rk.LSTMCell(4, input_size=INPUT_SIZE, key=key)) is None
+    assert _kinds.fast_reason(rk.GRUCell(4, input_size=INPUT_SIZE, key=key, activation=jax.lax.tanh)) is None
+    lstm = rk.LSTMCell(4, input_size=INPUT_SIZE, key=key, num_proj=2, cell_clip=3.0)
+    assert _kinds.fast_reason(lstm) == "has cell_clip=3.0, num_proj=2"
+    relu = rk.BasicRNNCell(4, input_size=INPUT_SIZE, key=key, activation=jax.nn.relu)
+    assert _kinds.fast_reason(relu) == "has activation relu, not tanh"
+    stack = rk.MultiRNNCell([lstm])
+    assert _kinds.fast_reason(stack) == "is not one of BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell"
+
+
+def test_the_wrapper_walk_yields_leaves_with_their_paths_and_wrappers() -> None:
+    k = jax.random.split(jax.random.key(0), 3)
+    lstm = rk.LSTMCell(4, input_size=INPUT_SIZE, key=k[0])
+    gru = rk.GRUCell(4, input_size=4, key=k[1])
+    rnn = rk.BasicRNNCell(4, input_size=4, key=k[2])
+    inner = rk.DropoutWrapper(rk.ResidualWrapper(gru), output_keep_prob=0.5, seed=1)
+    cell = rk.DropoutWrapper(rk.MultiRNNCell([lstm, inner, rk.MultiRNNCell([rnn])]), input_keep_prob=0.5, seed=2)
+    found = list(leaves(cell))
+    assert [leaf.cell for leaf in found] == [lstm, gru, rnn]
+    assert [leaf.path for leaf in found] == [
+        (("cell",), ("cells", 0)),
+        (("cell",), ("cells", 1), ("cell",), ("cell",)),
+        (("cell",), ("cells", 2), ("cells", 0)),
+    ]
+    assert [tuple(type(w).__name__ for w in leaf.wrappers) for leaf in found] == [
+        ("DropoutWrapper",),
+        ("DropoutWrapper", "DropoutWrapper", "ResidualWrapper"),
+        ("DropoutWrapper",),
+    ]
+    for leaf in found:
+        assert at_path(cell, leaf.path) is leaf.cell
+        for path, wrapper in zip(leaf.wrapper_paths, leaf.wrappers, strict=True):
+            assert at_path(cell, path) is wrapper

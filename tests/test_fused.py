@@ -17,9 +17,20 @@ import numpy as np
 import pytest
 
 import rnnkit as rk
-from rnnkit import _fused, _native
+from rnnkit import _fused, _loops, _native
+from rnnkit._wrappers import leaves
 
-from cases import INPUT_SIZE, benchmark_script, make_cell, random_inputs
+from cases import (
+    INPUT_SIZE,
+    assert_trees_close,
+    benchmark_script,
+    count_primitive,
+    ffi_targets,
+    make_cell,
+    path_taken,
+    random_inputs,
+    read_everything,
+)
 
 FUSED_KINDS = ["basic_rnn", "basic_lstm", "basic_lstm_forget_bias_0.5", "lstm", "gru", "gru_reset_after"]
 LENGTHS = np.array([6, 2, 0, 4, 6])
@@ -51,11 +62,7 @@ def _make(name: str, dtype: Any) -> rk.RNNCell:
 def _loss(cell: rk.RNNCell, x: jax.Array, state0: Any, lengths: Any, time_major: bool, how: str) -> jax.Array:
     """Reads every output and every leaf of the final state through fixed random weights."""
     outputs, state = rk.dynamic_rnn(cell, x, lengths, initial_state=state0, time_major=time_major, implementation=how)
-    rng = np.random.default_rng(7)
-    total = jnp.sum(outputs * jnp.asarray(rng.standard_normal(outputs.shape), outputs.dtype))
-    for leaf in jax.tree_util.tree_leaves(state):
-        total = total + jnp.sum(jnp.tanh(leaf) * jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype))
-    return total
+    return read_everything(outputs, state)
 
 
 # The plain path is the reference here: per_step, itself checked against the NumPy reference
@@ -81,14 +88,9 @@ def _value_and_grads(cell: rk.RNNCell, x: jax.Array, lengths: Any, time_major: b
     def f(p: Any, x: jax.Array, s: Any) -> jax.Array:
         return _loss(eqx.combine(p, static), x, s, lengths, time_major, how)
 
+    # The path asked for is the path that runs: a fallback would compare per_step with itself.
+    assert path_taken(f, params, x, state0) == ("fused" if how == "fused_stack" else how)
     return _jit(jax.value_and_grad(f, argnums=(0, 1, 2)), how)(params, x, state0)
-
-
-def _assert_trees_close(got: Any, want: Any, tol: float) -> None:
-    """Same tree structure, and every leaf equal within tol (relative and absolute)."""
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
 
 
 # With sequence_length (the masked backward is the harder one); without it, the float32 test
@@ -106,11 +108,11 @@ SLOW_KINDS = [
 @pytest.mark.parametrize("name", ["stack", "basic_lstm_forget_bias_0.5", *SLOW_KINDS])
 def test_fast_path_equals_plain_path_values_and_gradients(name: str, x64: None) -> None:
     cell = _make(name, jnp.float64)
-    assert _fused.supports(cell)
+    assert _fused.unsupported(cell) is None
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
     plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
     for how in ["fused", "fused_stack"] if isinstance(cell, rk.MultiRNNCell) else ["fused"]:
-        _assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
+        assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
 
 
 def test_fast_path_time_major_float32_no_lengths() -> None:
@@ -119,7 +121,7 @@ def test_fast_path_time_major_float32_no_lengths() -> None:
     x = jnp.swapaxes(random_inputs((5, 6, INPUT_SIZE), jnp.float32), 0, 1)
     plain = _value_and_grads(cell, x, None, True, "per_step")
     for how in ["fused", "fused_stack"]:
-        _assert_trees_close(_value_and_grads(cell, x, None, True, how), plain, 2e-5)
+        assert_trees_close(_value_and_grads(cell, x, None, True, how), plain, 2e-5)
 
 
 @pytest.mark.parametrize("unroll", [1, 4])
@@ -139,6 +141,12 @@ def test_fused_stack_is_one_loop_over_time(unroll: int) -> None:
     assert len(re.findall(r"\bscan\[", stacked)) == 2
     assert set(re.findall(r"unroll=(\d+)", stacked)) == {str(unroll)}
     assert len(re.findall(r"\bscan\[", gradient_program("fused"))) == 2 * 4
+
+    def forward(how: str) -> Any:
+        return lambda v: rk.dynamic_rnn(cell, v, LENGTHS[:2], implementation=how, unroll=unroll)
+
+    assert count_primitive(forward("fused_stack"), "custom_vjp_call", x) == 1  # one for the whole stack
+    assert count_primitive(forward("fused"), "custom_vjp_call", x) == 4  # one per layer
 
 
 def test_padded_steps_give_zero_outputs_and_carried_state() -> None:
@@ -168,19 +176,49 @@ def _outside(name: str) -> rk.RNNCell:
     return make_cell(name)
 
 
-@pytest.mark.parametrize(
-    "name", ["lstm_peephole_clip_proj", "basic_rnn_relu", "state_dropout", "residual_fn", "dropout_around_peepholes"]
-)
-def test_cells_outside_the_fast_path_take_the_plain_one(name: str) -> None:
+OUTSIDE = ["lstm_peephole_clip_proj", "basic_rnn_relu", "state_dropout", "residual_fn", "dropout_around_peepholes"]
+# What each says about the layer it can't take.
+OUTSIDE_REASONS = {
+    "lstm_peephole_clip_proj": r"layer 0 \(LSTMCell\) has use_peepholes=True, cell_clip=.*, num_proj=",
+    "basic_rnn_relu": r"layer 0 \(BasicRNNCell\) has activation relu, not tanh",
+    "state_dropout": r"layer 0 \(GRUCell\) is in a DropoutWrapper with state_keep_prob=0.5",
+    "residual_fn": r"layer 0 \(GRUCell\) is in a ResidualWrapper with a residual_fn",
+    "dropout_around_peepholes": r"layer 0 \(LSTMCell\) has use_peepholes=True",
+}
+
+
+@pytest.mark.parametrize("name", OUTSIDE)
+def test_cells_outside_the_fast_path_are_refused_by_name_and_run_per_step_under_auto(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explicit fast path refuses a cell it can't take, saying which layer and why (a
+    fallback would run something else than asked); "auto" runs it per_step."""
     cell = _outside(name)
-    assert not _fused.supports(cell)
     fusable = rk.GRUCell(INPUT_SIZE, input_size=INPUT_SIZE, key=jax.random.key(1))
-    assert _fused.supports(fusable)
-    assert not _fused.supports(rk.MultiRNNCell([fusable, cell]))  # one layer outside it: the stack is too
+    assert _fused.unsupported(fusable) is None
     x = random_inputs((2, 3, INPUT_SIZE), jnp.float32)
-    outputs, _ = rk.dynamic_rnn(cell, x, implementation="fused")  # runs, through the per-step path
+    for how in ["fused", "fused_stack"]:
+        with pytest.raises(ValueError, match=rf"implementation='{how}' runs .*; {OUTSIDE_REASONS[name]}"):
+            rk.dynamic_rnn(cell, x, implementation=how)
+    monkeypatch.setattr(_native, "require", lambda: None)  # as where the kernel is built
+    with pytest.raises(ValueError, match=rf"implementation='native' runs .*; {OUTSIDE_REASONS[name]}"):
+        _loops.choose(cell, "native", platform="cpu", return_all_states=False)
+    monkeypatch.undo()
+    in_a_stack = rk.MultiRNNCell([fusable, cell])  # one layer outside it: the stack is too, naming that layer
+    with pytest.raises(ValueError, match=OUTSIDE_REASONS[name].replace("layer 0", "layer 1")):
+        rk.dynamic_rnn(in_a_stack, x, implementation="fused")
+    assert path_taken(lambda v: rk.dynamic_rnn(cell, v), x) == "per_step"
+    outputs, _ = rk.dynamic_rnn(cell, x)
     assert outputs.shape == (2, 3, cell.output_size)
-    assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation="fused"))(x))
+
+
+def test_return_all_states_is_refused_by_the_fast_paths_and_runs_per_step_under_auto() -> None:
+    cell = _stack(jnp.float32)
+    x = random_inputs((2, 3, INPUT_SIZE), jnp.float32)
+    for how in ["fused", "fused_stack"]:
+        with pytest.raises(ValueError, match=rf"implementation='{how}' .*; return_all_states=True"):
+            rk.dynamic_rnn(cell, x, implementation=how, return_all_states=True)
+    assert path_taken(lambda v: rk.dynamic_rnn(cell, v, return_all_states=True), x) == "per_step"
 
 
 def _wrapped(dtype: Any, variant: str) -> rk.RNNCell:
@@ -235,44 +273,40 @@ def test_wrappers_take_the_fast_path_with_the_plain_paths_masks(variant: str, x6
     """Dropout and residual wrappers run through fused: the same dropout masks as the plain
     path (the same units zeroed, bit for bit) and the same values and gradients."""
     cell = _wrapped(jnp.float64, variant)
-    assert _fused.supports(cell)
+    assert _fused.unsupported(cell) is None
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float64)
     plain = _value_and_grads(cell, x, LENGTHS, False, "per_step")
     plain_zeros = _outputs(cell, x, LENGTHS, "per_step") == 0
     assert 0.05 < plain_zeros.mean() < 0.6  # masks dropped units, or padding is zero
     for how in ["fused", "fused_stack"]:
         np.testing.assert_array_equal(_outputs(cell, x, LENGTHS, how) == 0, plain_zeros)
-        _assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
-    jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="fused"))(x))
-    assert jaxpr.count("custom_vjp") >= len(_fused._leaves(cell))  # every layer's loop fused
+        assert_trees_close(_value_and_grads(cell, x, LENGTHS, False, how), plain, 1e-11)
+    fused = count_primitive(lambda v: rk.dynamic_rnn(cell, v, implementation="fused"), "custom_vjp_call", x)
+    assert fused == len(list(leaves(cell)))  # every layer's loop fused
 
 
 @pytest.mark.parametrize("lengths", [LENGTHS, None], ids=["lengths", "no_lengths"])
 def test_native_runs_wrapped_layers(lengths: Any, native_kernel: None) -> None:
     cell = _wrapped(jnp.float32, "around_the_stack")
-    assert _fused.native_supports(cell)
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
-    jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(x))
-    for kernel in ["lstm", "gru", "gru_reset_after", "rnn"]:  # every layer in the kernel
-        assert f"target_name=rnnkit_{kernel}_fwd" in jaxpr
+    targets = ffi_targets(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, lengths, implementation="native"))(x))
+    assert targets == [f"rnnkit_{kernel}_fwd" for kernel in ["lstm", "gru", "gru_reset_after", "rnn"]]  # every layer
     np.testing.assert_array_equal(
         _outputs(cell, x, lengths, "native") == 0, _outputs(cell, x, lengths, "per_step") == 0
     )
     native = _value_and_grads(cell, x, lengths, False, "native")
-    _assert_trees_close(native, _value_and_grads(cell, x, lengths, False, "per_step"), 2e-5)
+    assert_trees_close(native, _value_and_grads(cell, x, lengths, False, "per_step"), 2e-5)
 
 
 def _path_taken(how: str, dtype: Any = jnp.float32) -> str:
     cell = _stack(dtype)
     x = random_inputs((2, 3, INPUT_SIZE), dtype)
-    jaxpr = str(jax.make_jaxpr(lambda x: rk.dynamic_rnn(cell, x, implementation=how))(x))
-    if "rnnkit_lstm_fwd" in jaxpr:
-        return "native"
-    return "fused" if "custom_vjp" in jaxpr else "per_step"
+    return path_taken(lambda x: rk.dynamic_rnn(cell, x, implementation=how), x)
 
 
 def test_implementation_picks_the_path() -> None:
     assert _path_taken("fused") == "fused"
+    assert _path_taken("fused_stack") == "fused"
     assert _path_taken("per_step") == "per_step"
     # auto: on CPU the native kernel where it is built, else per-step; fused on accelerators
     if jax.default_backend() != "cpu":
@@ -281,10 +315,51 @@ def test_implementation_picks_the_path() -> None:
         assert _path_taken("auto") == ("native" if _native.available() else "per_step")
 
 
+@pytest.mark.parametrize(
+    ("platform", "native_built", "expected"),
+    [("cpu", True, "native"), ("cpu", False, "per_step"), ("gpu", True, "fused"), ("gpu", False, "fused")],
+)
+def test_auto_picks_by_platform(
+    monkeypatch: pytest.MonkeyPatch, platform: str, native_built: bool, expected: str
+) -> None:
+    """What the docstring promises for "auto", for a cell every fast path takes, and per_step
+    for one they don't (peepholes) or for return_all_states."""
+    monkeypatch.setattr(_native, "available", lambda: native_built)
+    stack = _stack(jnp.float32)
+    assert _loops.choose(stack, "auto", platform=platform, return_all_states=False).name == expected
+    assert _loops.choose(stack, "auto", platform=platform, return_all_states=True).name == "per_step"
+    peepholes = make_cell("lstm_peephole_clip_proj")
+    assert _loops.choose(peepholes, "auto", platform=platform, return_all_states=False).name == "per_step"
+
+
+def test_native_is_refused_off_cpu_and_for_other_dtypes_and_precisions(
+    monkeypatch: pytest.MonkeyPatch, x64: None
+) -> None:
+    monkeypatch.setattr(_native, "require", lambda: None)  # as where the kernel is built
+    stack = _stack(jnp.float32)
+    with pytest.raises(ValueError, match=r"implementation='native' .*; JAX's default backend is gpu"):
+        _loops.choose(stack, "native", platform="gpu", return_all_states=False)
+    with pytest.raises(ValueError, match=r"runs float32 cells .*; layer 0 \(LSTMCell\) has dtype float64"):
+        _loops.choose(_stack(jnp.float64), "native", platform="cpu", return_all_states=False)
+    reduced = rk.GRUCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), precision="BF16_BF16_F32")
+    with pytest.raises(
+        ValueError, match=r"full float32 precision.*; layer 0 \(GRUCell\) has precision='BF16_BF16_F32'"
+    ):
+        _loops.choose(reduced, "native", platform="cpu", return_all_states=False)
+    with pytest.raises(ValueError, match=r"; return_all_states=True"):
+        _loops.choose(stack, "native", platform="cpu", return_all_states=True)
+
+
 def test_native_takes_float32_only(native_kernel: None, x64: None) -> None:
     assert _path_taken("native") == "native"
-    assert _path_taken("native", jnp.float64) == "per_step"
     assert _path_taken("auto", jnp.float64) == "per_step"
+    with pytest.raises(ValueError, match=r"implementation='native' .* has dtype float64"):
+        _path_taken("native", jnp.float64)
+
+
+def test_pallas_is_refused_naming_its_new_place() -> None:
+    with pytest.raises(ValueError, match=r"implementation='pallas' .* rnnkit\.experimental\.pallas\.dynamic_rnn"):
+        rk.dynamic_rnn(make_cell("lstm"), random_inputs((2, 3, INPUT_SIZE)), implementation="pallas")
 
 
 @pytest.mark.parametrize("lengths", [LENGTHS, None], ids=["lengths", "no_lengths"])
@@ -296,7 +371,7 @@ def test_native_equals_plain_path_values_and_gradients(name: str, lengths: Any, 
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    _assert_trees_close(native, plain, 2e-5)
+    assert_trees_close(native, plain, 2e-5)
 
 
 def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
@@ -307,7 +382,7 @@ def test_native_long_batches_cross_its_blocks(native_kernel: None) -> None:
     lengths = np.random.default_rng(5).integers(0, 32, size=300)
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    _assert_trees_close(native, plain, 1e-4)
+    assert_trees_close(native, plain, 1e-4)
 
 
 def _wide_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
@@ -334,7 +409,7 @@ def test_native_wide_layers_cross_its_panels(native_kernel: None) -> None:
     cell, x, lengths = _wide_layers()
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    _assert_trees_close(native, plain, 1e-4)
+    assert_trees_close(native, plain, 1e-4)
 
 
 def _unit_split_layers() -> tuple[rk.RNNCell, jax.Array, np.ndarray]:
@@ -370,7 +445,7 @@ def test_native_batches_of_one_to_three_rows(native_kernel: None) -> None:
     for cell, x, lengths in _few_rows_cases():
         native = _value_and_grads(cell, x, lengths, False, "native")
         plain = _value_and_grads(cell, x, lengths, False, "per_step")
-        _assert_trees_close(native, plain, 1e-4)
+        assert_trees_close(native, plain, 1e-4)
 
 
 def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> None:
@@ -382,7 +457,7 @@ def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> N
     cell, x, lengths = _unit_split_layers()
     native = _value_and_grads(cell, x, lengths, False, "native")
     plain = _value_and_grads(cell, x, lengths, False, "per_step")
-    _assert_trees_close(native, plain, 1e-4)
+    assert_trees_close(native, plain, 1e-4)
 
     long_x = random_inputs((5, 830, INPUT_SIZE), jnp.float32)
     long_lengths = np.array([830, 400, 0, 829, 12])
@@ -390,7 +465,7 @@ def test_native_small_batches_split_each_step_by_units(native_kernel: None) -> N
     def outputs(how: str) -> Any:
         return _jit(lambda v: rk.dynamic_rnn(cell, v, long_lengths, implementation=how), how)(long_x)
 
-    _assert_trees_close(outputs("native"), outputs("per_step"), 1e-4)
+    assert_trees_close(outputs("native"), outputs("per_step"), 1e-4)
 
 
 def _lowered_backward_dx(loss: Any, *args: Any) -> list[str]:
@@ -419,7 +494,7 @@ def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_ker
     def of_weights(how: str) -> Any:
         return _jit(jax.grad(lambda p: loss(p, x, how)), how)(params)
 
-    _assert_trees_close(of_weights("native"), of_weights("per_step"), 2e-5)
+    assert_trees_close(of_weights("native"), of_weights("per_step"), 2e-5)
     dx_types = _lowered_backward_dx(lambda p: loss(p, x, "native"), params)
     assert len(dx_types) == 4
     assert dx_types[-1] == "tensor<0xf32>"  # the backward runs from the last layer to the first
@@ -463,14 +538,14 @@ def test_native_builds_for_other_cpus_equal_plain_path(
         with ab._targets_prefixed(prefix):
             native = _value_and_grads(cell, x, lengths, False, "native")
         plain = _value_and_grads(cell, x, lengths, False, "per_step")
-        _assert_trees_close(native, plain, 1e-4)
+        assert_trees_close(native, plain, 1e-4)
 
 
 def test_unknown_implementation_is_refused() -> None:
     cell = make_cell("gru")
     with pytest.raises(
         ValueError,
-        match=r"implementation must be one of auto, per_step, fused, fused_stack, native, pallas; got 'cudnn'",
+        match=r"implementation must be one of auto, per_step, fused, fused_stack, native; got 'cudnn'",
     ):
         rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)), implementation="cudnn")
 
@@ -536,4 +611,4 @@ def test_native_under_vmap_per_example_gradients(native_kernel: None) -> None:
     per_example = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, None))
     native, plain = per_example(params, xs, "native"), per_example(params, xs, "per_step")
     assert all(leaf.shape[0] == 3 for leaf in jax.tree_util.tree_leaves(native))
-    _assert_trees_close(native, plain, 2e-5)
+    assert_trees_close(native, plain, 2e-5)

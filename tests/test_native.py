@@ -13,7 +13,7 @@ import pytest
 import rnnkit as rk
 from rnnkit import _native
 
-from cases import INPUT_SIZE, make_cell, random_inputs
+from cases import INPUT_SIZE, equations, ffi_targets, make_cell, path_taken, random_inputs
 
 
 @pytest.fixture
@@ -33,9 +33,7 @@ def test_missing_library_is_reported_and_auto_runs_without_it(elsewhere: Path) -
     with pytest.raises(_native.NativeUnavailableError, match=r"implementation='native' needs .*-m rnnkit\._native"):
         rk.dynamic_rnn(cell, x, implementation="native")
     if jax.default_backend() == "cpu":
-        jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(x))
-        assert "rnnkit_gru_fwd" not in jaxpr  # auto: the per-step path
-        assert "custom_vjp" not in jaxpr
+        assert path_taken(lambda v: rk.dynamic_rnn(cell, v), x) == "per_step"  # auto: the per-step path
 
 
 def test_failed_build_raises_with_the_compiler_message_and_keeps_the_old_library(
@@ -73,24 +71,45 @@ def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
     assert _native.available()
     if jax.default_backend() == "cpu":
         cell = make_cell("gru")
-        jaxpr = str(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE))))
-        assert "rnnkit_gru_fwd" in jaxpr
+        jaxpr = jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE)))
+        assert ffi_targets(jaxpr) == ["rnnkit_gru_fwd"]
 
 
 @pytest.mark.parametrize(
     ("precision", "native"), [("highest", True), (None, True), ("F32_F32_F32", True), ("BF16_BF16_F32_X3", False)]
 )
 def test_the_kernel_takes_only_full_float32_precisions(native_kernel: None, precision: object, native: bool) -> None:
-    """The kernel multiplies in float32 and nothing else, so a cell that asks for another algorithm
-    runs per_step through XLA, which does what the algorithm says (or refuses it)."""
+    """The kernel multiplies in float32 and nothing else, so a cell that asks for another
+    algorithm is refused by implementation="native", naming its precision, and runs per_step
+    under "auto", through XLA, which does what the algorithm says (or refuses it)."""
     if jax.default_backend() != "cpu":
         pytest.skip("the native kernel is CPU-only")
     cell = rk.GRUCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), precision=precision)
-    jaxpr = str(
-        jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(random_inputs((2, 3, INPUT_SIZE)))
-    )
-    assert ("rnnkit_gru_fwd" in jaxpr) is native
-    assert ("precision=BF16_BF16_F32_X3" in jaxpr) is not native
+    x = random_inputs((2, 3, INPUT_SIZE))
+    if native:
+        assert ffi_targets(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(x))
+    else:
+        with pytest.raises(ValueError, match=r"implementation='native' .*; layer 0 \(GRUCell\) has precision="):
+            rk.dynamic_rnn(cell, x, implementation="native")
+    auto = jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(x)
+    assert (ffi_targets(auto) == ["rnnkit_gru_fwd"]) is native
+    dots = [str(e.params["precision"]) for e in equations(auto) if e.primitive.name == "dot_general"]
+    assert any("BF16_BF16_F32_X3" in p for p in dots) is not native
+
+
+def test_ffi_targets_keep_their_names() -> None:
+    """The FFI targets, derived from the loop kinds, keep the names of the C symbols the kernel
+    exports (loading it looks each one up)."""
+    assert _native.TARGETS == {
+        "rnnkit_rnn_fwd": "RnnkitRnnFwd",
+        "rnnkit_rnn_bwd": "RnnkitRnnBwd",
+        "rnnkit_lstm_fwd": "RnnkitLstmFwd",
+        "rnnkit_lstm_bwd": "RnnkitLstmBwd",
+        "rnnkit_gru_fwd": "RnnkitGruFwd",
+        "rnnkit_gru_bwd": "RnnkitGruBwd",
+        "rnnkit_gru_reset_after_fwd": "RnnkitGruAfterFwd",
+        "rnnkit_gru_reset_after_bwd": "RnnkitGruAfterBwd",
+    }
 
 
 def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -165,6 +165,16 @@ class _LeafCell(RNNCell):
     def input_size(self) -> int:
         return self._input_size
 
+    def _init_leaf(
+        self, num_units: int, input_size: int, activation: Activation, dtype: Any, precision: Any, name: str
+    ) -> None:
+        """The part of every leaf cell's constructor that they share: the size, dtype and
+        precision checks, then the common static fields."""
+        _check_sizes(num_units, input_size)
+        self._dtype = check_float_dtype(dtype, name="dtype")
+        self.precision = check_precision(precision)
+        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+
     def _matmul(self, a: Array, b: Array) -> Array:
         return jnp.matmul(a, b, precision=self.precision)
 
@@ -220,10 +230,7 @@ class BasicRNNCell(_LeafCell):
         precision: Any = "highest",
         name: str = "basic_rnn_cell",
     ):
-        _check_sizes(num_units, input_size)
-        self._dtype = check_float_dtype(dtype, name="dtype")
-        self.precision = check_precision(precision)
-        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+        self._init_leaf(num_units, input_size, activation, dtype, precision, name)
         self.kernel = glorot_uniform(key, (input_size + num_units, num_units), self._dtype)
         self.bias = _filled((num_units,), 0.0, self._dtype)
 
@@ -270,10 +277,7 @@ class BasicLSTMCell(_LeafCell):
         precision: Any = "highest",
         name: str = "basic_lstm_cell",
     ):
-        _check_sizes(num_units, input_size)
-        self._dtype = check_float_dtype(dtype, name="dtype")
-        self.precision = check_precision(precision)
-        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
+        self._init_leaf(num_units, input_size, activation, dtype, precision, name)
         self.forget_bias = float(forget_bias)
         self.kernel = glorot_uniform(key, (input_size + num_units, 4 * num_units), self._dtype)
         self.bias = _filled((4 * num_units,), 0.0, self._dtype)
@@ -347,7 +351,7 @@ class LSTMCell(_LeafCell):
         precision: Any = "highest",
         name: str = "lstm_cell",
     ):
-        _check_sizes(num_units, input_size)
+        self._init_leaf(num_units, input_size, activation, dtype, precision, name)
         if num_proj is not None and (not isinstance(num_proj, int) or isinstance(num_proj, bool) or num_proj < 1):
             raise ValueError(f"num_proj must be a positive int or None; got {num_proj!r}")
         for arg, clip in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
@@ -355,9 +359,6 @@ class LSTMCell(_LeafCell):
                 raise ValueError(f"{arg} must be a positive number or None; got {clip!r}")
         if proj_clip is not None and num_proj is None:
             raise ValueError("proj_clip needs num_proj: the clip applies to the projection's output")
-        self._dtype = check_float_dtype(dtype, name="dtype")
-        self.precision = check_precision(precision)
-        self.num_units, self._input_size, self.activation, self.name = num_units, input_size, activation, name
         self.use_peepholes, self.num_proj, self.forget_bias = bool(use_peepholes), num_proj, float(forget_bias)
         self.cell_clip = None if cell_clip is None else float(cell_clip)
         self.proj_clip = None if proj_clip is None else float(proj_clip)
@@ -459,12 +460,15 @@ class GRUCell(_LeafCell):
         precision: Any = "highest",
         name: str | None = None,
     ):
-        _check_sizes(num_units, input_size)
-        self._dtype = check_float_dtype(dtype, name="dtype")
-        self.precision = check_precision(precision)
-        self.num_units, self._input_size, self.activation = num_units, input_size, activation
+        self._init_leaf(
+            num_units,
+            input_size,
+            activation,
+            dtype,
+            precision,
+            name or ("cudnn_compatible_gru_cell" if reset_after else "gru_cell"),
+        )
         self.reset_after = bool(reset_after)
-        self.name = name or ("cudnn_compatible_gru_cell" if reset_after else "gru_cell")
         k_gates, k_cand, k_hidden = jax.random.split(key, 3)
         dt = self._dtype
         self.gates_kernel = glorot_uniform(k_gates, (input_size + num_units, 2 * num_units), dt)

@@ -19,23 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from rnnkit import _fused, _native
+from rnnkit import _loops
 from rnnkit._cells import RNNCell, check_cell
 from rnnkit._checks import check_inputs, check_sequence_length, check_state, dtype_name
+from rnnkit._loops import IMPLEMENTATIONS as IMPLEMENTATIONS
+from rnnkit._loops import auto_implementation as auto_implementation
+from rnnkit._loops import default_unroll as default_unroll
 
 # Public functions take JAX or NumPy arrays (TF1 users feed NumPy batches).
 ArrayLike = Array | np.ndarray
-# dynamic_rnn's ways of arranging the loop
-IMPLEMENTATIONS = ("auto", "per_step", "fused", "fused_stack", "native", "pallas")
-
-
-def auto_implementation() -> str:
-    """What `implementation="auto"` means on JAX's default backend for the cells the fast
-    paths take (see `dynamic_rnn`): the native kernel on CPU where it is built, else
-    per_step; fused on GPUs."""
-    if jax.default_backend() != "cpu":
-        return "fused"
-    return "native" if _native.available() else "per_step"
 
 
 def _initial_state(cell: RNNCell, initial_state: Any, dtype: Any, batch_size: int, name: str) -> Any:
@@ -44,17 +36,6 @@ def _initial_state(cell: RNNCell, initial_state: Any, dtype: Any, batch_size: in
     if initial_state is None:
         return cell.zero_state(batch_size)
     return check_state(initial_state, name=name, cell=cell, batch_size=batch_size)
-
-
-def _masked_step(cell: RNNCell, x_t: Array, state: Any, t: Any, lengths: Array | None) -> tuple[Array, Any]:
-    """One step with TF1's masking: zero output and carried-through state where t >= length."""
-    output, new_state = cell._at_step(t)._step(x_t, state)
-    if lengths is None:
-        return output, new_state
-    valid = (t < lengths)[:, None]  # [batch, 1]
-    output = jnp.where(valid, output, jnp.zeros_like(output))
-    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(valid, new, old), new_state, state)
-    return output, new_state
 
 
 def _unstack(inputs: Any, cell: RNNCell) -> list[Array]:
@@ -119,27 +100,9 @@ def static_rnn(
     state = _initial_state(cell, initial_state, dtype, batch_size, "initial_state")
     outputs = []
     for t, x_t in enumerate(steps):
-        output, state = _masked_step(cell, x_t, state, t, lengths)
+        output, state = _loops.masked_step(cell, x_t, state, t, lengths)
         outputs.append(output)
     return outputs, state
-
-
-# `unroll=None` (the default) lets rnnkit choose per path and platform. On an H200 (JAX 0.11.2,
-# benchmarks/unroll_probe.py, the seed's model; benchmarks/RESULTS.md) the fused path trained
-# at unroll 1 / 2 / 4 / 8 / 16: 59.6k / 70.2k / 74.8k / 67.6k / 68.0k samples/s at T=28 batch
-# 128, 2.87k / 3.64k / 4.17k / 4.07k / 3.83k at T=784, 205k / 229k / 239k / 235k / 253k at
-# T=28 batch 1024; inference at batch 4096 was within 10% across them. 4 was the fastest for
-# training at T=28 batch 128 and at T=784, within 6% of the fastest at batch 1024. Elsewhere
-# (per_step; fused on CPU; native, which has no use for it) the default stays 1: nothing
-# measured says otherwise. fused_stack (one loop for the whole stack) takes the same until it
-# is measured on a GPU.
-GPU_FUSED_UNROLL = 4
-
-
-def default_unroll(path: str) -> int:
-    """The unroll factor `unroll=None` means for the path that runs (fused, fused_stack,
-    native or per_step) on JAX's default backend."""
-    return GPU_FUSED_UNROLL if path in ("fused", "fused_stack", "pallas") and jax.default_backend() != "cpu" else 1
 
 
 def _check_unroll(unroll: Any) -> int | bool | None:
@@ -186,27 +149,33 @@ def dynamic_rnn(
     no effect: XLA schedules the loop itself (for memory, wrap the loss in `jax.checkpoint`).
 
     `implementation` picks how the loop is arranged, like Keras' `implementation=`; the
-    numbers are the same up to float rounding. `"per_step"` runs the cell's own step in the
-    loop and lets autodiff derive the backward pass. `"fused"` (for LSTM, GRU and basic RNN
-    cells with tanh, stacks of them, and input/output DropoutWrappers and default
-    ResidualWrappers around them, which draw the per-step path's dropout masks; others fall
-    back to per_step) runs a layer at a time, the input projections of the whole sequence
-    hoisted into one matmul, with a hand-written backward pass whose weight gradients are one
-    matmul after the loop (see rnnkit/_fused.py). `"fused_stack"` is fused with one loop for a
-    whole MultiRNNCell of unwrapped layers instead of one per layer:
-    each iteration steps every layer, only the first layer's input projection hoisted (half
-    the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
-    1.07-1.22x slower than fused on an H200). `"pallas"` is fused with each time step of an
-    LSTM or TF1 GRU layer as one Pallas (Triton) kernel each way (two for a GRU's), for GPUs
-    (other backends run them in Pallas's interpreter, slowly); layers it does not take, and
-    sequence_length masks, run fused (see rnnkit/_pallas.py). Experimental: 3-14x slower
-    than fused on an H200 (benchmarks/RESULTS.md, "GPU"). `"native"` (CPU, float32, the
-    cells fused takes) runs each layer, loop and gradients, in rnnkit's C++ kernel
-    (rnnkit/_native; built by `make install`, or by `python -m rnnkit._native`); it raises
-    `NativeUnavailableError` where the kernel is not built.
-    `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
-    where hoisting the input projection measured faster. Cells the chosen path does not take
-    run per_step. fused and native have hand-written reverse-mode gradients, as cuDNN's RNNs
+    numbers are the same up to float rounding. rnnkit/_loops.py chooses, in one place:
+
+    - `"per_step"` runs the cell's own step in the loop and lets autodiff derive the
+      backward pass. It takes every cell.
+    - `"fused"` runs a layer at a time, the input projections of the whole sequence hoisted
+      into one matmul, with a hand-written backward pass whose weight gradients are one
+      matmul after the loop (see rnnkit/_fused.py). It takes LSTM, GRU and basic RNN cells
+      with tanh (LSTMCell without peepholes, clipping or projection), stacks of them, and
+      input/output DropoutWrappers (drawing the per-step path's masks) and default
+      ResidualWrappers around them.
+    - `"fused_stack"` is fused with one loop for a whole MultiRNNCell of unwrapped layers:
+      each iteration steps every layer, only the first layer's input projection hoisted (half
+      the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
+      1.07-1.22x slower than fused on an H200). Other cells fused takes run as fused.
+    - `"native"` (CPU, float32 cells at full float32 precision, the cells fused takes) runs
+      each layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by
+      `make install`, or by `python -m rnnkit._native`); it raises `NativeUnavailableError`
+      where the kernel is not built.
+    - `"auto"` (default) is native on CPU where the kernel is built, else per_step; fused
+      on GPUs, where hoisting the input projection measured faster. A cell the chosen fast
+      path does not take, or `return_all_states=True`, runs per_step.
+
+    An explicit choice that can't take the cell raises ValueError saying why (e.g. an
+    LSTMCell with peepholes and `implementation="fused"`); only `"auto"` falls back.
+    The per-step Pallas kernels once offered as `"pallas"` live in
+    `rnnkit.experimental.pallas` (an experiment, slower than fused everywhere measured).
+    fused and native have hand-written reverse-mode gradients, as cuDNN's RNNs
     do: `jax.grad` and `jax.vjp` work, forward mode (`jax.jvp`, `jax.jacfwd`) does not, and
     native's gradient can't be differentiated again (Hessian-vector products). Use
     `implementation="per_step"` for those.
@@ -214,54 +183,23 @@ def dynamic_rnn(
     del parallel_iterations, swap_memory  # no-ops, see the docstring
     cell = check_cell(cell)
     unroll = _check_unroll(unroll)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
+    platform = jax.default_backend()
+    loop = _loops.choose(cell, implementation, platform=platform, return_all_states=return_all_states)
     layout = "time, batch, depth" if time_major else "batch, time, depth"
     x = check_inputs(inputs, name="inputs", cell=cell, rank=3, layout=layout)
     x = x if time_major else jnp.swapaxes(x, 0, 1)  # [time, batch, depth]
     max_time, batch_size = x.shape[0], x.shape[1]
     lengths = check_sequence_length(sequence_length, batch_size=batch_size, max_time=max_time)
     state = _initial_state(cell, initial_state, dtype, batch_size, "initial_state")
-
-    if implementation == "native":
-        _native.require()
-    if implementation == "auto":
-        implementation = auto_implementation()
-    path = "per_step"
-    if implementation == "native" and not return_all_states and _fused.native_supports(cell):
-        path = "native"
-    elif implementation in ("fused", "fused_stack", "pallas") and not return_all_states and _fused.supports(cell):
-        path = implementation
-    if unroll is None:
-        unroll = default_unroll(path)
-    if path != "per_step":
-        outputs, final_state = _fused.run_time_major(
-            cell,
-            x,
-            state,
-            lengths,
-            unroll,
-            native=path == "native",
-            one_loop=path == "fused_stack",
-            pallas=path == "pallas",
-        )
-        return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
-
-    def step(state: Any, xs: tuple[Array, Array]) -> tuple[Any, Any]:
-        x_t, t = xs
-        output, new_state = _masked_step(cell, x_t, state, t, lengths)
-        return new_state, ((output, new_state) if return_all_states else output)
-
-    time_index = jnp.arange(max_time, dtype=jnp.int32)
-    final_state, emitted = jax.lax.scan(step, state, (x, time_index), unroll=unroll)
+    unroll = loop.default_unroll(platform) if unroll is None else unroll
+    outputs, final_state, *states = loop.run(cell, x, state, lengths, unroll, return_all_states)
 
     def batch_major(y: Array) -> Array:
         return y if time_major else jnp.swapaxes(y, 0, 1)
 
     if return_all_states:
-        outputs, states = emitted
-        return batch_major(outputs), final_state, jax.tree_util.tree_map(batch_major, states)
-    return batch_major(emitted), final_state
+        return batch_major(outputs), final_state, jax.tree_util.tree_map(batch_major, states[0])
+    return batch_major(outputs), final_state
 
 
 def _reverse_sequence(x: Array, lengths: Array | None) -> Array:

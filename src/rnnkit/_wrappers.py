@@ -6,7 +6,8 @@ Wrappers are transparent to variable names, as in TF1 (a wrapped `LSTMCell` keep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -253,3 +254,44 @@ class DropoutWrapper(_Wrapper):
         if self.variational_recurrent or self.key is None:
             return wrapper  # the same masks at every step
         return eqx.tree_at(lambda w: w.key, wrapper, self._key_at(step))
+
+
+# A step from a cell to one inside it: ("cells", k) into a MultiRNNCell's layer k, ("cell",)
+# into a wrapper's cell.
+PathStep = tuple[str] | tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A cell inside a tree of MultiRNNCells and wrappers that is neither (a weight-holding
+    cell, or a cell class rnnkit does not know): the steps from the root to it, and the
+    wrappers around it (outermost first) with the path to each."""
+
+    cell: RNNCell
+    path: tuple[PathStep, ...]
+    wrappers: tuple[RNNCell, ...]
+    wrapper_paths: tuple[tuple[PathStep, ...], ...]
+
+
+def leaves(cell: RNNCell) -> Iterator[Leaf]:
+    """The leaves of `cell`'s tree in the order they run (layer 0 first): the one walk of the
+    wrapper tree. Each caller filters what it meets by its own rule (`_fused.unsupported`,
+    the converters' `leaf_cells`, a classifier's dropout keys)."""
+
+    def walk(node: RNNCell, path: tuple[PathStep, ...], wrapped: tuple[tuple[tuple[PathStep, ...], RNNCell], ...]):
+        if isinstance(node, MultiRNNCell):
+            for k, layer in enumerate(node.cells):
+                yield from walk(layer, (*path, ("cells", k)), wrapped)
+        elif isinstance(node, _Wrapper):
+            yield from walk(node.cell, (*path, ("cell",)), (*wrapped, (path, node)))
+        else:
+            yield Leaf(node, path, tuple(w for _, w in wrapped), tuple(p for p, _ in wrapped))
+
+    yield from walk(cell, (), ())
+
+
+def at_path(cell: Any, path: tuple[PathStep, ...]) -> Any:
+    """The cell `path` (from `leaves`) leads to inside `cell`."""
+    for step in path:
+        cell = getattr(cell, step[0]) if len(step) == 1 else getattr(cell, step[0])[step[1]]
+    return cell

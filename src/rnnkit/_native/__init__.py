@@ -11,7 +11,7 @@ and the weight gradients on another over both operands packed a chunk of rows at
 (`avx512()` says whether this build has them). Without AVX-512 the products run on OpenBLAS's
 `sgemm`, which is loaded single-threaded (the kernel runs its own threads, `kernel_threads`),
 but those of one to three rows, which with AVX2 and FMA run on a small kernel of their own.
-`_fused._native_layer` wraps a forward and a backward call in a custom VJP, so
+`_layer._native_layer` wraps a forward and a backward call in a custom VJP, so
 `dynamic_rnn(implementation="native")` computes what `"fused"` and `"per_step"` compute, to
 float32 rounding.
 
@@ -39,6 +39,8 @@ import jax
 import numpy as np
 from jaxtyping import Array
 
+from rnnkit._kinds import LOOP_KIND, LOOP_KINDS
+
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 # The headers SOURCE includes (rnn_math.h, rnn_cells.h, ...): the kernel is one translation
 # unit, SOURCE, split by concern into these files beside it.
@@ -61,16 +63,10 @@ CXXFLAGS = (
     "-shared",
     "-fPIC",
 )
-# FFI target name -> symbol in the library.
+# FFI target name -> symbol in the library: a forward and a backward call per loop kind
+# (rnnkit/_kinds.py), `rnnkit_lstm_fwd` -> `RnnkitLstmFwd`.
 TARGETS = {
-    "rnnkit_rnn_fwd": "RnnkitRnnFwd",
-    "rnnkit_rnn_bwd": "RnnkitRnnBwd",
-    "rnnkit_lstm_fwd": "RnnkitLstmFwd",
-    "rnnkit_lstm_bwd": "RnnkitLstmBwd",
-    "rnnkit_gru_fwd": "RnnkitGruFwd",
-    "rnnkit_gru_bwd": "RnnkitGruBwd",
-    "rnnkit_gru_reset_after_fwd": "RnnkitGruAfterFwd",
-    "rnnkit_gru_reset_after_bwd": "RnnkitGruAfterBwd",
+    f"rnnkit_{kind.name}_{way}": f"Rnnkit{kind.symbol}{way.title()}" for kind in LOOP_KINDS for way in ("fwd", "bwd")
 }
 
 
@@ -233,7 +229,7 @@ def require() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The calls. States are tuples, (c, h) for LSTMs and (h,) otherwise, as in `_fused`.
+# The calls. States are tuples, (c, h) for LSTMs and (h,) otherwise, as in `_recurrence`.
 
 
 def _f32(*shape: int) -> jax.ShapeDtypeStruct:
@@ -255,13 +251,13 @@ def forward(
     save: bool,
 ) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
     """One layer over x [T, B, I]: (outputs [T, B, H], final state, what `backward` needs;
-    the last is empty arrays unless `save`). `weights` are the cell's own arrays (`_fused.
-    _cell_weights`): the kernel reads its input and loop parts where they lie, so the
+    the last is empty arrays unless `save`). `weights` are the cell's own arrays (`_recurrence.
+    cell_weights`): the kernel reads its input and loop parts where they lie, so the
     program makes no copies of them before the call (at batch 1 those small XLA operations
     around the kernel's call cost more than the call: 3x the time on two cores)."""
     t, b, _ = x.shape
     h = state0[-1].shape[-1]
-    n_saved = {"rnn": h, "lstm": 4 * h, "gru": 3 * h, "gru_reset_after": 4 * h}[kind]
+    n_saved = LOOP_KIND[kind].saved_per_unit * h
     saved = _f32(t, b, n_saved) if save else _f32(0)
     seq = _f32(t, b, h) if save else _f32(0)
     states = [_f32(b, h) for _ in state0]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit._kinds import CELL_KINDS
 from rnnkit.convert import _layouts as L
 from rnnkit.convert._stack import (
     Conversion,
@@ -32,7 +33,8 @@ from rnnkit.convert._stack import (
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
 
-KERAS_LAYER = {"rnn": "SimpleRNN", "basic_lstm": "LSTM", "lstm": "LSTM", "gru": "GRU", "gru_reset_after": "GRU"}
+# The Keras layer holding each kind's weights, read off rnnkit's cell kinds.
+KERAS_LAYER = {kind.spec: kind.keras for kind in CELL_KINDS}
 
 
 def _check_exportable(layer: Layer, index: int) -> None:
@@ -47,9 +49,9 @@ def to_keras_weights(model: Any) -> list[np.ndarray]:
     for k, layer in enumerate(layers):
         _check_exportable(layer, k)
         kind = layer.spec.kind
-        if kind in ("lstm", "basic_lstm"):
+        if KERAS_LAYER[kind] == "LSTM":
             weights += L.lstm_to_keras(layer.weights, layer.input_size, layer.forget_bias)
-        elif kind in ("gru", "gru_reset_after"):
+        elif KERAS_LAYER[kind] == "GRU":
             weights += L.gru_to_keras(layer.weights, layer.input_size, reset_after=kind == "gru_reset_after")
         else:
             weights += L.rnn_to_keras(layer.weights, layer.input_size)

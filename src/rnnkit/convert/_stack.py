@@ -14,12 +14,12 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from rnnkit._cells import BasicLSTMCell, BasicRNNCell, GRUCell, LSTMCell, RNNCell
+from rnnkit._cells import RNNCell
+from rnnkit._kinds import CELL_KINDS, is_tanh, kind_of
 from rnnkit._variables import get_variables
-from rnnkit._wrappers import DropoutWrapper, MultiRNNCell
+from rnnkit._wrappers import DropoutWrapper, leaves
 from rnnkit.errors import ConfigError
 from rnnkit.models.classifier import (
     HEAD_BIASES,
@@ -30,15 +30,9 @@ from rnnkit.models.classifier import (
     format_cells,
 )
 
-# The TF1 scope name each kind's cell lives under (its `name`).
-CELL_NAMES = {
-    "rnn": "basic_rnn_cell",
-    "basic_lstm": "basic_lstm_cell",
-    "lstm": "lstm_cell",
-    "gru": "gru_cell",
-    "gru_reset_after": "cudnn_compatible_gru_cell",
-}
-KIND_OF_CELL_NAME = {name: kind for kind, name in CELL_NAMES.items()}
+# The TF1 scope name each kind's cell lives under (its `name`), read off rnnkit's cell kinds.
+CELL_NAMES = {kind.spec: kind.scope for kind in CELL_KINDS}
+KIND_OF_CELL_NAME = {kind.scope: kind.spec for kind in CELL_KINDS}
 
 
 @dataclass(frozen=True)
@@ -220,39 +214,25 @@ def with_forget_bias(spec: CellSpec, forget_bias: float) -> CellSpec:
 
 def leaf_cells(cell: Any) -> list[RNNCell]:
     """The weight-holding cells of a stack, in order; dropout wrappers (identity at inference)
-    are looked through, anything that changes the math is refused."""
-    if isinstance(cell, MultiRNNCell):
-        return [leaf for c in cell.cells for leaf in leaf_cells(c)]
-    if isinstance(cell, DropoutWrapper):
-        return leaf_cells(cell.cell)
-    if isinstance(cell, (BasicRNNCell, BasicLSTMCell, LSTMCell, GRUCell)):
-        return [cell]
-    raise ConfigError(
-        f"cannot convert a {type(cell).__name__}: only BasicRNNCell, BasicLSTMCell, LSTMCell and GRUCell "
-        "(alone, in a MultiRNNCell, or in a DropoutWrapper) have a counterpart in the other frameworks"
-    )
+    are looked through, anything that changes the math is refused: the converters' rule on
+    the wrapper tree's walk (`_wrappers.leaves`)."""
+    found = []
+    for leaf in leaves(cell):
+        other = next((w for w in leaf.wrappers if not isinstance(w, DropoutWrapper)), None)
+        if other is not None or kind_of(leaf.cell) is None:
+            raise ConfigError(
+                f"cannot convert a {type(other or leaf.cell).__name__}: only "
+                f"{', '.join(dict.fromkeys(k.cell_class.__name__ for k in CELL_KINDS))} "
+                "(alone, in a MultiRNNCell, or in a DropoutWrapper) have a counterpart in the other frameworks"
+            )
+        found.append(leaf.cell)
+    return found
 
 
 def _spec_of(cell: RNNCell) -> CellSpec:
-    options: dict[str, Any] = {}
-    if isinstance(cell, BasicRNNCell):
-        kind = "rnn"
-    elif isinstance(cell, BasicLSTMCell):
-        kind, options["forget_bias"] = "basic_lstm", cell.forget_bias
-    elif isinstance(cell, LSTMCell):
-        kind, options["forget_bias"] = "lstm", cell.forget_bias
-        for name, value in (
-            ("peepholes", cell.use_peepholes or None),
-            ("proj", cell.num_proj),
-            ("cell_clip", cell.cell_clip),
-            ("proj_clip", cell.proj_clip),
-        ):
-            if value is not None:
-                options[name] = value
-    else:
-        assert isinstance(cell, GRUCell)
-        kind = "gru_reset_after" if cell.reset_after else "gru"
-    return CellSpec(kind, cell.num_units, tuple(sorted(options.items())))
+    kind = kind_of(cell)
+    assert kind is not None
+    return CellSpec(kind.spec, cell.num_units, tuple(sorted(kind.options_of(cell).items())))
 
 
 def layers_of(model: RNNCell | SequenceClassifier) -> tuple[list[Layer], tuple[np.ndarray, np.ndarray] | None]:
@@ -265,7 +245,7 @@ def layers_of(model: RNNCell | SequenceClassifier) -> tuple[list[Layer], tuple[n
         raise ConfigError(f"expected an rnnkit cell or SequenceClassifier; got {type(model).__name__}")
     layers = []
     for leaf in leaf_cells(cell):
-        if leaf.activation is not jnp.tanh:
+        if not is_tanh(leaf.activation):
             raise ConfigError(
                 f"cannot convert a {type(leaf).__name__} with activation {getattr(leaf.activation, '__name__', '?')}: "
                 "PyTorch's and Keras's recurrent layers are converted here with tanh only"

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit._kinds import CELL_KINDS
 from rnnkit.convert import _layouts as L
 from rnnkit.convert._stack import (
     Conversion,
@@ -51,7 +52,7 @@ from rnnkit.models.classifier import CellSpec, parse_cells
 _PARAM = re.compile(
     r"^(?P<module>.*?)(?P<param>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$"
 )
-_TORCH_TYPE = {"rnn": "RNN", "basic_lstm": "LSTM", "lstm": "LSTM", "gru_reset_after": "GRU", "gru": "GRU"}
+_TORCH_TYPE = {kind.spec: kind.torch for kind in CELL_KINDS}  # the nn module holding each kind's weights
 _TORCH_TF1_GRU = (
     "TF1's GRUCell (kind 'gru') applies the reset gate before its candidate matmul; PyTorch's nn.GRU applies it "
     "after (r * (W_hn h + b_hn)), so no nn.GRU computes the same function and converting would silently change "

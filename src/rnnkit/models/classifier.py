@@ -3,7 +3,8 @@ through a fully connected layer to class logits.
 
     --cells lstm:128,gru:256   ->  MultiRNNCell([LSTMCell(128), GRUCell(256)])  (the seed's)
 
-A spec is `kind:units[:option[=value]]...` per layer, comma-separated. Kinds and options:
+A spec is `kind:units[:option[=value]]...` per layer, comma-separated. The kinds and their
+options are rnnkit's cell kinds, declared in rnnkit/_kinds.py:
 
     rnn                 BasicRNNCell
     basic_lstm          BasicLSTMCell        forget_bias=F
@@ -28,31 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from rnnkit._cells import (
-    BasicLSTMCell,
-    BasicRNNCell,
-    GRUCell,
-    LSTMCell,
-    RNNCell,
-    draw_at_level0_on_cpu,
-    glorot_uniform,
-)
+from rnnkit import _kinds
+from rnnkit._cells import RNNCell, draw_at_level0_on_cpu, glorot_uniform
 from rnnkit._checks import check_precision
 from rnnkit._rnn import dynamic_rnn, last_relevant, static_rnn
 from rnnkit._variables import get_variables, set_variables
-from rnnkit._wrappers import DropoutWrapper, MultiRNNCell
+from rnnkit._wrappers import DropoutWrapper, MultiRNNCell, at_path, leaves
 from rnnkit.errors import ConfigError
 
 MODES = ("static", "dynamic")
 
-# kind -> {option: type}; `bool` options are flags written without a value.
-CELL_KINDS: dict[str, dict[str, type]] = {
-    "rnn": {},
-    "basic_lstm": {"forget_bias": float},
-    "lstm": {"peepholes": bool, "proj": int, "cell_clip": float, "proj_clip": float, "forget_bias": float},
-    "gru": {},
-    "gru_reset_after": {},
-}
+# kind -> {option: type}, read off rnnkit's cell kinds; `bool` options are flags written without a value.
+CELL_KINDS: dict[str, dict[str, type]] = {k.spec: {o.name: o.type for o in k.options} for k in _kinds.CELL_KINDS}
 
 HEAD_WEIGHTS, HEAD_BIASES = "fully_connected/weights", "fully_connected/biases"
 
@@ -70,41 +58,17 @@ class CellSpec:
         return int(dict(self.options).get("proj", self.units))
 
     def build(self, input_size: int, key: PRNGKeyArray, precision: Any = "highest") -> RNNCell:
-        opts = dict(self.options)
-        if self.kind == "rnn":
-            return BasicRNNCell(self.units, input_size=input_size, key=key, precision=precision)
-        if self.kind == "basic_lstm":
-            return BasicLSTMCell(
-                self.units,
-                input_size=input_size,
-                key=key,
-                forget_bias=opts.get("forget_bias", 1.0),
-                precision=precision,
-            )
-        if self.kind == "lstm":
-            return LSTMCell(
-                self.units,
-                input_size=input_size,
-                key=key,
-                use_peepholes=opts.get("peepholes", False),
-                num_proj=opts.get("proj"),
-                cell_clip=opts.get("cell_clip"),
-                proj_clip=opts.get("proj_clip"),
-                forget_bias=opts.get("forget_bias", 1.0),
-                precision=precision,
-            )
-        return GRUCell(
-            self.units, input_size=input_size, key=key, reset_after=self.kind == "gru_reset_after", precision=precision
-        )
+        kind = _kinds.BY_SPEC[self.kind]
+        return kind.build(self.units, input_size=input_size, key=key, options=dict(self.options), precision=precision)
 
 
 def _parse_option(kind: str, text: str, layer: str) -> tuple[str, Any]:
     name, _, value = text.partition("=")
-    allowed = CELL_KINDS[kind]
+    allowed = {o.name: o for o in _kinds.BY_SPEC[kind].options}
     if name not in allowed:
         valid = ", ".join(allowed) or "none"
         raise ConfigError(f"--cells: option {name!r} in {layer!r} is not one of {kind}'s options ({valid})")
-    kind_type = allowed[name]
+    kind_type = allowed[name].type
     if kind_type is bool:
         if value:
             raise ConfigError(f"--cells: option {name!r} in {layer!r} is a flag and takes no value; got {value!r}")
@@ -115,8 +79,7 @@ def _parse_option(kind: str, text: str, layer: str) -> tuple[str, Any]:
         raise ConfigError(
             f"--cells: option {name!r} in {layer!r} needs a {kind_type.__name__}; got {value!r}"
         ) from None
-    must_be_positive = name != "forget_bias"  # a forget bias may be 0 or negative; sizes and clips may not
-    if must_be_positive and not parsed > 0:
+    if allowed[name].positive and not parsed > 0:
         raise ConfigError(f"--cells: option {name!r} in {layer!r} must be positive; got {value!r}")
     return name, parsed
 
@@ -138,8 +101,9 @@ def parse_cells(spec: str) -> tuple[CellSpec, ...]:
             got = parts[1] if len(parts) > 1 else "nothing"
             raise ConfigError(f"--cells: {layer!r} must be kind:units with units a positive integer; got {got!r}")
         options = tuple(sorted(_parse_option(kind, text, layer) for text in parts[2:]))
-        if "proj_clip" in dict(options) and "proj" not in dict(options):
-            raise ConfigError(f"--cells: option 'proj_clip' in {layer!r} needs 'proj=N'")
+        for option in _kinds.BY_SPEC[kind].options:
+            if option.name in dict(options) and option.needs and option.needs not in dict(options):
+                raise ConfigError(f"--cells: option {option.name!r} in {layer!r} needs '{option.needs}=N'")
         layers.append(CellSpec(kind, int(parts[1]), options))
     return tuple(layers)
 
@@ -244,14 +208,13 @@ class SequenceClassifier(eqx.Module):
 
 
 def _dropout_wrappers(model: SequenceClassifier) -> list[Callable[[SequenceClassifier], DropoutWrapper]]:
-    """Accessors from the model to each DropoutWrapper in its cell stack."""
-    if isinstance(model.cell, DropoutWrapper):
-        return [lambda m: m.cell]
-    if isinstance(model.cell, MultiRNNCell):
-        return [
-            (lambda m, k=k: m.cell.cells[k]) for k, c in enumerate(model.cell.cells) if isinstance(c, DropoutWrapper)
-        ]
-    return []
+    """Accessors from the model to each DropoutWrapper in its cell stack, in layer order."""
+    paths = []
+    for leaf in leaves(model.cell):
+        for path, wrapper in zip(leaf.wrapper_paths, leaf.wrappers, strict=True):
+            if isinstance(wrapper, DropoutWrapper) and path not in paths:
+                paths.append(path)
+    return [(lambda m, p=p: at_path(m.cell, p)) for p in paths]
 
 
 def build_classifier(

@@ -1,4 +1,12 @@
-"""dynamic_rnn's loops as per-step Pallas (Triton) kernels, for NVIDIA GPUs.
+"""EXPERIMENTAL: dynamic_rnn's loops as per-step Pallas (Triton) kernels, for NVIDIA GPUs.
+
+Not part of rnnkit's product: `dynamic_rnn(implementation=...)` does not offer it (it raises,
+pointing here), and nothing in rnnkit runs it. It is kept as the checked base for a persistent
+kernel (one launch for the whole loop), reached by its own function, `dynamic_rnn` below. Why it
+is apart: measured on an H200 (benchmarks/RESULTS.md, "GPU, fourth run") it is 3x to 14x slower
+than the fused path on every case measured, and its tiles, warps and precision are mutable module
+globals (`TILES`, `NUM_WARPS`, `DOT_PRECISION`, `INTERPRET`) that probes set
+(benchmarks/pallas_probe.py, unroll_probe.py, precision_probe.py).
 
 On a GPU the fused path's training step at T=28, batch 128 is bound by how many small kernels
 each time step launches (benchmarks/RESULTS.md, "What holds the GPU rows"): XLA runs a layer's
@@ -14,13 +22,9 @@ read at step t and write at t or t+1 in place (`input_output_aliases`), so no st
 slices in XLA. The backward loop carries the gates' gradient of step t+1 instead of the state's,
 and each kernel first finishes the state gradient with the product of that by the transposed loop
 weights: one kernel per LSTM step again. The weights' gradients are one matmul after each loop,
-as in the fused path (`_fused._recurrence`), whose formulas these kernels follow.
-
-Measured on an H200 (benchmarks/RESULTS.md, "GPU, fourth run"), this is 3x to 14x slower than
-the fused path: a Pallas call inside XLA's loop costs about 13 µs more than an XLA fusion before
-it computes anything, and Triton's float32 products are slow at these tile sizes. dynamic_rnn
-runs it only when asked (implementation="pallas"); it stays as the checked base for a
-persistent kernel (one launch for the whole loop), which that floor argues for.
+as in the fused path (`_fused._recurrence`), whose formulas (rnnkit/_recurrence.py) these
+kernels follow. The Pallas call inside XLA's loop costs about 13 µs more than an XLA fusion
+before it computes anything, and Triton's float32 products are slow at these tile sizes.
 
 Off GPUs the same kernels run in Pallas's interpreter (slow; what the tests use to check them).
 Layers this path does not take (basic RNN cells, reset-after GRUs, sequence_length masks, hidden
@@ -37,7 +41,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array
 
-from rnnkit._fused import _outer_sum
+from rnnkit import _fused
+from rnnkit._cells import RNNCell, check_cell
+from rnnkit._checks import check_inputs, check_sequence_length, check_state
+from rnnkit._kinds import loop_kind
+from rnnkit._recurrence import cell_state, split_weights, state_tuple
+from rnnkit._recurrence import outer_sum as _outer_sum
 
 KINDS = ("lstm", "gru")
 # Tiles: (batch rows, hidden units) per program, and warps per program. None picks by size;
@@ -343,3 +352,47 @@ def recurrence(kind: str, precision: Any, forget_bias: float, unroll: int | bool
     fn = jax.custom_vjp(run)
     fn.defvjp(run_fwd, run_bwd)
     return fn
+
+
+def _layer(cell: RNNCell, x: Array, state: Any, valid: Array | None, unroll: int | bool) -> tuple[Array, Any]:
+    """One fused-kind cell over time-major x [T, B, input]: in Pallas kernels where `supports`
+    takes the layer and there is no mask, else the fused path's XLA loop."""
+    kind = loop_kind(cell)
+    assert kind is not None
+    if valid is not None or not supports(kind, cell.num_units, x.dtype):
+        return _fused.layer(cell, x, state, valid, unroll)
+    w_in, b_in, ws = split_weights(cell, kind)
+    xp = jnp.matmul(x, w_in, precision=cell.precision) + b_in  # [T, B, G]: the hoisted input projection
+    run = recurrence(kind, cell.precision, float(getattr(cell, "forget_bias", 0.0)), unroll)
+    outputs, final = run(ws, xp, state_tuple(kind, state))
+    return outputs, cell_state(kind, final)
+
+
+def dynamic_rnn(
+    cell: RNNCell,
+    inputs: Array,
+    sequence_length: Any = None,
+    initial_state: Any = None,
+    time_major: bool = False,
+    unroll: int | bool = 4,
+) -> tuple[Array, Any]:
+    """`rnnkit.dynamic_rnn` with the loops of LSTM and TF1 GRU layers as Pallas kernels
+    (EXPERIMENTAL, see the module docstring): `(outputs, final state)`, the same numbers as
+    `implementation="fused"` up to float rounding. Takes the cells the fused path takes
+    (ValueError otherwise); layers the kernels don't take, and any layer when
+    `sequence_length` is given, run the fused path's loop. `unroll` defaults to the fused
+    path's GPU default."""
+    cell = check_cell(cell)
+    reason = _fused.unsupported(cell)
+    if reason is not None:
+        raise ValueError(f"cell must be one the fused path takes; {reason}")
+    layout = "time, batch, depth" if time_major else "batch, time, depth"
+    x = check_inputs(inputs, name="inputs", cell=cell, rank=3, layout=layout)
+    x = x if time_major else jnp.swapaxes(x, 0, 1)  # [time, batch, depth]
+    lengths = check_sequence_length(sequence_length, batch_size=x.shape[1], max_time=x.shape[0])
+    state = cell.zero_state(x.shape[1]) if initial_state is None else initial_state
+    state = check_state(state, name="initial_state", cell=cell, batch_size=x.shape[1])
+    valid = _fused.valid_mask(lengths, x.shape[0])
+    run_leaf = functools.partial(_layer, valid=valid, unroll=unroll)
+    outputs, final = _fused.layered(cell, x, state, valid, run_leaf)
+    return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import rnnkit as rk
 
 import reference as ref
+from jaxprs import eqns, primitives
 
 INPUT_SIZE = 5
 
@@ -184,40 +184,11 @@ def run_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
     return int(code or 0), out, err
 
 
-def _sub_jaxprs(value: Any) -> list[Any]:
-    """The jaxprs inside one equation's parameter (a Jaxpr, a ClosedJaxpr, or a list of them)."""
-    if isinstance(value, ClosedJaxpr):
-        return [value.jaxpr]
-    if isinstance(value, Jaxpr):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [j for v in value for j in _sub_jaxprs(v)]
-    return []
-
-
-def equations(jaxpr: Any) -> list[Any]:
-    """Every equation of a (closed) jaxpr, those inside its loops, conditionals and custom
-    derivative rules' primal programs included, outer ones first."""
-    jaxpr = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
-    found = []
-    for eqn in jaxpr.eqns:
-        found.append(eqn)
-        for value in eqn.params.values():
-            for sub in _sub_jaxprs(value):
-                found += equations(sub)
-    return found
-
-
-def ffi_targets(jaxpr: Any) -> list[str]:
-    """The FFI targets a program calls (`rnnkit_lstm_fwd`, ...), in program order."""
-    return [str(e.params["target_name"]) for e in equations(jaxpr) if e.primitive.name == "ffi_call"]
-
-
 def path_taken(fn: Callable[..., Any], *args: Any) -> str:
     """Which of dynamic_rnn's loops the program `fn(*args)` runs, read off its jaxpr's
     primitives: "native" where it calls the native kernel, "fused" where a custom VJP wraps
     its loops (the fused paths' hand-written backward), else "per_step"."""
-    found = equations(jax.make_jaxpr(fn)(*args))
+    found = eqns(fn, *args)
     if any(e.primitive.name == "ffi_call" and str(e.params["target_name"]).startswith("rnnkit_") for e in found):
         return "native"
     if any(e.primitive.name == "custom_vjp_call" for e in found):
@@ -227,7 +198,7 @@ def path_taken(fn: Callable[..., Any], *args: Any) -> str:
 
 def count_primitive(fn: Callable[..., Any], name: str, *args: Any) -> int:
     """How many equations of primitive `name` the program `fn(*args)` holds, nested ones included."""
-    return sum(e.primitive.name == name for e in equations(jax.make_jaxpr(fn)(*args)))
+    return primitives(fn, *args).count(name)
 
 
 def assert_trees_close(got: Any, want: Any, tol: float) -> None:

@@ -52,4 +52,9 @@ def params_of(primitive: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
 def ffi_targets(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[str]:
     """The target name of every foreign-function call (`jax.ffi.ffi_call`) in `fn`, once per
     call, e.g. the native CPU kernel's "rnnkit_lstm_fwd"."""
-    return [params["target_name"] for params in params_of("ffi_call", fn, *args, **kwargs)]
+    return ffi_targets_in(jax.make_jaxpr(fn)(*args, **kwargs))
+
+
+def ffi_targets_in(jaxpr: Jaxpr | ClosedJaxpr) -> list[str]:
+    """`ffi_targets` of a program already traced, in program order."""
+    return [str(eqn.params["target_name"]) for eqn in walk(jaxpr) if eqn.primitive.name == "ffi_call"]

@@ -25,12 +25,12 @@ from cases import (
     assert_trees_close,
     benchmark_script,
     count_primitive,
-    ffi_targets,
     make_cell,
     path_taken,
     random_inputs,
     read_everything,
 )
+from jaxprs import ffi_targets_in
 
 FUSED_KINDS = ["basic_rnn", "basic_lstm", "basic_lstm_forget_bias_0.5", "lstm", "gru", "gru_reset_after"]
 LENGTHS = np.array([6, 2, 0, 4, 6])
@@ -289,7 +289,7 @@ def test_wrappers_take_the_fast_path_with_the_plain_paths_masks(variant: str, x6
 def test_native_runs_wrapped_layers(lengths: Any, native_kernel: None) -> None:
     cell = _wrapped(jnp.float32, "around_the_stack")
     x = random_inputs((5, 6, INPUT_SIZE), jnp.float32)
-    targets = ffi_targets(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, lengths, implementation="native"))(x))
+    targets = ffi_targets_in(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, lengths, implementation="native"))(x))
     assert targets == [f"rnnkit_{kernel}_fwd" for kernel in ["lstm", "gru", "gru_reset_after", "rnn"]]  # every layer
     np.testing.assert_array_equal(
         _outputs(cell, x, lengths, "native") == 0, _outputs(cell, x, lengths, "per_step") == 0

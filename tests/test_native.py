@@ -1,19 +1,25 @@
-"""Building and loading rnnkit's native CPU kernel (rnnkit/_native): what happens when it
-isn't there or its build fails. Its numbers are checked in test_fused.py."""
+"""rnnkit's native CPU kernel (rnnkit/_native): building and loading it, what happens when it
+isn't there or its build fails, which programs call it, and its numbers at the seed's size
+(the small cases' numbers are checked in test_fused.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import rnnkit as rk
 from rnnkit import _native
 
-from cases import INPUT_SIZE, equations, ffi_targets, make_cell, path_taken, random_inputs
+from cases import INPUT_SIZE, make_cell, path_taken, random_inputs
+from jaxprs import ffi_targets, ffi_targets_in, walk
 
 
 @pytest.fixture
@@ -72,7 +78,7 @@ def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
     if jax.default_backend() == "cpu":
         cell = make_cell("gru")
         jaxpr = jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE)))
-        assert ffi_targets(jaxpr) == ["rnnkit_gru_fwd"]
+        assert ffi_targets_in(jaxpr) == ["rnnkit_gru_fwd"]
 
 
 @pytest.mark.parametrize(
@@ -87,13 +93,13 @@ def test_the_kernel_takes_only_full_float32_precisions(native_kernel: None, prec
     cell = rk.GRUCell(4, input_size=INPUT_SIZE, key=jax.random.key(0), precision=precision)
     x = random_inputs((2, 3, INPUT_SIZE))
     if native:
-        assert ffi_targets(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(x))
+        assert ffi_targets_in(jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v, implementation="native"))(x))
     else:
         with pytest.raises(ValueError, match=r"implementation='native' .*; layer 0 \(GRUCell\) has precision="):
             rk.dynamic_rnn(cell, x, implementation="native")
     auto = jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(x)
-    assert (ffi_targets(auto) == ["rnnkit_gru_fwd"]) is native
-    dots = [str(e.params["precision"]) for e in equations(auto) if e.primitive.name == "dot_general"]
+    assert (ffi_targets_in(auto) == ["rnnkit_gru_fwd"]) is native
+    dots = [str(e.params["precision"]) for e in walk(auto) if e.primitive.name == "dot_general"]
     assert any("BF16_BF16_F32_X3" in p for p in dots) is not native
 
 
@@ -167,14 +173,6 @@ def test_kernel_threads_follow_openblas_settings_and_openblas_starts_single_thre
 # units instead, whole panels each; with 8, the LSTM's 4 panels are too few for that and its
 # steps go by rows a block at a time, while the GRU's 8 panels split by units.
 
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxprs import ffi_targets  # noqa: E402
 
 SEED_BATCH, SEED_STEPS, SEED_FEATURES = 72, 28, 28
 SEED_THREADS = (2, 4, 8)

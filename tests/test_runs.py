@@ -1,10 +1,9 @@
 """The run layer (`rnnkit.runs`): a run directory written through it opens to the same model,
 its checks refuse what does not match and say what, the import paths that existed before it
-give the very same objects, and every module of the package imports only downward."""
+give the very same objects. (That every import runs downward is tests/test_layers.py.)"""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -19,100 +18,6 @@ import rnnkit.convert as rc
 from rnnkit import runs
 from rnnkit._atomic import atomic_write_text
 from rnnkit.errors import CheckpointError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-# Each module's layer; a module may import only from its own layer or lower ones (DESIGN.md).
-BASE = -1  # helpers that every layer may use and that import nothing of rnnkit's
-LAYER_OF_PACKAGE = {
-    "rnnkit.cli": 6,
-    "rnnkit.workflows": 5,
-    "rnnkit.export": 4,
-    "rnnkit.convert": 4,
-    "rnnkit.runs": 3,
-    "rnnkit.models": 2,
-    "rnnkit.data": 0,  # its own bottom layer, without JAX
-}
-BASE_MODULES = {"rnnkit.errors", "rnnkit._atomic", "rnnkit._version", "rnnkit._host"}
-CORE = 1  # rnnkit itself and its private top-level modules: cells, drivers, loop backends
-
-
-def layer(module: str) -> int | None:
-    if module in BASE_MODULES:
-        return BASE
-    for package, rank in LAYER_OF_PACKAGE.items():
-        if module == package or module.startswith(package + "."):
-            return rank
-    if module == "rnnkit" or module.startswith("rnnkit._"):
-        return CORE
-    return None
-
-
-def all_modules() -> dict[str, Path]:
-    modules = {}
-    for path in sorted((SRC / "rnnkit").rglob("*.py")):
-        parts = path.relative_to(SRC).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = path
-    return modules
-
-
-def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
-    """Every module `module` imports, at the top or inside a function: `from a import b` counts
-    as importing `a.b` where that is a module, else `a`."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, *([base] if base else [])])
-            for alias in node.names:
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
-    return found
-
-
-def test_every_import_runs_downward() -> None:
-    """cli -> workflows -> export/convert -> runs -> models -> core, and data below on its own:
-    no module imports one of a higher layer, not even inside a function."""
-    modules = all_modules()
-    unplaced = sorted(m for m in modules if layer(m) is None)
-    assert not unplaced, f"modules with no layer (add them to this test's table): {unplaced}"
-    upward = []
-    for module, path in modules.items():
-        for imported in imports_of(module, path, set(modules)):
-            if imported.split(".")[0] != "rnnkit" or imported == module:
-                continue
-            target = layer(imported)
-            assert target is not None, f"{module} imports {imported}, which has no layer"
-            if target > layer(module):
-                upward.append(f"{module} -> {imported}")
-    assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
-
-
-def test_data_has_no_jax_and_the_core_no_optimizer() -> None:
-    modules = all_modules()
-    for module, path in modules.items():
-        third_party = {m.split(".")[0] for m in imports_of(module, path, set(modules))}
-        if layer(module) == 0:
-            assert not third_party & {"jax", "jaxlib", "equinox", "optax"}, f"{module} imports JAX"
-        if layer(module) in (CORE, 2):
-            assert "optax" not in third_party, f"{module} imports optax"
-
-
-def test_the_layer_table_sees_the_moved_modules() -> None:
-    """The import test is only as good as its map: the run layer and the run-directory
-    conversions sit where DESIGN.md puts them."""
-    assert layer("rnnkit.runs._open") == 3
-    assert layer("rnnkit.convert._run_dir") == 4
-    assert layer("rnnkit.workflows.train_step") == 5
-    assert layer("rnnkit._rnn") == CORE
-    imports = imports_of("rnnkit.runs._open", all_modules()["rnnkit.runs._open"], set(all_modules()))
-    assert "rnnkit.models.classifier" in imports
-    assert "rnnkit.runs._config" in imports
 
 
 def test_old_import_paths_give_the_same_objects() -> None:

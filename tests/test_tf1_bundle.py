@@ -308,6 +308,12 @@ def corrupt(case: str, tmp_path: Path) -> tuple[Path, str]:
     if case == "newer version":
         rewrite_index(prefix, header=_bundle._varint_field(1, 1) + _bundle._bytes_field(3, b"\x08\x05\x10\x03"))
         return prefix, rf"{index}: header: checkpoint format version 5 needs a reader of version >= 3"
+    if case == "bad consumer":  # bad_consumers [3, 1], packed as proto3 writes repeated integers
+        rewrite_index(prefix, header=_bundle._varint_field(1, 1) + _bundle._bytes_field(3, b"\x08\x02\x1a\x02\x03\x01"))
+        return (
+            prefix,
+            rf"{index}: header: checkpoint format version 2 needs a reader of version >= 0 \(excluding \[3, 1\]\)",
+        )
     if case == "no header":
         index.write_bytes(_sstable.write_table(_sstable.read_table(index.read_bytes(), "x")[1:]))
         return prefix, rf"{index}: its first key is not the header's"
@@ -331,6 +337,7 @@ CORRUPTIONS = [
     "sliced",
     "big-endian",
     "newer version",
+    "bad consumer",
     "no header",
     "no checkpoint file",
 ]

@@ -112,7 +112,8 @@ def parse_message(data: bytes | memoryview, where: str) -> dict[int, list[int | 
 
 
 def _int(fields: dict[int, list[int | bytes]], number: int, where: str, *, signed: bool = True) -> int:
-    """The last value of a varint field (protobuf's rule for a repeated scalar), 0 if absent."""
+    """The value of a varint field, 0 if absent (the last one where it appears more than once, as
+    protobuf reads a singular field)."""
     values = fields.get(number, [0])
     value = values[-1]
     if not isinstance(value, int):
@@ -203,7 +204,15 @@ def _decode_header(record: bytes, where: str) -> int:
     for version in _messages(fields, 3, where)[-1:]:
         v = parse_message(version, where)
         min_consumer = _int(v, 2, where)
-        bad = [x if isinstance(x, int) else -1 for x in v.get(3, [])]
+        bad = []  # bad_consumers: repeated int32, packed (proto3's default) or not
+        for item in v.get(3, []):
+            if isinstance(item, bytes):
+                pos = 0
+                while pos < len(item):
+                    value, pos = decode_varint(item, pos, len(item), where)
+                    bad.append(value)
+            else:
+                bad.append(item)
         if min_consumer > BUNDLE_VERSION or BUNDLE_VERSION in bad:
             raise CheckpointError(
                 f"{where}: checkpoint format version {_int(v, 1, where)} needs a reader of version >= "
@@ -323,10 +332,8 @@ def read_bundle(prefix: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     prefix = Path(prefix)
     num_shards, entries = read_index(prefix)
     tensors: dict[str, np.ndarray] = {}
-    for shard in range(num_shards):
+    for shard in sorted({entry.shard for entry in entries.values()}):  # a shard that holds nothing is not opened
         in_shard = sorted((e.offset, name) for name, e in entries.items() if e.shard == shard)
-        if not in_shard:
-            continue
         path = shard_path(prefix, shard, num_shards)
         try:
             file = open(path, "rb")  # noqa: SIM115  (closed below; the handle is passed on)

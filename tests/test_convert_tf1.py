@@ -392,3 +392,24 @@ def test_object_based_checkpoint_reads_by_variable_name(tmp_path: Path) -> None:
     conversion = rc.from_tf1_checkpoint(tmp_path)
     got = conversion.classifier(num_steps=TIME)(jnp.asarray(x_val))
     np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+
+
+def test_a_sharded_save_of_many_variables_reads_as_tensorflow_reads_it(tmp_path: Path) -> None:
+    """Saver(sharded=True) over two devices merges the shards' indexes into one (MergeBundles,
+    TF's default table options): its blocks come uncompressed too, and rnnkit reads what TF reads."""
+    from rnnkit.convert._bundle import read_bundle, read_index
+
+    rng = np.random.default_rng(7)
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g, config=v1.ConfigProto(device_count={"CPU": 2})) as sess:
+        for k in range(300):  # names as repetitive as a deep stack's, where compression would pay
+            with tf.device(f"/cpu:{k % 2}"):
+                v1.Variable(rng.standard_normal((3, 2)).astype(np.float32), name=f"rnn/multi_rnn_cell/cell_{k}/kernel")
+        sess.run(v1.global_variables_initializer())
+        prefix = v1.train.Saver(sharded=True).save(sess, str(tmp_path / "model.ckpt"), write_meta_graph=False)
+    assert read_index(Path(prefix))[0] == 2
+    mine = read_bundle(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    assert list(mine) == sorted(reader.get_variable_to_shape_map())
+    for name, value in mine.items():
+        np.testing.assert_array_equal(value, reader.get_tensor(name), err_msg=name)

@@ -19,8 +19,10 @@ first key, and whose value is the block's handle. Keys are sorted bytewise and u
 with a `CheckpointError` naming the file; `write_table` writes what TensorFlow's TableBuilder
 writes for a bundle (no compression, 16 entries between restarts, 256 KiB blocks, the shortest
 separators as index keys), so an index written here is the same bytes as TensorFlow's for the
-same entries. TensorFlow writes checkpoint indexes uncompressed (its BundleWriter asks for
-no compression), so a Snappy-compressed block is refused as such rather than decoded.
+same entries. TensorFlow writes checkpoint indexes uncompressed (its BundleWriter asks for no
+compression, and the index that a sharded save merges came uncompressed from TF 2.21 even for 300
+near-identical entries; tests/test_convert_tf1.py checks both), so a Snappy-compressed block is
+refused as such rather than decoded.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import rnnkit.convert as rc  # noqa: E402
 from rnnkit.cli import main  # noqa: E402
 from rnnkit.errors import CheckpointError  # noqa: E402
-from rnnkit.workflows.convert import load_run_model  # noqa: E402
+from rnnkit.workflows.convert import load_run_model, run_adam_state  # noqa: E402
 
 v1 = tf.compat.v1
 try:
@@ -259,11 +259,16 @@ def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
     with g.as_default(), v1.Session(graph=g) as sess:
         x, y, logits, train_op = seed_graph()
         v1.train.Saver().restore(sess, str(prefix))  # every variable of the graph, Adam's included
+        restored = sess.run({v.name.removesuffix(":0"): v for v in v1.global_variables()})
         want_logits = sess.run(logits, {x: batches[2][0]})
         sess.run(train_op, {x: batches[2][0], y: batches[2][1]})
         trainables = v1.trainable_variables()
         want = {v.name.removesuffix(":0"): value for v, value in zip(trainables, sess.run(trainables), strict=True)}
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(batches[2][0]))), want_logits, rtol=TOL, atol=TOL)
+    held = rc.tf1_variables(model, run_adam_state(run, model))  # what the run holds, under TF1's names
+    assert sorted(restored) == sorted(set(held) - {"global_step"})  # this graph keeps no global step
+    for name, value in restored.items():  # restored by TF's Saver bit for bit
+        assert (value.dtype, value.tobytes()) == (held[name].dtype, held[name].tobytes()), name
 
     more = dataclasses.replace(settings, train_samples=3 * 16 + 1)
     rc.write_run_dir(rc.from_tf1_checkpoint(prefix), tmp_path / "back", image_shape=(TIME, DEPTH), settings=more)

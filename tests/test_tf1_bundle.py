@@ -281,6 +281,10 @@ def corrupt(case: str, tmp_path: Path) -> tuple[Path, str]:
     if case == "wrong size":
         rewrite_index(prefix, {KERNEL: _bundle.Entry(1, (36, 32), 0, kernel.offset, 40, kernel.crc32c).encode()})
         return prefix, rf"{data}: {KERNEL}: 40 bytes for a float32 tensor of shape \[36, 32\]; expected 4608"
+    if case == "wrapping shape":  # 2^64 elements: a product in int64 would wrap to 0 and fit 0 bytes
+        huge = _bundle.Entry(1, (2**32, 2**32), 0, 0, 0, _sstable.mask_crc(0))
+        rewrite_index(prefix, {KERNEL: huge.encode()})
+        return prefix, rf"{data}: {KERNEL}: 0 bytes for a float32 tensor of shape \[4294967296, 4294967296\]; expected"
     if case == "unknown dtype":
         rewrite_index(prefix, {KERNEL: _bundle.Entry(21, kernel.shape, 0, kernel.offset, kernel.size, 1).encode()})
         return (
@@ -331,6 +335,7 @@ CORRUPTIONS = [
     "past the end",
     "wrong size",
     "unknown dtype",
+    "wrapping shape",
     "missing shard",
     "V1",
     "snappy",

@@ -31,6 +31,7 @@ big-endian bundle, a newer format version, partitioned (sliced) variables, and V
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -121,6 +122,20 @@ def _int(fields: dict[int, list[int | bytes]], number: int, where: str, *, signe
     return value - (1 << 64) if signed and value >= 1 << 63 else value
 
 
+def _repeated_ints(fields: dict[int, list[int | bytes]], number: int, where: str) -> list[int]:
+    """A repeated integer field's values, packed (proto3's default) or not."""
+    values: list[int] = []
+    for item in fields.get(number, []):
+        if isinstance(item, int):
+            values.append(item)
+            continue
+        pos = 0
+        while pos < len(item):
+            value, pos = decode_varint(item, pos, len(item), where)
+            values.append(value)
+    return values
+
+
 def _messages(fields: dict[int, list[int | bytes]], number: int, where: str) -> list[bytes]:
     values = fields.get(number, [])
     if not all(isinstance(v, bytes) for v in values):
@@ -204,15 +219,7 @@ def _decode_header(record: bytes, where: str) -> int:
     for version in _messages(fields, 3, where)[-1:]:
         v = parse_message(version, where)
         min_consumer = _int(v, 2, where)
-        bad = []  # bad_consumers: repeated int32, packed (proto3's default) or not
-        for item in v.get(3, []):
-            if isinstance(item, bytes):
-                pos = 0
-                while pos < len(item):
-                    value, pos = decode_varint(item, pos, len(item), where)
-                    bad.append(value)
-            else:
-                bad.append(item)
+        bad = _repeated_ints(v, 3, where)  # bad_consumers
         if min_consumer > BUNDLE_VERSION or BUNDLE_VERSION in bad:
             raise CheckpointError(
                 f"{where}: checkpoint format version {_int(v, 1, where)} needs a reader of version >= "
@@ -293,7 +300,7 @@ def _strings(buffer: np.ndarray, count: int, where: str) -> tuple[list[bytes], i
 
 
 def _read_tensor(file: BinaryIO, entry: Entry, shard_size: int, where: str) -> np.ndarray:
-    count = int(np.prod(entry.shape, dtype=np.int64))
+    count = math.prod(entry.shape)  # exact: a crafted shape must not wrap around to fit the size
     if entry.dtype != DT_STRING and entry.size != count * DTYPES[entry.dtype].itemsize:
         dtype = DTYPES[entry.dtype]
         raise CheckpointError(

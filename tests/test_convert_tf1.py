@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import rnnkit.convert as rc  # noqa: E402
 from rnnkit.cli import main  # noqa: E402
 from rnnkit.errors import CheckpointError  # noqa: E402
-from rnnkit.workflows.convert import load_run_model, run_adam_state  # noqa: E402
+from rnnkit.workflows.convert import load_run_model  # noqa: E402
 
 v1 = tf.compat.v1
 try:
@@ -240,6 +240,7 @@ def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
     import jax
 
     from rnnkit.workflows import checkpoint as ckpt
+    from rnnkit.workflows.convert import run_adam_state
     from rnnkit.workflows.train import TrainConfig, train
 
     settings, batches = tiny_mnist(tmp_path, 2)

@@ -136,7 +136,7 @@ def test_a_path_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a TF1 checkpoint prefix"):
         rc.read_tf1_checkpoint(tmp_path / "model.ckpt")
     (tmp_path / "bad.index").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="not a readable TF1 checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad\.index: 4 bytes, shorter than a table's 48-byte footer"):
         rc.read_tf1_checkpoint(tmp_path / "bad")
 
 
@@ -223,6 +223,7 @@ def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
     import jax
 
     from rnnkit.workflows import checkpoint as ckpt
+    from rnnkit.workflows.convert import run_adam_state
     from rnnkit.workflows.train import TrainConfig, train
 
     settings, batches = tiny_mnist(tmp_path, 2)
@@ -242,11 +243,16 @@ def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
     with g.as_default(), v1.Session(graph=g) as sess:
         x, y, logits, train_op = seed_graph()
         v1.train.Saver().restore(sess, str(prefix))  # every variable of the graph, Adam's included
+        restored = sess.run({v.name.removesuffix(":0"): v for v in v1.global_variables()})
         want_logits = sess.run(logits, {x: batches[2][0]})
         sess.run(train_op, {x: batches[2][0], y: batches[2][1]})
         trainables = v1.trainable_variables()
         want = {v.name.removesuffix(":0"): value for v, value in zip(trainables, sess.run(trainables), strict=True)}
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(batches[2][0]))), want_logits, rtol=TOL, atol=TOL)
+    held = rc.tf1_variables(model, run_adam_state(run, model))  # what the run holds, under TF1's names
+    assert sorted(restored) == sorted(set(held) - {"global_step"})  # this graph keeps no global step
+    for name, value in restored.items():  # restored by TF's Saver bit for bit
+        assert (value.dtype, value.tobytes()) == (held[name].dtype, held[name].tobytes()), name
 
     more = dataclasses.replace(settings, train_samples=3 * 16 + 1)
     rc.write_run_dir(rc.from_tf1_checkpoint(prefix), tmp_path / "back", image_shape=(TIME, DEPTH), settings=more)
@@ -260,3 +266,139 @@ def test_a_run_goes_out_as_a_checkpoint_tf1_restores_and_trains_on(
         main(["convert", "tf1", str(run), "--out", str(prefix)])
     assert stop.value.code == 2
     assert f"{prefix}.index exists; choose another prefix or pass --force" in capsys.readouterr().err
+
+
+# --- rnnkit's own reader and writer of the format (convert/_bundle.py), against TensorFlow's ------
+
+
+def random_variables(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Variables of every dtype rnnkit reads, TF1-style names, more than a block's 16 restarts."""
+    dtypes = [np.float32, np.float64, np.float16, np.int32, np.int64, np.int8, np.uint8, np.bool_]
+    variables = {}
+    for k in range(40):
+        dtype = dtypes[k % len(dtypes)]
+        shape = tuple(rng.integers(0, 5, rng.integers(0, 3)))
+        value = rng.standard_normal(shape) * 100
+        variables[f"scope_{k % 3}/layer{k}/{'kernel' if k % 2 else 'bias'}"] = value.astype(dtype)
+    variables["rnn/bf16"] = rng.standard_normal((3, 2)).astype(np.float32)  # saved as bfloat16 below
+    return variables
+
+
+def tf_saved(variables: dict[str, np.ndarray], prefix: Path) -> None:
+    """`variables` saved by tf.compat.v1.train.Saver (`rnn/bf16` cast to bfloat16)."""
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        held = {}
+        for name, value in variables.items():
+            initial = tf.cast(value, tf.bfloat16) if name == "rnn/bf16" else value
+            held[name] = v1.Variable(initial, name=name.replace("/", "_"))
+        sess.run(v1.global_variables_initializer())
+        v1.train.Saver(held).save(sess, str(prefix), write_meta_graph=False, write_state=False)
+
+
+def test_rnnkit_reads_what_tensorflow_reads(tmp_path: Path) -> None:
+    from rnnkit.convert._bundle import read_bundle
+
+    variables = random_variables(np.random.default_rng(5))
+    tf_saved(variables, tmp_path / "model.ckpt")
+    mine = read_bundle(tmp_path / "model.ckpt")
+    reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt"))
+    assert sorted(reader.get_variable_to_shape_map()) == list(mine) == sorted(variables)
+    for name, value in mine.items():
+        theirs = reader.get_tensor(name)
+        assert (value.dtype, value.shape) == (theirs.dtype, theirs.shape), name
+        np.testing.assert_array_equal(value, theirs, err_msg=name)
+
+
+def test_tensorflow_restores_what_rnnkit_writes_bit_for_bit(tmp_path: Path) -> None:
+    """rnnkit's files are TF's bytes for the same variables, and TF's Saver restores them."""
+    import ml_dtypes
+
+    variables = random_variables(np.random.default_rng(6))
+    tf_saved(variables, tmp_path / "tf" / "model.ckpt")
+    ours = {**variables, "rnn/bf16": variables["rnn/bf16"].astype(ml_dtypes.bfloat16)}
+    rc.write_tf1_checkpoint(ours, tmp_path / "rnnkit" / "model.ckpt")
+    for suffix in (".index", ".data-00000-of-00001"):
+        mine = (tmp_path / "rnnkit" / f"model.ckpt{suffix}").read_bytes()
+        assert mine == (tmp_path / "tf" / f"model.ckpt{suffix}").read_bytes(), suffix
+    assert tf.train.latest_checkpoint(str(tmp_path / "rnnkit")) == str(tmp_path / "rnnkit" / "model.ckpt")
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        held = {
+            name: v1.Variable(tf.zeros_like(tf.constant(value)), name=f"v{k}")
+            for k, (name, value) in enumerate(ours.items())
+        }
+        v1.train.Saver(held).restore(sess, str(tmp_path / "rnnkit" / "model.ckpt"))
+        restored = sess.run(held)
+    for name, value in ours.items():
+        assert (restored[name].dtype, restored[name].shape) == (value.dtype, value.shape), name
+        assert restored[name].tobytes() == value.tobytes(), name  # bit for bit, NaN payloads and -0.0 included
+
+
+def test_records_decode_as_tensorflows_protobuf_classes(tmp_path: Path) -> None:
+    """rnnkit's small protobuf decoder against TensorFlow's generated classes, on TF's own index."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    from rnnkit.convert._bundle import Entry
+    from rnnkit.convert._sstable import read_table
+
+    prefix, _ = save_tf1(seed_cells, tmp_path)
+    records = read_table(Path(f"{prefix}.index").read_bytes(), "index")
+    header = tensor_bundle_pb2.BundleHeaderProto.FromString(records[0][1])
+    assert (records[0][0], header.num_shards, header.version.producer) == (b"", 1, 1)
+    for key, record in records[1:]:
+        theirs = tensor_bundle_pb2.BundleEntryProto.FromString(record)
+        mine = Entry.decode(record, key.decode())
+        want = (theirs.dtype, tuple(d.size for d in theirs.shape.dim), theirs.shard_id, theirs.offset, theirs.size)
+        assert (mine.dtype, mine.shape, mine.shard, mine.offset, mine.size) == want, key
+        assert mine.crc32c == theirs.crc32c
+        assert mine.encode() == theirs.SerializeToString(deterministic=True) == record
+
+
+def test_object_based_checkpoint_reads_by_variable_name(tmp_path: Path) -> None:
+    """tf.train.Checkpoint of a TF1 graph: rnnkit names its tensors as TF1's Saver would, and
+    the conversion gives the graph's logits."""
+    rng = np.random.default_rng(0)
+    x_val = rng.standard_normal((BATCH, TIME, DEPTH)).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        x = v1.placeholder(tf.float32, [None, TIME, DEPTH])
+        cell = seed_cells()
+        outputs, _ = v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)
+        logits = v1.layers.dense(outputs[:, -1], CLASSES)
+        sess.run(v1.global_variables_initializer())
+        want = sess.run(logits, {x: x_val})
+        dense = [v for v in v1.global_variables() if v.name.startswith("dense/")]
+        saved = v1.train.Checkpoint(model=cell, head=dense).save(str(tmp_path / "ckpt"), session=sess)
+        names = {
+            v.name.removesuffix(":0"): value
+            for v, value in zip(v1.global_variables(), sess.run(v1.global_variables()), strict=True)
+        }
+    read = rc.read_tf1_checkpoint(saved)
+    assert set(read) == {*names, "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    for name, value in names.items():
+        np.testing.assert_array_equal(read[name], value, err_msg=name)
+    conversion = rc.from_tf1_checkpoint(tmp_path)
+    got = conversion.classifier(num_steps=TIME)(jnp.asarray(x_val))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=TOL, atol=TOL)
+
+
+def test_a_sharded_save_of_many_variables_reads_as_tensorflow_reads_it(tmp_path: Path) -> None:
+    """Saver(sharded=True) over two devices merges the shards' indexes into one (MergeBundles,
+    TF's default table options): its blocks come uncompressed too, and rnnkit reads what TF reads."""
+    from rnnkit.convert._bundle import read_bundle, read_index
+
+    rng = np.random.default_rng(7)
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g, config=v1.ConfigProto(device_count={"CPU": 2})) as sess:
+        for k in range(300):  # names as repetitive as a deep stack's, where compression would pay
+            with tf.device(f"/cpu:{k % 2}"):
+                v1.Variable(rng.standard_normal((3, 2)).astype(np.float32), name=f"rnn/multi_rnn_cell/cell_{k}/kernel")
+        sess.run(v1.global_variables_initializer())
+        prefix = v1.train.Saver(sharded=True).save(sess, str(tmp_path / "model.ckpt"), write_meta_graph=False)
+    assert read_index(Path(prefix))[0] == 2
+    mine = read_bundle(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    assert list(mine) == sorted(reader.get_variable_to_shape_map())
+    for name, value in mine.items():
+        np.testing.assert_array_equal(value, reader.get_tensor(name), err_msg=name)

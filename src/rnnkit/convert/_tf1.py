@@ -26,8 +26,8 @@ listed in `Conversion.skipped`. Any other variable is an error that names it, un
 
 The other way, `tf1_variables` names a model's weights as TF1 does (they already carry TF1's
 names) and, given TF1 Adam's state, adds its slots, beta powers and `global_step`, and
-`write_tf1_checkpoint` saves them with TF1's own Saver: a TF1 program that builds the same
-graph restores it and goes on training where rnnkit stopped.
+`write_tf1_checkpoint` saves them as TF1's Saver does (`_bundle`, no TensorFlow needed): a TF1
+program that builds the same graph restores it and goes on training where rnnkit stopped.
 """
 
 from __future__ import annotations
@@ -45,38 +45,22 @@ from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import HEAD_BIASES, HEAD_WEIGHTS, CellSpec, format_cells, parse_cells
 
 _HEADS = (("fully_connected", "weights", "biases"), ("dense", "kernel", "bias"))
-_BOOKKEEPING = re.compile(r"^(beta1_power|beta2_power|global_step|_CHECKPOINTABLE_OBJECT_GRAPH)(_\d+)?$")
+_BOOKKEEPING = re.compile(r"^(beta1_power|beta2_power|global_step|save_counter|_CHECKPOINTABLE_OBJECT_GRAPH)(_\d+)?$")
 
 
 def read_tf1_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
     """Every variable of a TF1 checkpoint by name. `prefix` is what Saver.save returned
-    (`model.ckpt-100`, beside `model.ckpt-100.index`); a `.index` file or a directory (its
-    latest checkpoint) work too. Needs tensorflow."""
+    (`model.ckpt-100`, beside `model.ckpt-100.index`); a `.index` file, a `.data-*` shard or a
+    directory (its latest checkpoint) work too. A checkpoint of `tf.train.Checkpoint` comes under
+    its variables' own names (see `_bundle.by_variable_name`). Read by rnnkit's reader of
+    TensorFlow's format, every checksum verified: TensorFlow is not needed."""
+    from rnnkit.convert._bundle import by_variable_name, read_bundle, resolve_prefix
+
     try:
-        import tensorflow as tf
-    except ImportError:
-        raise ConfigError(
-            "reading a TF1 checkpoint needs TensorFlow, which is not installed: pip install 'rnnkit[tf]' "
-            "(tensorflow-cpu)"
-        ) from None
-    path = Path(prefix)
-    if path.is_dir():
-        latest = tf.train.latest_checkpoint(str(path))
-        if latest is None:
-            raise CheckpointError(f"{path}: a directory without a TF1 checkpoint (no 'checkpoint' file)")
-        path = Path(latest)
-    elif path.suffix == ".index" or path.name.endswith(".data-00000-of-00001"):
-        path = path.with_name(path.name.removesuffix(".index").split(".data-")[0])
-    if not Path(f"{path}.index").is_file():
-        raise CheckpointError(
-            f"{prefix}: not a TF1 checkpoint prefix (expected {path}.index and {path}.data-*, as Saver.save writes)"
-        )
-    try:
-        reader = tf.train.load_checkpoint(str(path))
-        names = sorted(reader.get_variable_to_shape_map())
-        return {name: np.asarray(reader.get_tensor(name)) for name in names}
-    except (tf.errors.OpError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable TF1 checkpoint ({err.__class__.__name__})") from None
+        path = resolve_prefix(prefix)
+        return by_variable_name(read_bundle(path), str(path))
+    except OSError as err:  # unreadable, a directory where a file belongs, ...
+        raise CheckpointError(f"{err.filename or prefix}: cannot be read ({err.strerror or err})") from None
 
 
 def from_tf1_checkpoint(prefix: str | Path, **options: Any) -> Conversion:
@@ -284,50 +268,14 @@ def tf1_variables(model: Any, adam: AdamState | None = None) -> dict[str, np.nda
 
 def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path) -> Path:
     """Save `variables` (name -> array) as a TF1 checkpoint at `prefix` (`prefix.index` and
-    `prefix.data-00000-of-00001`) with tf.compat.v1.train.Saver, and point the directory's
-    `checkpoint` file at it (so tf.train.latest_checkpoint finds it). Saved under a temporary
-    name and renamed into place: a failure leaves what was there. Needs tensorflow."""
-    import os
-    import secrets
-    import shutil
+    `prefix.data-00000-of-00001`), the same bytes tf.compat.v1.train.Saver writes for them, and
+    point the directory's `checkpoint` file at it as Saver does (so tf.train.latest_checkpoint
+    finds it). Each file is written under a temporary name, fsynced and renamed into place, the
+    data before the index that names it: a failure leaves what was there. TensorFlow is not needed."""
+    from rnnkit.convert._bundle import write_bundle, write_checkpoint_state
 
-    from rnnkit._atomic import atomic_write
-
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ConfigError(
-            "writing a TF1 checkpoint needs TensorFlow, which is not installed: pip install 'rnnkit[tf]' "
-            "(tensorflow-cpu)"
-        ) from None
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prefix.parent / f".{prefix.name}.{secrets.token_hex(6)}.tmp"
-    tmp.mkdir()
-    try:
-        v1 = tf.compat.v1
-        graph = tf.Graph()
-        with graph.as_default(), v1.Session(graph=graph) as sess:
-            held = {
-                name: v1.Variable(np.asarray(value), name=f"v{k}") for k, (name, value) in enumerate(variables.items())
-            }
-            sess.run(v1.variables_initializer(list(held.values())))
-            v1.train.Saver(var_list=held).save(sess, str(tmp / prefix.name), write_meta_graph=False, write_state=False)
-        for part in sorted(tmp.iterdir()):  # the .data file first, then the .index that names it
-            with open(part, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(part, prefix.parent / part.name)
-        state = v1.train.get_checkpoint_state(str(prefix.parent))
-        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if Path(p).name != prefix.name]
-        paths = [*kept, prefix.name]
-
-        def quoted(path: str) -> str:
-            return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-        lines = [f"model_checkpoint_path: {quoted(prefix.name)}"]
-        lines += [f"all_model_checkpoint_paths: {quoted(path)}" for path in paths]
-        with atomic_write(prefix.parent / "checkpoint") as state_file:  # the CheckpointState Saver writes
-            state_file.write(("\n".join(lines) + "\n").encode())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_bundle(variables, prefix)
+    write_checkpoint_state(prefix)
     return prefix

@@ -16,8 +16,9 @@ Flax parameter trees.
     tree = rc.to_flax_params(model, style="nnx")        # or "linen"; rc.flax_model builds the module
     c = rc.from_flax_params(nnx.state(flax_module, nnx.Param))
 
-Nothing here imports TensorFlow, PyTorch or Flax until a function needs one (reading or
-writing a TF1 checkpoint; reading or writing a `.pt` or `.msgpack` file; `tensors=True`;
+TF1 checkpoints are read and written by rnnkit's own code for TensorFlow's checkpoint format
+(`_bundle.py`, `_sstable.py`): no TensorFlow needed. Nothing here imports PyTorch or Flax until
+a function needs one (reading or writing a `.pt` or `.msgpack` file; `tensors=True`;
 `flax_model`), and then a missing one is a ConfigError that says what to install. Each
 module's docstring gives its layout and naming.
 """

@@ -214,7 +214,7 @@ def run_adam_state(run_dir: str | os.PathLike[str], model: SequenceClassifier) -
 
 
 def export_tf1_checkpoint(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """A run directory as a TF1 checkpoint at the prefix `out` (needs tensorflow): the weights
+    """A run directory as a TF1 checkpoint at the prefix `out` (no TensorFlow needed): the weights
     under their TF1 names and the run's Adam state as TF1's AdamOptimizer keeps it, so a TF1
     program building the same graph restores it with Saver and trains on."""
     out = Path(out)

@@ -57,8 +57,9 @@ from rnnkit.convert._stack import (
     refuse_lstm_options,
     with_forget_bias,
 )
-from rnnkit.errors import ConfigError
+from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
+from rnnkit.runs import read_safetensors
 
 STYLES = ("linen", "nnx")
 _LSTM_GATES = ("i", "f", "g", "o")  # Flax's order, as Keras's
@@ -504,16 +505,12 @@ def load_flax_file(path: str | Path) -> dict[str, Any]:
     """A Flax parameter tree from a file: `.msgpack` as `flax.serialization.msgpack_serialize`
     writes it (needs flax), or `.safetensors` with each leaf named by its path joined by '/'
     (`flax.traverse_util.flatten_dict(tree, sep="/")`; no flax needed)."""
-    from rnnkit.errors import CheckpointError
-
     path = Path(path)
     if path.suffix not in FILE_SUFFIXES:
         raise ConfigError(f"{path}: expected a .msgpack or .safetensors file; got {path.suffix or 'no suffix'!r}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from rnnkit.runs import read_safetensors
-
         return _unflatten(read_safetensors(path)[0])
     serialization = _import_flax_serialization(path)
     try:

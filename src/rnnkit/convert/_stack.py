@@ -28,6 +28,7 @@ from rnnkit.models.classifier import (
     SequenceClassifier,
     build_classifier,
     format_cells,
+    parse_cells,
 )
 
 # The TF1 scope name each kind's cell lives under (its `name`), read off rnnkit's cell kinds.
@@ -88,8 +89,6 @@ class Conversion:
     adam: AdamState | None = field(default=None, compare=False)  # TF1 checkpoints with Adam slots
 
     def specs(self) -> tuple[CellSpec, ...]:
-        from rnnkit.models.classifier import parse_cells
-
         return parse_cells(self.cells)
 
     def cell(self) -> RNNCell:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit.convert._bundle import by_variable_name, read_bundle, resolve_prefix, write_bundle, write_checkpoint_state
 from rnnkit.convert._stack import KIND_OF_CELL_NAME, AdamState, Conversion, Layer, cell_scope, conversion_from_layers
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import HEAD_BIASES, HEAD_WEIGHTS, CellSpec, format_cells, parse_cells
@@ -54,8 +55,6 @@ def read_tf1_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
     directory (its latest checkpoint) work too. A checkpoint of `tf.train.Checkpoint` comes under
     its variables' own names (see `_bundle.by_variable_name`). Read by rnnkit's reader of
     TensorFlow's format, every checksum verified: TensorFlow is not needed."""
-    from rnnkit.convert._bundle import by_variable_name, read_bundle, resolve_prefix
-
     try:
         path = resolve_prefix(prefix)
         return by_variable_name(read_bundle(path), str(path))
@@ -272,8 +271,6 @@ def write_tf1_checkpoint(variables: Mapping[str, np.ndarray], prefix: str | Path
     point the directory's `checkpoint` file at it as Saver does (so tf.train.latest_checkpoint
     finds it). Each file is written under a temporary name, fsynced and renamed into place, the
     data before the index that names it: a failure leaves what was there. TensorFlow is not needed."""
-    from rnnkit.convert._bundle import write_bundle, write_checkpoint_state
-
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_bundle(variables, prefix)

@@ -48,6 +48,7 @@ from rnnkit.convert._stack import (
 )
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import CellSpec, parse_cells
+from rnnkit.runs import read_safetensors
 
 _PARAM = re.compile(
     r"^(?P<module>.*?)(?P<param>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$"
@@ -345,8 +346,6 @@ def load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from rnnkit.runs import read_safetensors
-
         return read_safetensors(path)[0]
     if path.suffix not in (".pt", ".pth", ".bin"):
         raise ConfigError(

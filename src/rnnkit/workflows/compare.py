@@ -41,9 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnkit._rnn import dynamic_rnn
 from rnnkit._version import __version__
 from rnnkit.errors import ConfigError
+from rnnkit.export import ExportedModel, artifact_bytes, export_model, portable
 from rnnkit.models.classifier import SequenceClassifier, build_classifier, parse_cells
+from rnnkit.runs import tf1_adam
+from rnnkit.workflows.train_step import cross_entropy
 
 
 @dataclass(frozen=True)
@@ -267,8 +271,6 @@ class Programs:
     called with donated buffers."""
 
     def __init__(self, model: SequenceClassifier):
-        from rnnkit.runs import tf1_adam
-        from rnnkit.workflows.train_step import cross_entropy
 
         params, static = eqx.partition(model, eqx.is_inexact_array)
         self.leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -326,7 +328,6 @@ def project(points: list[tuple[int, float]], length: int) -> float | None:
 def measure_point(config: CompareConfig, mode: str, length: int) -> dict[str, Any]:
     """Every figure for one (mode, length): compile the training step and inference, export,
     then time both."""
-    from rnnkit.export import artifact_bytes, export_model
 
     model = build_model(config, mode, length)
     programs = Programs(model)
@@ -606,8 +607,6 @@ def export_lengths_section(config: CompareConfig) -> dict[str, Any]:
     """Export both modes at the first length, reload from bytes, and feed other lengths."""
     from jax import export as jax_export
 
-    from rnnkit.export import ExportedModel, artifact_bytes, export_model, portable
-
     length = config.lengths[0]
     tries = sorted(set(config.export_tries or (8, 10, 12, length, 2 * length, 1000)) | {length})
     out: dict[str, Any] = {"built_for": length, "tried": tries}
@@ -644,7 +643,6 @@ def export_lengths_section(config: CompareConfig) -> dict[str, Any]:
 def states_section(config: CompareConfig) -> dict[str, Any]:
     """The seed: dynamic_rnn holds only the last state. rnnkit's `return_all_states=True`
     returns every step's; check the state after step t against a run over the first t steps."""
-    from rnnkit._rnn import dynamic_rnn
 
     length = config.lengths[0]
     model = build_model(config, "dynamic", length)

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rnnkit._version import __version__
 from rnnkit.errors import ConfigError
 
 BATCH_AXIS = "batch"
@@ -326,8 +327,6 @@ def describe_environment(devices: int | str | None = None) -> Environment:
     import platform
 
     import jaxlib
-
-    from rnnkit._version import __version__
 
     chosen = select_devices(devices)
     if chosen is None:

@@ -32,7 +32,15 @@ demo: install
 test: install
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(MAKE) lint
+	$(MAKE) docs
 	$(BIN)/python -m pytest -n auto --dist loadscope
+
+# The documentation site (mkdocs.yml, docs/ and the docstrings) into site/, warnings as errors
+# (strict in mkdocs.yml); offline, about 5 s after the install. Its own .PHONY: docs/ exists.
+.PHONY: docs
+docs: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Optional: the peers `rnnkit bench` measures against (about 1 GB): PyTorch (CPU build),
 # TensorFlow 1 through tf.compat.v1 (tf-keras with --no-deps: its requirements would pull a

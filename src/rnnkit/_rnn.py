@@ -202,8 +202,8 @@ def dynamic_rnn(
     sequence_length masks, run fused (see rnnkit/_pallas.py). Experimental: 3-14x slower
     than fused on an H200 (benchmarks/RESULTS.md, "GPU"). `"native"` (CPU, float32, the
     cells fused takes) runs each layer, loop and gradients, in rnnkit's C++ kernel
-    (rnnkit/_native; built by `make install`, or by `python -m rnnkit._native`); it raises
-    `NativeUnavailableError` where the kernel is not built.
+    (rnnkit/_native; compiled into the wheel, one build per instruction set); it raises
+    `NativeUnavailableError` where there is none (`rnnkit env` says why).
     `"auto"` (default) is native on CPU where it is built, else per_step, and fused on GPUs,
     where hoisting the input projection measured faster. Cells the chosen path does not take
     run per_step. fused and native have hand-written reverse-mode gradients, as cuDNN's RNNs

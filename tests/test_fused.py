@@ -504,33 +504,30 @@ def test_native_skips_the_input_gradient_nothing_asks_for(reads: str, native_ker
     assert all(t != "tensor<0xf32>" for t in both)
 
 
-# The builds a CPU with fewer vector extensions gets, made here with the compiler's -mno-*
-# flags: (flags, rnnkit_avx512(), rnnkit_avx2_rows()) of each.
+# The builds a CPU with fewer vector extensions gets (rnnkit._native.ISAS), made here with the
+# package's CMake project: (instruction set, rnnkit_avx512(), rnnkit_avx2_rows()) of each.
 OTHER_BUILDS = [
-    pytest.param(("-mno-avx512f",), 0, 1, id="avx2"),  # AVX2 + FMA: OpenBLAS and the few-rows kernel
-    pytest.param(("-mno-avx512f", "-mno-avx2"), 0, 0, id="plain"),  # OpenBLAS for every product
+    pytest.param("avx2", 0, 1, id="avx2"),  # AVX2 + FMA: OpenBLAS and the few-rows kernel
+    pytest.param("portable", 0, 0, id="plain"),  # OpenBLAS for every product
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("flags", "avx512", "avx2_rows"), OTHER_BUILDS)
+@pytest.mark.parametrize(("isa", "avx512", "avx2_rows"), OTHER_BUILDS)
 def test_native_builds_for_other_cpus_equal_plain_path(
-    native_kernel: None, flags: tuple[str, ...], avx512: int, avx2_rows: int
+    native_kernel: None, isa: str, avx512: int, avx2_rows: int
 ) -> None:
     """A CPU without AVX-512 gets a build whose products are OpenBLAS's sgemm (the products of
     one to three rows on a kernel of its own where there is AVX2) and whose bias gradients are
-    separate column sums. Built here with -mno-* flags, under FFI target names of its own
-    (benchmarks/native_ab.py's loader), each says which it is and computes what per_step does:
-    on the layers with partial panels, on a small batch whose steps the threads split by units,
-    and on batches of one to three rows."""
-    import subprocess
-
-    probe = subprocess.run(["c++", "-march=native", "-dM", "-E", "-x", "c++", "/dev/null"], capture_output=True)
-    if avx2_rows and b"__AVX2__" not in probe.stdout:
-        pytest.skip("this CPU has no AVX2")
+    separate column sums. Built here under FFI target names of its own (benchmarks/native_ab.py's
+    loader), each says which it is and computes what per_step does: on the layers with partial
+    panels, on a small batch whose steps the threads split by units, and on batches of one to
+    three rows."""
+    if not _native.cpu_features().issuperset(_native.ISAS[isa]):
+        pytest.skip(f"this CPU can't run the {isa} build")
     ab = benchmark_script("native_ab")
-    prefix = "other_" + "_".join(f.strip("-").replace("-", "") for f in flags) + "_"
-    ab.load_other(_native.SOURCE, prefix, flags)
+    prefix = f"other_{isa}_"
+    ab.load_other(_native.SOURCE, prefix, isa)
     library = ab.load_other.library
     library.rnnkit_avx512.restype = library.rnnkit_avx2_rows.restype = ctypes.c_int64
     assert (library.rnnkit_avx512(), library.rnnkit_avx2_rows()) == (avx512, avx2_rows)

@@ -1,10 +1,13 @@
-"""rnnkit's native CPU kernel (rnnkit/_native): building and loading it, what happens when it
-isn't there or its build fails, which programs call it, and its numbers at the seed's size
-(the small cases' numbers are checked in test_fused.py)."""
+"""rnnkit's native CPU kernel (rnnkit/_native): which of its builds (instruction sets) a CPU
+gets, RNNKIT_NATIVE_ISA forcing one, what happens when none can run, which programs call it,
+and its numbers at the seed's size (the small cases' numbers are checked in test_fused.py, and
+under each build here)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,55 +24,92 @@ from rnnkit import _native
 from cases import INPUT_SIZE, make_cell, path_taken, random_inputs
 from jaxprs import ffi_targets, ffi_targets_in, walk
 
+EVERY_FEATURE = frozenset(f for needs in _native.ISAS.values() for f in needs)
+
 
 @pytest.fixture
-def elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """Point the module at a library path in tmp_path, and forget what was loaded."""
-    library = tmp_path / "librnnkit_cpu.so"
-    monkeypatch.setattr(_native, "LIBRARY", library)
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Forget which build was chosen and loaded, before and after the test (which may patch
+    the CPU's features, the variable or the library's place through the monkeypatch)."""
+    monkeypatch.delenv(_native.ISA_VARIABLE, raising=False)
+    _native.select_isa.cache_clear()
     _native._load.cache_clear()
-    yield library
+    yield monkeypatch
+    monkeypatch.undo()
+    _native.select_isa.cache_clear()
     _native._load.cache_clear()
 
 
-def test_missing_library_is_reported_and_auto_runs_without_it(elsewhere: Path) -> None:
-    assert _native.unavailable_reason() == f"it is not built ({elsewhere} is missing)"
+def test_missing_library_is_reported_and_auto_runs_without_it(fresh: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fresh.setattr(_native, "library", lambda isa: tmp_path / f"librnnkit_cpu_{isa}.so")
+    isa, _ = _native.select_isa()
+    assert _native.unavailable_reason() == (
+        f"it is not built (librnnkit_cpu_{isa}.so is not in {tmp_path}: installed without a C++ compiler?)"
+    )
+    assert _native.describe().startswith("absent: it is not built (")
+    assert _native.describe().endswith("; dynamic_rnn runs its per-step XLA loop")
     cell = make_cell("gru")
     x = random_inputs((2, 3, INPUT_SIZE))
-    with pytest.raises(_native.NativeUnavailableError, match=r"implementation='native' needs .*-m rnnkit\._native"):
+    with pytest.raises(_native.NativeUnavailableError, match=r"implementation='native' needs .*, but it is not built"):
         rk.dynamic_rnn(cell, x, implementation="native")
     if jax.default_backend() == "cpu":
         assert path_taken(lambda v: rk.dynamic_rnn(cell, v), x) == "per_step"  # auto: the per-step path
 
 
-def test_failed_build_raises_with_the_compiler_message_and_keeps_the_old_library(
-    elsewhere: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("features", "isa", "why"),
+    [
+        (EVERY_FEATURE, "avx512", "this CPU has AVX-512"),
+        (frozenset(_native.ISAS["avx2"]) | {"sse2", "avx512f"}, "avx2", "this CPU has AVX2 and FMA, not AVX-512"),
+        (frozenset(_native.ISAS["avx2"]) - {"fma"}, "portable", "this CPU has neither AVX-512 nor AVX2 with FMA"),
+        (frozenset(), "portable", "this CPU has neither AVX-512 nor AVX2 with FMA"),
+    ],
+)
+def test_each_cpu_gets_the_best_build_it_runs(
+    fresh: pytest.MonkeyPatch, features: frozenset[str], isa: str, why: str
 ) -> None:
-    elsewhere.write_bytes(b"the previous build")
-    compiler = tmp_path / "broken-c++"
-    compiler.write_text("#!/bin/sh\necho 'error: no space left' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
+    fresh.setattr(_native, "cpu_features", lambda: features)
+    assert _native.select_isa() == (isa, why)
+
+
+@pytest.mark.parametrize("isa", [*_native.ISAS])
+def test_the_variable_forces_a_build(fresh: pytest.MonkeyPatch, isa: str) -> None:
+    fresh.setattr(_native, "cpu_features", lambda: EVERY_FEATURE)
+    fresh.setenv(_native.ISA_VARIABLE, isa)
+    assert _native.select_isa() == (isa, f"forced by RNNKIT_NATIVE_ISA={isa}")
+
+
+def test_a_forced_build_this_cpu_cant_run_is_an_error_not_a_fallback(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setattr(_native, "cpu_features", lambda: frozenset(_native.ISAS["avx2"]) | {"avx512f"})
+    fresh.setenv(_native.ISA_VARIABLE, "avx512")
+    message = (
+        "RNNKIT_NATIVE_ISA=avx512 asks for the avx512 build, which this CPU can't run "
+        "(it lacks avx512bw, avx512cd, avx512dq, avx512vl)"
+    )
+    assert _native.unavailable_reason() == message
+    assert _native.describe() == f"absent: {message}; dynamic_rnn runs its per-step XLA loop"
     with pytest.raises(
-        _native.NativeUnavailableError, match=r"the build failed:\n.*broken-c\+\+.*\nerror: no space left"
+        _native.NativeUnavailableError, match=r"needs rnnkit's native CPU kernel, but RNNKIT_NATIVE_ISA"
     ):
-        _native.build()
-    assert elsewhere.read_bytes() == b"the previous build"
-    assert {p.name for p in tmp_path.iterdir()} == {"librnnkit_cpu.so", "broken-c++"}  # no partial file left
+        _native.available()
+    cell = make_cell("gru")
+    with pytest.raises(_native.NativeUnavailableError, match=r"it lacks avx512bw"):  # auto too: it was asked for
+        rk.dynamic_rnn(cell, random_inputs((2, 3, INPUT_SIZE)))
 
 
-def test_no_compiler_is_reported(elsewhere: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(_native.NativeUnavailableError, match=r"no C\+\+ compiler: running .*no-such-compiler"):
-        _native.build()
-    assert not elsewhere.exists()
+def test_an_unknown_forced_build_is_an_error(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setenv(_native.ISA_VARIABLE, "sse9")
+    with pytest.raises(
+        _native.NativeUnavailableError,
+        match=r"RNNKIT_NATIVE_ISA must be auto, avx512, avx2, portable or unset; got 'sse9'",
+    ):
+        _native.available()
 
 
-def test_library_older_than_its_source_is_not_used(elsewhere: Path) -> None:
-    elsewhere.write_bytes(b"stale")
-    source_time = _native.SOURCE.stat().st_mtime
-    os.utime(elsewhere, (source_time - 10, source_time - 10))
-    assert _native.unavailable_reason() == f"it is out of date ({elsewhere} is older than rnn_cpu.cc)"
+def test_other_machines_have_no_kernel(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setattr(_native.platform, "machine", lambda: "aarch64")
+    assert _native.unavailable_reason() == "there is none for this machine (aarch64; the kernel is built for x86-64)"
+    assert not _native.available()
 
 
 def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
@@ -79,6 +119,56 @@ def test_the_built_kernel_is_loaded_here(native_kernel: None) -> None:
         cell = make_cell("gru")
         jaxpr = jax.make_jaxpr(lambda v: rk.dynamic_rnn(cell, v))(random_inputs((2, 3, INPUT_SIZE)))
         assert ffi_targets_in(jaxpr) == ["rnnkit_gru_fwd"]
+
+
+# Each build this CPU runs, forced in a new process (a process loads one): the library loaded
+# is that build's, its products run where that build runs them, and dynamic_rnn's values and
+# gradients through it equal the per-step path's to float32 rounding, with sequence lengths.
+_FORCED_BUILD = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, equinox as eqx
+import rnnkit as rk
+from rnnkit import _native
+from cases import INPUT_SIZE, make_cell, random_inputs
+lstm = make_cell("lstm", seed=1)
+cell = rk.MultiRNNCell([lstm, make_cell("gru", seed=2, input_size=lstm.output_size)])
+x = random_inputs((5, 7, INPUT_SIZE))
+lengths = jnp.asarray([7, 2, 0, 4, 6])
+params, static = eqx.partition(cell, eqx.is_inexact_array)
+def loss(p, x, how):
+    out, state = rk.dynamic_rnn(eqx.combine(p, static), x, lengths, implementation=how)
+    return jnp.sum(jnp.sin(out)) + sum(jnp.sum(jnp.cos(s)) for s in jax.tree_util.tree_leaves(state))
+def run(how):
+    v, g = jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, how), (0, 1)))(params, x)
+    return [np.asarray(a) for a in [v, *jax.tree_util.tree_leaves(g)]]
+native, plain = run("native"), run("per_step")
+for a, b in zip(native, plain, strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+maps = open("/proc/self/maps").read()
+lib = _native._library[-1]
+print(json.dumps({"isa": _native.isa(), "avx512": _native.avx512(), "avx2_rows": lib.rnnkit_avx2_rows(),
+                  "loaded": sorted({n for n in ("avx512", "avx2", "portable") if f"librnnkit_cpu_{n}.so" in maps}),
+                  "jaxpr_native": "rnnkit_lstm_bwd" in str(jax.make_jaxpr(jax.grad(lambda p: loss(p, x, "native")))(params))}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the loaded libraries from Linux's /proc")
+@pytest.mark.parametrize(
+    ("isa", "avx512", "avx2_rows"), [("avx512", True, 0), ("avx2", False, 1), ("portable", False, 0)]
+)
+def test_each_forced_build_gives_the_per_step_paths_values_and_gradients(
+    native_kernel: None, isa: str, avx512: bool, avx2_rows: int
+) -> None:
+    import json
+
+    if not _native.cpu_features().issuperset(_native.ISAS[isa]):
+        pytest.skip(f"this CPU can't run the {isa} build")
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, _native.ISA_VARIABLE: isa, "PYTHONPATH": os.pathsep.join([*sys.path, tests])}
+    done = subprocess.run([sys.executable, "-c", _FORCED_BUILD], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == {"isa": isa, "avx512": avx512, "avx2_rows": avx2_rows, "loaded": [isa], "jaxpr_native": True}
 
 
 @pytest.mark.parametrize(
@@ -116,12 +206,6 @@ def test_ffi_targets_keep_their_names() -> None:
         "rnnkit_gru_reset_after_fwd": "RnnkitGruAfterFwd",
         "rnnkit_gru_reset_after_bwd": "RnnkitGruAfterBwd",
     }
-
-
-def test_unwritable_package_directory_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_native, "LIBRARY", tmp_path / "no-such-dir" / "librnnkit_cpu.so")
-    with pytest.raises(_native.NativeUnavailableError, match=r"can't write next to the package"):
-        _native.build()
 
 
 _LOAD_IN_A_NEW_PROCESS = """
@@ -319,3 +403,22 @@ def test_native_equals_per_step_for_the_seeds_model_at_batch_size(
     native = jax.jit(native)
     for threads in SEED_THREADS:
         _assert_close_to_scale(_with_kernel_threads(threads, native, *args), want, SEED_TOL)
+
+
+def test_rnnkit_env_names_the_build_in_use_and_why(native_kernel: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnkit.cli import main
+
+    isa, why = _native.select_isa()
+    assert main(["env"]) == 0
+    line = f"native CPU kernel: {isa} ({why}; librnnkit_cpu_{isa}.so), {_native.threads()} threads"
+    assert line in capsys.readouterr().out.splitlines()
+    forced = subprocess.run(
+        [sys.executable, "-m", "rnnkit.cli", "env"],
+        env={**os.environ, _native.ISA_VARIABLE: "portable"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "native CPU kernel: portable (forced by RNNKIT_NATIVE_ISA=portable; librnnkit_cpu_portable.so)" in forced.stdout
+    )

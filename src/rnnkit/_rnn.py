@@ -164,9 +164,9 @@ def dynamic_rnn(
       the loop iterations for two layers, for GPUs where an iteration's fixed cost dominates;
       1.07-1.22x slower than fused on an H200). Other cells fused takes run as fused.
     - `"native"` (CPU, float32 cells at full float32 precision, the cells fused takes) runs
-      each layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; built by
-      `make install`, or by `python -m rnnkit._native`); it raises `NativeUnavailableError`
-      where the kernel is not built.
+      each layer, loop and gradients, in rnnkit's C++ kernel (rnnkit/_native; compiled into
+      the wheel, one build per instruction set); it raises `NativeUnavailableError` where
+      there is none (`rnnkit env` says why).
     - `"auto"` (default) is native on CPU where the kernel is built, else per_step; fused
       on GPUs, where hoisting the input projection measured faster. A cell the chosen fast
       path does not take, or `return_all_states=True`, runs per_step.

@@ -15,11 +15,15 @@ but those of one to three rows, which with AVX2 and FMA run on a small kernel of
 `dynamic_rnn(implementation="native")` computes what `"fused"` and `"per_step"` compute, to
 float32 rounding.
 
-Built, not shipped: `python -m rnnkit._native` compiles it on the machine that runs it
-(`make install` does), with the C++ compiler found as `$CXX` or `c++`, the XLA FFI headers
-jaxlib ships and the OpenBLAS of the `scipy-openblas32` wheel. Where it is not built (no
-compiler, or the build failed), `implementation="auto"` uses the per-step path, and
-`implementation="native"` raises saying how to build it.
+Built by the package's build backend (scikit-build-core running CMakeLists.txt) when a wheel
+is built or the package installed from source: rnn_cpu.cc compiled once per instruction set,
+`librnnkit_cpu_avx512.so` (x86-64-v4), `librnnkit_cpu_avx2.so` (x86-64-v3: AVX2 and FMA) and
+`librnnkit_cpu_portable.so` (any x86-64), so one wheel serves every x86-64 CPU. The first use
+loads the best build this CPU can run (`select_isa`); RNNKIT_NATIVE_ISA=avx512|avx2|portable
+forces one. OpenBLAS is the `scipy-openblas32` wheel's, loaded from wherever that package is
+installed just before the kernel. Nothing is compiled at run time. Where there is no kernel
+(the machine is not x86-64, or the package was installed from source without a C++ compiler),
+`implementation="auto"` uses the per-step path, and `implementation="native"` raises saying why.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import contextlib
 import ctypes
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +45,19 @@ from jaxtyping import Array
 
 from rnnkit._kinds import LOOP_KIND, LOOP_KINDS
 
+# The kernel's one translation unit, which includes the rnn_*.h headers beside it (in a source
+# checkout and the sdist; a wheel ships the built libraries only).
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
-# The headers SOURCE includes (rnn_math.h, rnn_cells.h, ...): the kernel is one translation
-# unit, SOURCE, split by concern into these files beside it.
-HEADERS = tuple(sorted(SOURCE.parent.glob("rnn_*.h")))
-LIBRARY = Path(__file__).with_name("librnnkit_cpu.so")
-# Optimised for the CPU it is built on (it is built where it runs). -fno-math-errno and
-# -fno-trapping-math let the compiler vectorise the row loops: tanh's final select leaves its
-# division to one branch, which only AVX-512's masked instructions could vectorise as long as
-# the division might trap; without AVX-512 (AVX2 CPUs: most AMD ones, older Intel ones) every
-# activation ran one float at a time, the forward pass 2-3x slower. Neither flag lets the
-# compiler reorder arithmetic, so the numbers stay the same.
-CXXFLAGS = (
-    "-O3",
-    "-march=native",
-    "-fno-math-errno",
-    "-fno-trapping-math",
-    "-fopenmp-simd",
-    "-std=c++17",
-    "-pthread",
-    "-shared",
-    "-fPIC",
-)
+# The instruction sets the kernel is built for (CMakeLists.txt), best first, each with the CPU
+# features (as Linux's /proc/cpuinfo names them) its build's -march level lets the compiler use.
+_X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm", "xsave")
+ISAS: dict[str, tuple[str, ...]] = {
+    "avx512": (*_X86_64_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),  # x86-64-v4
+    "avx2": _X86_64_V3,
+    "portable": (),  # x86-64: SSE2
+}
+# Forces one of ISAS (auto or unset: the best this CPU runs); read once, at the first use.
+ISA_VARIABLE = "RNNKIT_NATIVE_ISA"
 # FFI target name -> symbol in the library: a forward and a backward call per loop kind
 # (rnnkit/_kinds.py), `rnnkit_lstm_fwd` -> `RnnkitLstmFwd`.
 TARGETS = {
@@ -74,57 +69,88 @@ class NativeUnavailableError(RuntimeError):
     """The native kernel is not built here, or could not be loaded."""
 
 
-def compiler() -> str | None:
-    """The C++ compiler a build uses: $CXX, else c++ or g++ on the PATH (None: none found)."""
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+def library(isa: str) -> Path:
+    """The library built for `isa`: in the first folder of this package's path that has it (an
+    editable install keeps the built libraries apart from the sources), else where a wheel
+    puts it, next to this module."""
+    name = f"librnnkit_cpu_{isa}.so"
+    found = (Path(folder) / name for folder in __path__)
+    return next((path for path in found if path.exists()), Path(__file__).with_name(name))
 
 
-def compile_command(output: Path) -> list[str]:
-    """The compiler command line that builds the kernel into `output`."""
-    import scipy_openblas32
-
-    lib_dir = scipy_openblas32.get_lib_dir()
-    return [
-        compiler() or "c++",
-        *CXXFLAGS,
-        f"-I{jax.ffi.include_dir()}",
-        f"-I{scipy_openblas32.get_include_dir()}",
-        str(SOURCE),
-        f"-L{lib_dir}",
-        f"-l{scipy_openblas32.get_library()}",
-        f"-Wl,-rpath,{lib_dir}",
-        "-o",
-        str(output),
-    ]
-
-
-def _newer_source() -> Path | None:
-    """The kernel's first source file (SOURCE, then its HEADERS) newer than the built library,
-    or None. The library is built from all of them: it is out of date where any changed."""
-    built = LIBRARY.stat().st_mtime
-    return next((p for p in (SOURCE, *HEADERS) if p.stat().st_mtime > built), None)
-
-
-def build() -> Path:
-    """Compile the kernel next to this module. The new library replaces the old one only once
-    it is complete (a failed build leaves the previous one in place). Raises
-    NativeUnavailableError with the compiler's message when the build fails."""
+def cpu_features() -> frozenset[str]:
+    """The CPU's features as Linux lists them (/proc/cpuinfo's flags); empty where unknown."""
     try:
-        scratch = tempfile.TemporaryDirectory(dir=LIBRARY.parent)
-    except OSError as e:
-        raise NativeUnavailableError(f"can't write next to the package ({e})") from e
-    with scratch as tmp:
-        partial = Path(tmp) / LIBRARY.name
-        command = compile_command(partial)
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-        except OSError as e:
-            raise NativeUnavailableError(f"no C++ compiler: running {command[0]!r} failed ({e})") from e
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def select_isa() -> tuple[str, str]:
+    """(the instruction set whose build this process runs, why). RNNKIT_NATIVE_ISA names it
+    where set (and not `auto`); otherwise the best of ISAS this CPU has every feature for.
+    Raises NativeUnavailableError where the machine is not x86-64, or the variable names no
+    build or one this CPU can't run."""
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        raise NativeUnavailableError(f"there is none for this machine ({machine}; the kernel is built for x86-64)")
+    have = cpu_features()
+    forced = os.environ.get(ISA_VARIABLE, "").strip()
+    if forced in ("", "auto"):
+        isa = next(isa for isa, needs in ISAS.items() if have.issuperset(needs))
+        return isa, {
+            "avx512": "this CPU has AVX-512",
+            "avx2": "this CPU has AVX2 and FMA, not AVX-512",
+            "portable": "this CPU has neither AVX-512 nor AVX2 with FMA",
+        }[isa]
+    if forced not in ISAS:
+        raise NativeUnavailableError(f"{ISA_VARIABLE} must be auto, {', '.join(ISAS)} or unset; got {forced!r}")
+    missing = [feature for feature in ISAS[forced] if feature not in have]
+    if missing:
+        raise NativeUnavailableError(
+            f"{ISA_VARIABLE}={forced} asks for the {forced} build, which this CPU can't run "
+            f"(it lacks {', '.join(missing)})"
+        )
+    return forced, f"forced by {ISA_VARIABLE}={forced}"
+
+
+def build(
+    prefix: Path, *, source: Path = SOURCE, isas: tuple[str, ...] = tuple(ISAS), build_dir: Path | None = None
+) -> list[Path]:
+    """Build the kernel from a source checkout with the package's own CMake project (the one
+    the wheel's build runs) and install its libraries under `prefix` (prefix/rnnkit/_native):
+    for runs from the checkout's src/ without installing (`python -m rnnkit._native`), and
+    for benchmarks/native_ab.py's builds of other sources or flags (`isas` may name `native`,
+    -march=native). CMake works in `build_dir` (default: the checkout's build/native).
+    Raises NativeUnavailableError where this is no checkout, CMake is missing or the build
+    fails."""
+    root = SOURCE.parents[3]
+    cmake = shutil.which("cmake")
+    if not (root / "CMakeLists.txt").exists():
+        raise NativeUnavailableError(
+            f"{root} is no source checkout of rnnkit (no CMakeLists.txt); pip builds the kernel"
+        )
+    if cmake is None:
+        raise NativeUnavailableError("building the kernel needs CMake (cmake on the PATH, or `pip install cmake`)")
+    build_dir = build_dir or root / "build" / "native"
+    steps = [
+        [cmake, "-S", str(root), "-B", str(build_dir), f"-DPython_EXECUTABLE={sys.executable}",
+         f"-DRNNKIT_KERNEL_SOURCE={source}", f"-DRNNKIT_ISAS={';'.join(isas)}"],
+        [cmake, "--build", str(build_dir)],
+        [cmake, "--install", str(build_dir), "--prefix", str(prefix)],
+    ]  # fmt: skip
+    for command in steps:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise NativeUnavailableError(f"the build failed:\n{' '.join(command)}\n{done.stderr.strip()}")
-        os.replace(partial, LIBRARY)
-    _load.cache_clear()
-    return LIBRARY
+            raise NativeUnavailableError(
+                f"the build failed:\n{' '.join(command)}\n{(done.stdout + done.stderr).strip()}"
+            )
+    return [prefix / "rnnkit" / "_native" / f"librnnkit_cpu_{isa}.so" for isa in isas]
 
 
 _registered: list[str] = []
@@ -165,18 +191,32 @@ def _single_threaded_openblas() -> Any:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
+def _load_openblas() -> None:
+    """Load the scipy-openblas32 wheel's OpenBLAS into the process's global symbols, where the
+    kernel's libraries, which don't link it, find its functions (scipy-openblas32's
+    "preloading" use)."""
+    import scipy_openblas32
+
+    path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
+    _library.append(ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL))
+
+
 @functools.cache
 def _load() -> str | None:
-    """Load the library and register its FFI targets; the reason it can't be used, or None."""
-    if not LIBRARY.exists():
-        return f"it is not built ({LIBRARY} is missing)"
-    newer = _newer_source()
-    if newer is not None:
-        return f"it is out of date ({LIBRARY} is older than {newer.name})"
+    """Load the library `select_isa` picks and register its FFI targets; the reason it can't be
+    used, or None."""
+    try:
+        isa, _ = select_isa()
+    except NativeUnavailableError as e:
+        return str(e)
+    path = library(isa)
+    if not path.exists():
+        return f"it is not built ({path.name} is not in {path.parent}: installed without a C++ compiler?)"
     threads = kernel_threads()  # before the load changes the environment
     try:
         with _single_threaded_openblas():
-            lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+            _load_openblas()
+            lib = ctypes.CDLL(str(path))
     except OSError as e:
         return f"it could not be loaded ({e})"
     lib.rnnkit_set_threads.argtypes = (ctypes.c_int64,)
@@ -185,7 +225,7 @@ def _load() -> str | None:
     if not _registered:  # once per process: a target's handler stays what was first registered
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-        _registered.append(str(LIBRARY))
+        _registered.append(str(path))
     return None
 
 
@@ -201,12 +241,27 @@ def threads() -> int:
 
 
 def avx512() -> bool:
-    """Whether the loaded kernel runs its products on its AVX-512 microkernels (built on a CPU
-    with AVX-512) rather than on OpenBLAS (NativeUnavailableError where it can't load)."""
+    """Whether the loaded kernel runs its products on its AVX-512 microkernels (the avx512
+    build) rather than on OpenBLAS (NativeUnavailableError where it can't load)."""
     require()
     lib = _library[-1]
     lib.rnnkit_avx512.restype = ctypes.c_int64
     return bool(lib.rnnkit_avx512())
+
+
+def isa() -> str:
+    """Which build the loaded kernel is: a key of ISAS (NativeUnavailableError where it can't load)."""
+    require()
+    return select_isa()[0]
+
+
+def describe() -> str:
+    """One line on the kernel, for `rnnkit env`: the build in use and why, or why there is none."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return f"absent: {reason}; dynamic_rnn runs its per-step XLA loop"
+    chosen, why = select_isa()
+    return f"{chosen} ({why}; {library(chosen).name}), {threads()} threads"
 
 
 def unavailable_reason() -> str | None:
@@ -215,17 +270,21 @@ def unavailable_reason() -> str | None:
 
 
 def available() -> bool:
+    """Whether the native kernel runs here. A RNNKIT_NATIVE_ISA this CPU can't honour is an
+    error (NativeUnavailableError), not a reason to fall back to the per-step path unseen."""
+    if os.environ.get(ISA_VARIABLE, "").strip() not in ("", "auto"):
+        try:
+            select_isa()
+        except NativeUnavailableError:
+            require()
     return _load() is None
 
 
 def require() -> None:
-    """Raise NativeUnavailableError (saying how to build) unless the kernel is usable."""
+    """Raise NativeUnavailableError (saying why) unless the kernel is usable."""
     reason = _load()
     if reason is not None:
-        raise NativeUnavailableError(
-            f"implementation='native' needs rnnkit's native CPU kernel, but {reason}; "
-            f"build it with `{Path(sys.executable).name} -m rnnkit._native` (needs a C++ compiler)"
-        )
+        raise NativeUnavailableError(f"implementation='native' needs rnnkit's native CPU kernel, but {reason}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from typing import Any
 from rnnkit.cli._parser import Command, add_command, add_distributed_flags, join_processes
 
 EPILOG = """examples:
-  rnnkit env                      # versions, processes, devices
+  rnnkit env                      # versions, processes, devices, the native CPU kernel in use
+  RNNKIT_NATIVE_ISA=avx2 rnnkit env   # force the kernel's AVX2 build (avx512, avx2, portable or auto)
   rnnkit env --devices all        # the mesh rnnkit train --devices all would use
   XLA_FLAGS=--xla_force_host_platform_device_count=4 rnnkit env --devices 4   # try meshes on a CPU
 """
@@ -35,6 +36,7 @@ def handle(args: argparse.Namespace) -> int:
     flag = "" if args.devices is None else f" (--devices {args.devices})"
     print(f"training mesh{flag}: {env.mesh}")
     print(f"--batch-size must be a multiple of {env.batch_multiple}")
+    print(f"native CPU kernel: {env.native_kernel}")
     return 0
 
 

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rnnkit import _native
 from rnnkit._version import __version__
 from rnnkit.errors import ConfigError
 
@@ -320,6 +321,7 @@ class Environment:
     global_devices: list[str]
     mesh: str  # the mesh `--devices` gives, or "one device: ..." for the single-device path
     batch_multiple: int  # the global batch must be a multiple of this
+    native_kernel: str  # rnnkit's native CPU kernel: the build in use and why, or why there is none
 
 
 def describe_environment(devices: int | str | None = None) -> Environment:
@@ -346,4 +348,5 @@ def describe_environment(devices: int | str | None = None) -> Environment:
         global_devices=[str(d) for d in jax.devices()],
         mesh=mesh,
         batch_multiple=multiple,
+        native_kernel=_native.describe(),
     )

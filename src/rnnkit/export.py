@@ -43,11 +43,12 @@ from rnnkit._rnn import auto_implementation
 from rnnkit._version import __version__
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
-from rnnkit.runs import load_model, read_run_config
+from rnnkit.runs import check_output, load_model, read_run_config
 
 FORMAT = "rnnkit-export"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".json"
+JAX_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 DEFAULT_PLATFORMS = ("cpu", "cuda")  # one artifact for both; lowering for CUDA needs no GPU here
 
 
@@ -87,6 +88,11 @@ def export_model(
     Input float32 [batch, time, features]; output logits [batch, classes] and, with
     `with_state`, the final state as a dict (see `_state_names`). Dynamic models get a symbolic
     time axis; static ones keep `model.num_steps`. Dropout is switched off."""
+    unknown = [p for p in platforms if p not in JAX_PLATFORMS]
+    if unknown or not platforms:
+        raise ConfigError(
+            f"--platforms must name JAX platforms ({', '.join(JAX_PLATFORMS)}); got {','.join(platforms) or 'none'}"
+        )
     model = eqx.nn.inference_mode(portable(model))
     features = model.cell.input_size
     if model.mode == "dynamic":
@@ -181,10 +187,14 @@ def export_run(
     mode: str | None = None,
     with_state: bool = False,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    force: bool = False,
 ) -> ExportInfo:
     """Export a run directory's checkpoint (`rnnkit train`'s, or `rnnkit convert`'s) in `mode`
-    ("static" or "dynamic"; default: the mode it was trained in). Weights are the same either way."""
+    ("static" or "dynamic"; default: the mode it was trained in). Weights are the same either way.
+    An existing `out` (or its sidecar) is replaced only with `force`, a run's own file never."""
     run_dir = Path(run_dir)
+    check_output(out, force)
+    check_output(sidecar_path(Path(out)), force, flag="--out (its .json sidecar)")
     config = read_run_config(run_dir)
     trained_mode = config.mode
     if mode is not None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from rnnkit.data import load_mnist, to_layout
 from rnnkit.errors import ConfigError
-from rnnkit.runs import load_model, read_run_config
+from rnnkit.runs import check_output, load_model, read_run_config
 from rnnkit.workflows.plots import pyplot, save_png
 from rnnkit.workflows.train_step import loss_and_accuracy, make_predict, predict_logits
 
@@ -26,12 +26,19 @@ class EvalResult:
     num_examples: int
 
 
-def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None = None) -> EvalResult:
+def evaluate_run(
+    run_dir: Path, data_dir: str | None = None, plot: Path | None = None, force: bool = False
+) -> EvalResult:
     """Loss, accuracy, per-class accuracy and the confusion matrix on the test split of the
-    run's data (or of `data_dir`)."""
+    run's data (or of `data_dir`); with `plot`, the matrix drawn there (an existing file is
+    replaced only with `force`, checked before the evaluation)."""
     run_dir = Path(run_dir)
+    if plot is not None:
+        check_output(plot, force, flag="--plot")
     config = read_run_config(run_dir)
     splits = load_mnist(data_dir if data_dir is not None else config.data_dir)
+    if not len(splits.test_labels):
+        raise ConfigError("--data-dir: the test split is empty; there is nothing to evaluate")
     x = to_layout(splits.test_images, config.layout)
     y = splits.test_labels.astype(np.int32)
     model, step = load_model(run_dir, config)

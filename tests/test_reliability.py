@@ -351,3 +351,72 @@ def test_config_fields_are_type_checked(trained: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json: 'cells' must be a string; got 5"):
         runs.TrainConfig.from_dict({**saved, "cells": 5})
     assert dataclasses.asdict(runs.TrainConfig.from_dict(saved)) == dataclasses.asdict(runs.read_run_config(trained))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_a_corrupt_label_is_refused_with_its_file_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnkit.data import read_idx, write_idx
+
+    data = make_idx_dir(tmp_path / "idx", n_train=26_000, n_test=60)  # at least 100 per class, even with 256
+    labels_path = data / "train-labels-idx1-ubyte.gz"
+    labels = read_idx(labels_path).copy()
+    for bad in (3, 255):  # one corrupt byte: a fourth class, or 253 more
+        labels[17] = bad
+        write_idx(labels_path, labels)
+        line = one_line(*run_cli(small_train(data, tmp_path / "run"), capsys)[::2])
+        assert f"{labels_path}: label {bad} at index 17 looks corrupt: 1 example(s) of class {bad}" in line
+        assert not (tmp_path / "run").exists()
+    line = one_line(*run_cli([*small_train(data, tmp_path / "run"), "--num-classes", "3"], capsys)[::2])
+    assert f"{labels_path}: label 255 at index 17 is outside the 3 classes (labels 0..2)" in line
+    labels[17] = 0
+    write_idx(labels_path, labels)
+    line = one_line(*run_cli([*small_train(data, tmp_path / "run"), "--num-classes", "2"], capsys)[::2])
+    assert f"{labels_path}: label 2 at index " in line
+    write_idx(data / "t10k-images-idx3-ubyte.gz", np.zeros((0, 8, 8), np.uint8))
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", np.zeros((0,), np.uint8))
+    line = one_line(*run_cli(small_train(data, tmp_path / "run"), capsys)[::2])
+    assert "t10k-images-idx3-ubyte.gz: holds no images; the split must not be empty" in line
+
+
+def test_a_seed_too_large_for_jax_is_refused(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = one_line(*run_cli([*small_train(data_dir, tmp_path / "run"), "--seed", str(10**20)], capsys)[::2])
+    assert "--seed must be an integer in [0, 2**63); got 100000000000000000000" in line
+    assert not (tmp_path / "run").exists()
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def test_images_are_decoded_by_mode(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from rnnkit.errors import ConfigError
+    from rnnkit.workflows.evaluate import read_image
+
+    digit = np.zeros((8, 8), np.uint8)
+    digit[2:6, 3] = 255
+    digit[1, 1] = 128
+    expected = digit
+
+    Image.fromarray(digit.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # 16-bit grayscale
+    Image.fromarray(digit.astype(np.float32) / 255).save(tmp_path / "float.tiff")  # float in [0, 1]
+    ink = np.zeros((8, 8, 4), np.uint8)
+    ink[..., 3] = digit  # black ink, drawn only in the alpha channel
+    Image.fromarray(ink, "RGBA").save(tmp_path / "alpha.png")
+    white = np.zeros((8, 8, 4), np.uint8)
+    white[..., :3] = digit[..., None]
+    white[..., 3] = 255
+    Image.fromarray(white, "RGBA").save(tmp_path / "opaque.png")
+    for name in ("16bit.png", "float.tiff", "alpha.png", "opaque.png"):
+        np.testing.assert_array_equal(read_image(tmp_path / name, (8, 8)), expected, err_msg=name)
+
+    Image.new("L", (5000, 5000)).save(tmp_path / "huge.png")
+    with pytest.raises(ConfigError, match=r"5000x5000 is too large an image \(at most 16777216 pixels\)"):
+        read_image(tmp_path / "huge.png", (8, 8))
+    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(tmp_path / "range.tiff")
+    with pytest.raises(ConfigError, match=r"must hold values in \[0, 1\] \(or \[0, 255\]\)"):
+        read_image(tmp_path / "range.tiff", (8, 8))

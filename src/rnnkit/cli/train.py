@@ -71,6 +71,11 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--validation-size", type=non_negative_int, help=f"(default {d.validation_size})")
     p.add_argument("--seed", type=non_negative_int, help=f"(default {d.seed})")
     p.add_argument(
+        "--num-classes",
+        type=positive_int,
+        help="the data set's class count (default: the classes both splits hold); a label outside it is refused",
+    )
+    p.add_argument(
         "--precision",
         help="matmul precision: highest (full float32, TF1's numbers; the default), default (TF32 on NVIDIA "
         "GPUs: faster at large batches) or a jax.lax.DotAlgorithmPreset name such as TF32_TF32_F32_X3",
@@ -152,6 +157,7 @@ SETTINGS = (
     "validation_size",
     "seed",
     "precision",
+    "num_classes",
 )
 
 

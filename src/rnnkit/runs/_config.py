@@ -54,7 +54,7 @@ class TrainConfig:
     precision: str = "highest"
     # Filled in from the data when training starts, so eval / predict can rebuild the model:
     image_shape: tuple[int, int] | None = None  # [height, width] of the images
-    num_classes: int | None = None  # the data set's class count
+    num_classes: int | None = None  # given (--num-classes), else the class count both data splits declare
     # Settings changed when the run was resumed: {"step": ..., "changed": {name: [old, new]}} each.
     history: tuple[dict[str, Any], ...] = ()
 
@@ -102,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"--validation-size must be 0 or more; got {self.validation_size}")
         if self.mode not in ("static", "dynamic"):
             raise ConfigError(f"--mode must be 'static' or 'dynamic'; got {self.mode!r}")
+        if not 0 <= self.seed < 2**63:  # JAX's keys take a signed 64-bit seed
+            raise ConfigError(f"--seed must be an integer in [0, 2**63); got {self.seed}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"--num-classes must be at least 2; got {self.num_classes}")
         parse_run_cells(self.cells)
@@ -224,7 +226,7 @@ def resume_config(saved: TrainConfig, given: dict[str, Any], step: int) -> Train
     """The config a resumed run trains with: `saved`, with the settings in `given` that may
     change applied and recorded in its history at `step`. A ConfigError names every setting in
     `given` that defines the run and differs from it."""
-    given = {k: v for k, v in given.items() if k not in ("run_dir", "history", "image_shape", "num_classes")}
+    given = {k: v for k, v in given.items() if k not in ("run_dir", "history", "image_shape")}
     fixed = [k for k, v in given.items() if k not in RESUME_CHANGEABLE and getattr(saved, k) != v]
     if fixed:
         differences = "; ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {getattr(saved, k)})" for k in fixed)

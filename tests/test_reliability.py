@@ -420,3 +420,28 @@ def test_images_are_decoded_by_mode(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(tmp_path / "range.tiff")
     with pytest.raises(ConfigError, match=r"must hold values in \[0, 1\] \(or \[0, 255\]\)"):
         read_image(tmp_path / "range.tiff", (8, 8))
+
+
+def test_download_refuses_a_mirror_that_is_no_url_and_leaves_no_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = one_line(
+        *run_cli(["data", "download", "--mirror", "notaurl", "--data-dir", str(tmp_path / "d")], capsys)[::2]
+    )
+    assert "--mirror must be a URL such as https://host/path/; got 'notaurl'" in line
+    assert not (tmp_path / "d").exists()
+    mirror = (tmp_path / "empty").as_uri()  # a mirror without the files: the directory made for them goes again
+    (tmp_path / "empty").mkdir()
+    line = one_line(*run_cli(["data", "download", "--mirror", mirror, "--data-dir", str(tmp_path / "d")], capsys)[::2])
+    assert "no mirror gave the expected file" in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_truncated_npz_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, np.zeros(100))
+    (tmp_path / "w.npz").write_bytes(buffer.getvalue()[:150])
+    argv = ["convert", "keras", str(tmp_path / "w.npz"), "--out", str(tmp_path / "k"), "--cells", "lstm:8"]
+    assert "not a readable .npz file" in one_line(*run_cli(argv, capsys)[::2])

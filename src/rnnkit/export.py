@@ -306,4 +306,34 @@ def load(path: Path | str) -> ExportedModel:
         exported = jax_export.deserialize(bytearray(data))
     except Exception as err:  # any failure here means the file is not a readable artifact
         raise CheckpointError(f"{path} is not a readable jax.export artifact ({type(err).__name__}: {err})") from None
+    _check_sidecar(metadata, sidecar)
     return ExportedModel(exported, metadata, path)
+
+
+def _check_sidecar(metadata: dict[str, Any], sidecar: Path) -> None:
+    """Refuse, as a CheckpointError naming the field, a sidecar whose fields are not what
+    `save` writes (an edited file): every field the loaded model and predict read."""
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    def refuse(field: str, expected: str) -> None:
+        raise CheckpointError(f"{sidecar}: {field} must be {expected}; got {json.dumps(metadata.get(field))[:60]}")
+
+    if metadata.get("mode") not in ("static", "dynamic"):
+        refuse("mode", "'static' or 'dynamic'")
+    if metadata.get("time_steps") is not None and not positive_int(metadata.get("time_steps")):
+        refuse("time_steps", "null or a positive integer")
+    shape = (metadata.get("input") or {}).get("shape") if isinstance(metadata.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and positive_int(shape[2])):
+        refuse("input", 'an object whose "shape" is [batch, time, features] with features a positive integer')
+    image_shape = metadata.get("image_shape")
+    if image_shape is not None and not (
+        isinstance(image_shape, list) and len(image_shape) == 2 and all(positive_int(v) for v in image_shape)
+    ):
+        refuse("image_shape", "null or [height, width], two positive integers")
+    classes = metadata.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        refuse("classes", "a list of class names")
+    if metadata.get("layout") is not None and metadata.get("layout") not in ("rows", "pixels", "permuted-pixels"):
+        refuse("layout", "rows, pixels or permuted-pixels")

@@ -46,6 +46,9 @@ def holds_run(run_dir: Path) -> bool:
     return has_checkpoint(run_dir) or (Path(run_dir) / CONFIG).exists()
 
 
+MODEL_COPY = "model:"  # prefix of the model's weights kept in the optimizer file too
+
+
 def save_checkpoint(
     run_dir: Path,
     model_vars: dict[str, np.ndarray],
@@ -54,9 +57,12 @@ def save_checkpoint(
     extra_metadata: dict[str, str] | None = None,
 ) -> None:
     """Optimizer first, model second: the model file is what `eval` reads, and it is replaced
-    last. Both carry `{"step": step, "format": "rnnkit"}` and `extra_metadata`."""
+    last. Both carry `{"step": step, "format": "rnnkit"}` and `extra_metadata`. The optimizer
+    file also holds a copy of the model's weights (`model:<name>`), so a process killed
+    between the two renames leaves a resumable pair: `load_checkpoint` takes the copy."""
     meta = {"step": str(step), "format": "rnnkit", **(extra_metadata or {})}
-    atomic_write_bytes(Path(run_dir) / OPTIMIZER, safetensors.numpy.save(_contiguous(opt_vars), metadata=meta))
+    with_copy = {**opt_vars, **{MODEL_COPY + name: value for name, value in model_vars.items()}}
+    atomic_write_bytes(Path(run_dir) / OPTIMIZER, safetensors.numpy.save(_contiguous(with_copy), metadata=meta))
     atomic_write_bytes(Path(run_dir) / MODEL, safetensors.numpy.save(_contiguous(model_vars), metadata=meta))
 
 
@@ -124,17 +130,23 @@ def load_model_variables(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    """(model variables, optimizer variables, step), refusing a pair from different steps."""
+    """(model variables, optimizer variables, step). Where the model file lags the optimizer
+    file (the process was killed between their renames), the model's weights come from the
+    copy in the optimizer file; a pair from different steps without that copy is refused."""
     model_vars, step = load_model_variables(run_dir)
     opt_path = Path(run_dir) / OPTIMIZER
-    opt_vars, opt_meta = read_safetensors(opt_path)
+    saved, opt_meta = read_safetensors(opt_path)
     opt_step = checkpoint_step(opt_path, opt_meta)
+    copy = {k[len(MODEL_COPY) :]: v for k, v in saved.items() if k.startswith(MODEL_COPY)}
+    opt_vars = {k: v for k, v in saved.items() if not k.startswith(MODEL_COPY)}
     if opt_step != step:
-        raise CheckpointError(
-            f"{run_dir}: {MODEL} is from step {step} but {OPTIMIZER} from step {opt_step}; "
-            "the last checkpoint was interrupted, so it cannot be resumed (eval still works)"
-        )
-    bad = first_non_finite(opt_vars)
+        if opt_step < step or set(copy) != set(model_vars):
+            raise CheckpointError(
+                f"{run_dir}: {MODEL} is from step {step} but {OPTIMIZER} from step {opt_step}; "
+                "the last checkpoint was interrupted, so it cannot be resumed (eval still works)"
+            )
+        model_vars, step = copy, opt_step
+    bad = first_non_finite({**model_vars, **opt_vars})
     if bad is not None:
         raise CheckpointError(f"{opt_path}: {bad} holds NaN or infinity; the run cannot be resumed")
     return model_vars, opt_vars, step

@@ -149,3 +149,28 @@ def test_soak_many_kills(data_dir: Path, uninterrupted: Path, tmp_path: Path) ->
         f"soak: {runs_done} runs, {kills} kills ({before_checkpoint} before the first checkpoint), "
         "every run resumed to the uninterrupted weights"
     )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(data_dir: Path, tmp_path: Path) -> None:
+    """A cluster's time limit: SIGTERM finishes the step in flight, checkpoints, exits 143."""
+    import re
+
+    run = tmp_path / "run"
+    command = [*argv(data_dir, run)[:-1], "1000000", "--checkpoint-every", "1000"]  # far more steps than we wait for
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while _steps_logged(run) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never got going"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    match = re.search(r"rnnkit: stopped by SIGTERM at step (\d+); checkpoint saved", err)
+    assert match is not None, err
+    assert "Traceback" not in err
+    assert runs.load_checkpoint(run)[2] == int(match.group(1)) >= 3

@@ -445,3 +445,39 @@ def test_a_truncated_npz_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "w.npz").write_bytes(buffer.getvalue()[:150])
     argv = ["convert", "keras", str(tmp_path / "w.npz"), "--out", str(tmp_path / "k"), "--cells", "lstm:8"]
     assert "not a readable .npz file" in one_line(*run_cli(argv, capsys)[::2])
+
+
+# --- the error boundary ----------------------------------------------------------------------
+
+
+def test_disk_full_out_of_memory_and_interrupts_are_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rnnkit.workflows import train as train_module
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "run" / runs.OPTIMIZER))
+
+    monkeypatch.setattr(runs, "save_checkpoint", disk_full)
+    line = one_line(*run_cli(small_train(data_dir, tmp_path / "run"), capsys)[::2])
+    assert line.endswith(
+        "optimizer.safetensors: No space left on device (the disk is full; the previous files were left as they were)"
+    )
+    monkeypatch.undo()
+
+    def exhausted(*args: Any) -> None:
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 160012800000 bytes.")
+
+    monkeypatch.setattr(train_module, "build_model", exhausted)
+    line = one_line(*run_cli(small_train(data_dir, tmp_path / "oom"), capsys)[::2])
+    assert "out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 160012800000 bytes.)" in line
+
+    def ctrl_c(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_data", ctrl_c)
+    line = one_line(*run_cli(small_train(data_dir, tmp_path / "int"), capsys)[::2], status=130)
+    assert line == "rnnkit: interrupted; nothing was left half-written"
+    monkeypatch.setattr(train_module, "load_data", lambda *a: 1 / 0)  # a bug keeps its traceback
+    with pytest.raises(ZeroDivisionError):
+        run_cli(small_train(data_dir, tmp_path / "bug"), capsys)

@@ -58,6 +58,16 @@ def handle_user_errors(parser: argparse.ArgumentParser, handle: Callable[[], int
         parser.exit(2, f"{parser.prog}: error: {os_error_line(err)}\n")
     except KeyboardInterrupt:
         parser.exit(INTERRUPTED, f"{parser.prog}: interrupted; nothing was left half-written\n")
+    except Exception as err:
+        if not out_of_memory(err):
+            raise  # a bug: its traceback is what to report
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        parser.exit(2, f"{parser.prog}: error: out of memory ({first}); try smaller --cells or --batch-size\n")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation failure: Python's MemoryError or XLA's RESOURCE_EXHAUSTED."""
+    return isinstance(err, MemoryError) or str(err).lstrip().startswith("RESOURCE_EXHAUSTED")
 
 
 def os_error_line(err: OSError) -> str:

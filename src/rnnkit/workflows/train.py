@@ -156,6 +156,7 @@ def _resolve_run_dir(
         if changes and changes.get("data_dir") is not None:
             changes = {**changes, "data_dir": _absolute(changes["data_dir"])}
         resumed = runs.resume_config(saved, dict(changes or {}), runs.saved_step(run_dir))
+        resumed.validate(backend=False)
         try:
             check_backend_precision(resumed.precision)
         except ConfigError as err:  # begun where it runs (a GPU), continued where it doesn't
@@ -170,7 +171,8 @@ def _resolve_run_dir(
         )
     # A config.json without a checkpoint is a run stopped before its first checkpoint: nothing
     # trained is lost by starting it afresh, so its metrics go and the new config replaces it.
-    (run_dir / runs.METRICS).unlink(missing_ok=True)
+    if (run_dir / runs.CONFIG).exists():
+        (run_dir / runs.METRICS).unlink(missing_ok=True)
     return dataclasses.replace(config, run_dir=str(run_dir), data_dir=_absolute(config.data_dir)), run_dir
 
 

@@ -29,7 +29,7 @@ from cases import run_cli  # noqa: E402
 from small_runs import config, make_idx_dir  # noqa: E402
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("RNNKIT_FUZZ_EXAMPLES", "25")),  # more for a longer hunt
+    max_examples=int(os.environ.get("RNNKIT_FUZZ_EXAMPLES", "15")),  # more for a longer hunt
     deadline=None,
     derandomize=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

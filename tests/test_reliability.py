@@ -481,3 +481,45 @@ def test_disk_full_out_of_memory_and_interrupts_are_one_line(
     monkeypatch.setattr(train_module, "load_data", lambda *a: 1 / 0)  # a bug keeps its traceback
     with pytest.raises(ZeroDivisionError):
         run_cli(small_train(data_dir, tmp_path / "bug"), capsys)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("null", "config.json must hold a JSON object of settings; got NoneType"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ({"cells": 5}, "'cells' must be a string; got 5"),
+        ({"image_shape": "28x28"}, "'image_shape' must be [height, width], two positive integers; got \"28x28\""),
+        ({"num_classes": "ten"}, "'num_classes' must be an integer; got \"ten\""),
+        ({"batch_size": "16"}, "'batch_size' must be an integer; got \"16\""),
+        ({"learning_rate": "0.01"}, "'learning_rate' must be a finite number; got \"0.01\""),
+        ({"num_classes": 1}, "--num-classes must be at least 2; got 1"),
+        ({"mode": None}, "'mode' must be a string; got null"),
+        ({"cells": "lstm:\u00b2"}, "--cells: cannot read"),
+        ({"history": 3}, "'history' must be a list of objects; got 3"),
+        ({"seed": True}, "'seed' must be an integer; got true"),
+    ],
+)
+def test_malformed_config_values_are_one_line(
+    trained: Path, tmp_path: Path, text: Any, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    if isinstance(text, dict):
+        text = json.dumps({**json.loads((run / runs.CONFIG).read_text()), **text})
+    (run / runs.CONFIG).write_bytes(text if isinstance(text, bytes) else text.encode())
+    before = snapshot(run)
+    for argv in (["eval", str(run)], ["train", "--run-dir", str(run), "--resume"]):
+        assert message in one_line(*run_cli(argv, capsys)[::2])
+    assert snapshot(run) == before
+
+
+def test_a_read_only_run_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    line = one_line(*run_cli(["train", "--run-dir", str(tmp_path / "ro" / "run")], capsys)[::2])
+    assert "Read-only file system (a read-only file system; choose another directory)" in line

@@ -166,11 +166,16 @@ def parse_run_cells(cells: str) -> Any:
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig in `run_dir`'s config.json, its settings checked (a CheckpointError names
     the first one that no run could have written)."""
-    config = TrainConfig.from_dict(read_config(run_dir))
+    path = Path(run_dir) / "config.json"
+    data = read_config(run_dir)
+    try:
+        config = TrainConfig.from_dict(data)
+    except CheckpointError as err:  # name the file, not just "config.json"
+        raise CheckpointError(str(err).replace("config.json", str(path), 1)) from None
     try:
         config.validate(backend=False)
     except ConfigError as err:
-        raise CheckpointError(f"{Path(run_dir) / 'config.json'}: {err}") from None
+        raise CheckpointError(f"{path}: {err}") from None
     return config
 
 

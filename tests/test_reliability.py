@@ -523,3 +523,33 @@ def test_a_read_only_run_directory_is_one_line(
     monkeypatch.setattr(Path, "mkdir", read_only)
     line = one_line(*run_cli(["train", "--run-dir", str(tmp_path / "ro" / "run")], capsys)[::2])
     assert "Read-only file system (a read-only file system; choose another directory)" in line
+
+
+class SavedSteps:
+    """A reporter noting, at each display step, the step of the checkpoint on disk."""
+
+    def __init__(self, run: Path):
+        self.run, self.seen = run, []
+
+    def start(self, *args: Any) -> None:
+        pass
+
+    def step(self, step: int, *args: Any) -> None:
+        self.seen.append((step, runs.saved_step(self.run)))
+
+    def line(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_checkpoints_also_come_by_the_clock(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    reporter = SavedSteps(run)
+    cfg = config(data_dir, run, cells="gru:8", train_samples=6 * 16 + 1, display_step=2, checkpoint_every=1000)
+    train(dataclasses.replace(cfg, checkpoint_minutes=1e-9), reporter=reporter)  # due at every display step
+    assert reporter.seen == [(2, 0), (4, 2), (6, 4)]
+    reporter = SavedSteps(tmp_path / "hourly")
+    train(dataclasses.replace(cfg, run_dir=str(tmp_path / "hourly"), checkpoint_minutes=60), reporter=reporter)
+    assert reporter.seen == [(2, 0), (4, 0), (6, 0)]  # only the final one, after the loop

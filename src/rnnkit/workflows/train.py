@@ -297,7 +297,7 @@ def train(
     finally:
         if progress.run_dir is not None:
             runs.release_run_dir(progress.run_dir)
-            if progress.created and not runs.holds_run(progress.run_dir):
+            if progress.created and distributed.is_writer() and not runs.holds_run(progress.run_dir):
                 _remove_unstarted(progress.run_dir)
 
 
@@ -373,6 +373,8 @@ def _train(
     def checkpoint_due(at_step: int) -> bool:
         if at_step % config.checkpoint_every == 0:
             return True
+        if not is_display_step(at_step):  # the clock is read where the loop syncs anyway
+            return False
         # every process must agree on a time-based checkpoint: process 0's clock decides
         due = time.perf_counter() - last_save >= 60 * config.checkpoint_minutes
         if jax.process_count() > 1:

@@ -32,9 +32,9 @@ demo: install
 # --dist loadscope: each module's tests on one worker, so a module fixture (rnnkit compare's
 # tiny run, 24 s) is built once, not once per worker as with --dist load.
 test: $(BIN)/python
-	$(MAKE) install EXTRAS=[test]
+	$(MAKE) install EXTRAS=[test,docs]
 	$(MAKE) lint
-	$(MAKE) docs
+	$(MAKE) docs-build
 	$(BIN)/python -m pytest -n auto --dist loadscope
 	$(MAKE) wheel-check
 
@@ -50,9 +50,13 @@ wheel-check: $(BIN)/python
 
 # The documentation site (mkdocs.yml, docs/ and the docstrings) into site/, warnings as errors
 # (strict in mkdocs.yml); offline, about 5 s after the install. Its own .PHONY: docs/ exists.
-.PHONY: docs
+.PHONY: docs docs-build
+# (`test` installs the docs extra with the test extra, so the package and its kernel are built once.)
 docs: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	$(MAKE) install EXTRAS=[docs]
+	$(MAKE) docs-build
+
+docs-build:
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Optional: the peers `rnnkit bench` measures against (about 1 GB): PyTorch (CPU build),

@@ -173,8 +173,11 @@ def test_user_mistakes_exit_2_and_leave_saved_exports_alone(
     assert "no such file" in run_cli(["predict", "--artifact", str(tmp_path / "missing.rnnx"), str(png)], capsys)
     assert "--steps needs a run directory" in run_cli(["predict", "--artifact", str(good), str(png), "--steps"], capsys)
     assert "does not exist" in run_cli(["export", str(run_dir), "--out", str(tmp_path / "no" / "m.rnnx")], capsys)
-    # a failed export over an existing artifact leaves it as it was
-    assert "config.json" in run_cli(["export", str(tmp_path / "not-a-run"), "--out", str(good)], capsys)
+    # an existing artifact is replaced only with --force, and a failed export leaves it as it was
+    assert "exists; choose another name or pass --force" in run_cli(
+        ["export", str(run_dir), "--out", str(good)], capsys
+    )
+    assert "config.json" in run_cli(["export", str(tmp_path / "not-a-run"), "--out", str(good), "--force"], capsys)
     assert run_cli(["export", str(run_dir), "--mode", "sideways", "--out", str(good)], capsys).startswith(
         "rnnkit export: error: argument --mode"
     )

@@ -43,11 +43,12 @@ from rnnkit._rnn import auto_implementation
 from rnnkit._version import __version__
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.models.classifier import SequenceClassifier
-from rnnkit.runs import load_model, read_run_config
+from rnnkit.runs import check_output, load_model, read_run_config
 
 FORMAT = "rnnkit-export"
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".json"
+JAX_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 DEFAULT_PLATFORMS = ("cpu", "cuda")  # one artifact for both; lowering for CUDA needs no GPU here
 
 
@@ -87,6 +88,11 @@ def export_model(
     Input float32 [batch, time, features]; output logits [batch, classes] and, with
     `with_state`, the final state as a dict (see `_state_names`). Dynamic models get a symbolic
     time axis; static ones keep `model.num_steps`. Dropout is switched off."""
+    unknown = [p for p in platforms if p not in JAX_PLATFORMS]
+    if unknown or not platforms:
+        raise ConfigError(
+            f"--platforms must name JAX platforms ({', '.join(JAX_PLATFORMS)}); got {','.join(platforms) or 'none'}"
+        )
     model = eqx.nn.inference_mode(portable(model))
     features = model.cell.input_size
     if model.mode == "dynamic":
@@ -181,10 +187,14 @@ def export_run(
     mode: str | None = None,
     with_state: bool = False,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    force: bool = False,
 ) -> ExportInfo:
     """Export a run directory's checkpoint (`rnnkit train`'s, or `rnnkit convert`'s) in `mode`
-    ("static" or "dynamic"; default: the mode it was trained in). Weights are the same either way."""
+    ("static" or "dynamic"; default: the mode it was trained in). Weights are the same either way.
+    An existing `out` (or its sidecar) is replaced only with `force`, a run's own file never."""
     run_dir = Path(run_dir)
+    check_output(out, force)
+    check_output(sidecar_path(Path(out)), force, flag="--out (its .json sidecar)")
     config = read_run_config(run_dir)
     trained_mode = config.mode
     if mode is not None:
@@ -296,4 +306,34 @@ def load(path: Path | str) -> ExportedModel:
         exported = jax_export.deserialize(bytearray(data))
     except Exception as err:  # any failure here means the file is not a readable artifact
         raise CheckpointError(f"{path} is not a readable jax.export artifact ({type(err).__name__}: {err})") from None
+    _check_sidecar(metadata, sidecar)
     return ExportedModel(exported, metadata, path)
+
+
+def _check_sidecar(metadata: dict[str, Any], sidecar: Path) -> None:
+    """Refuse, as a CheckpointError naming the field, a sidecar whose fields are not what
+    `save` writes (an edited file): every field the loaded model and predict read."""
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    def refuse(field: str, expected: str) -> None:
+        raise CheckpointError(f"{sidecar}: {field} must be {expected}; got {json.dumps(metadata.get(field))[:60]}")
+
+    if metadata.get("mode") not in ("static", "dynamic"):
+        refuse("mode", "'static' or 'dynamic'")
+    if metadata.get("time_steps") is not None and not positive_int(metadata.get("time_steps")):
+        refuse("time_steps", "null or a positive integer")
+    shape = (metadata.get("input") or {}).get("shape") if isinstance(metadata.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and positive_int(shape[2])):
+        refuse("input", 'an object whose "shape" is [batch, time, features] with features a positive integer')
+    image_shape = metadata.get("image_shape")
+    if image_shape is not None and not (
+        isinstance(image_shape, list) and len(image_shape) == 2 and all(positive_int(v) for v in image_shape)
+    ):
+        refuse("image_shape", "null or [height, width], two positive integers")
+    classes = metadata.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        refuse("classes", "a list of class names")
+    if metadata.get("layout") is not None and metadata.get("layout") not in ("rows", "pixels", "permuted-pixels"):
+        refuse("layout", "rows, pixels or permuted-pixels")

@@ -59,7 +59,7 @@ def run() -> NoReturn:
     runtime about once in fifteen runs (SIGSEGV, no Python frame), turning a clean, resumable
     stop into a crash report."""
     code = main()
-    if code == INTERRUPTED:
+    if code in (INTERRUPTED, 128 + 15):  # Ctrl-C or SIGTERM
         import os
 
         sys.stdout.flush()

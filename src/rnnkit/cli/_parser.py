@@ -9,6 +9,8 @@ want for user mistakes (one line on stderr, exit status 2) and adds no dependenc
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple, NoReturn
@@ -38,9 +40,12 @@ def add_command(commands: Any, name: str, **kwargs: Any) -> Any:
 
 
 def handle_user_errors(parser: argparse.ArgumentParser, handle: Callable[[], int]) -> int:
-    """`handle()`, with the user's mistakes and the user's files (ConfigError, CheckpointError,
-    DataError) turned into one line on stderr and exit status 2, no traceback; internal bugs
-    still raise."""
+    """`handle()` inside the one error boundary of every command. Anticipated failures are one
+    line on stderr, no traceback: the user's mistakes and the user's files (ConfigError,
+    CheckpointError, DataError) and the file system's refusals (a read-only or full disk, a
+    missing or unwritable directory: OSError) exit with status 2, an interrupt (Ctrl-C outside
+    training, which saves its own checkpoint) with 130. Anything else is a bug and keeps its
+    traceback."""
     from rnnkit.data import DataError
     from rnnkit.errors import CheckpointError, ConfigError
 
@@ -49,6 +54,33 @@ def handle_user_errors(parser: argparse.ArgumentParser, handle: Callable[[], int
     except (ConfigError, CheckpointError, DataError) as err:
         message = str(err).replace("\n", " ")
         parser.exit(2, f"{parser.prog}: error: {message}\n")
+    except OSError as err:
+        parser.exit(2, f"{parser.prog}: error: {os_error_line(err)}\n")
+    except KeyboardInterrupt:
+        parser.exit(INTERRUPTED, f"{parser.prog}: interrupted; nothing was left half-written\n")
+    except Exception as err:
+        if not out_of_memory(err):
+            raise  # a bug: its traceback is what to report
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        parser.exit(2, f"{parser.prog}: error: out of memory ({first}); try smaller --cells or --batch-size\n")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation failure: Python's MemoryError or XLA's RESOURCE_EXHAUSTED."""
+    return isinstance(err, MemoryError) or str(err).lstrip().startswith("RESOURCE_EXHAUSTED")
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as one line: the file, what the system said, and a hint for the common causes."""
+    what = err.strerror or str(err) or type(err).__name__
+    where = f"{err.filename}: " if err.filename is not None else ""
+    hints = {
+        errno.ENOSPC: " (the disk is full; the previous files were left as they were)",
+        errno.EROFS: " (a read-only file system; choose another directory)",
+        errno.EACCES: " (no permission; choose another directory)",
+        errno.EPERM: " (not permitted; choose another directory)",
+    }
+    return f"{where}{what}{hints.get(err.errno or 0, '')}".replace("\n", " ")
 
 
 def console() -> Any:
@@ -98,7 +130,7 @@ def _number_type(convert: Any, accept: Any, expected: str) -> Any:
 
 positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number_type(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = _number_type(float, lambda v: v > 0, "a positive number")
+positive_float = _number_type(float, lambda v: 0 < v < math.inf, "a finite positive number")
 dropout_rate = _number_type(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 
 

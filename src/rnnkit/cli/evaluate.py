@@ -30,6 +30,7 @@ def add_eval_parser(commands: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data-dir", default=None, help="evaluate on this MNIST-format IDX directory's test split")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw the confusion matrix to this PNG")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot (never a run's own files)")
 
 
 def handle_eval(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def handle_eval(args: argparse.Namespace) -> int:
     from rnnkit.workflows.evaluate import evaluate_run
 
     enable_compile_cache()  # a static model compiles once, not in every process
-    result = evaluate_run(args.run_dir, args.data_dir, plot=args.plot)
+    result = evaluate_run(args.run_dir, args.data_dir, plot=args.plot, force=args.force)
     out = console()
     out.print(
         f"{result.run_dir} (step {result.step}): loss {result.loss:.4f}, "

@@ -27,6 +27,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="FILE", help="the artifact to write (e.g. model.rnnx)")
     p.add_argument("--mode", choices=("static", "dynamic"), default=None, help="default: the mode it was trained in")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (never a run's own files)")
     p.add_argument("--with-state", action="store_true", help="also return the cells' final state")
     p.add_argument(
         "--platforms",
@@ -39,7 +40,9 @@ def add_parser(commands: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rnnkit.export import export_run
 
-    info = export_run(args.run_dir, args.out, mode=args.mode, with_state=args.with_state, platforms=args.platforms)
+    info = export_run(
+        args.run_dir, args.out, mode=args.mode, with_state=args.with_state, platforms=args.platforms, force=args.force
+    )
     meta = info.metadata
     length = "any length" if meta["time_steps"] is None else f"exactly {meta['time_steps']} steps"
     print(

@@ -27,6 +27,7 @@ import io
 import os
 import secrets
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +252,13 @@ def load_keras_file(path: str | os.PathLike[str]) -> list[np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # the file opened here, not by np.load: numpy leaves its own handle open on a bad zip
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             names = list(data.files)
             if sorted(names) != sorted(f"arr_{k}" for k in range(len(names))):
                 raise ConfigError(f"{path}: expected arrays arr_0, arr_1, ... (np.savez(path, *weights)); got {names}")
             return [data[f"arr_{k}"] for k in range(len(names))]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a truncated file: any of these
         if isinstance(err, ConfigError):
             raise
         raise CheckpointError(f"{path}: not a readable .npz file ({err})") from None

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -85,6 +86,8 @@ def _fetch(url: str, dest: Path, expected: str, timeout: float) -> str | None:
         return f"{url}: no answer within the {timeout} s timeout"
     except OSError as err:  # connection reset, disk errors, ...
         return f"{url}: {err}"
+    except ValueError as err:  # urllib's refusal of a malformed URL
+        return f"{url}: {err}"
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -106,12 +109,28 @@ def download_mnist(
         raise DataError(f"mirrors must be a non-empty sequence of base URLs; got {mirrors!r}")
     if not timeout > 0:
         raise DataError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    for mirror in mirrors:
+        if urllib.parse.urlparse(mirror).scheme not in ("http", "https", "file", "ftp"):
+            raise DataError(f"--mirror must be a URL such as https://host/path/; got {mirror!r}")
     say = log or (lambda _msg: None)
     data_dir = Path(data_dir).expanduser()
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create the data directory {data_dir}: {err.strerror or err}") from err
+    try:
+        return _download_all(data_dir, mirrors, files, timeout, say)
+    except BaseException:
+        if created:  # a directory this call made and left empty goes again
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise
+
+
+def _download_all(
+    data_dir: Path, mirrors: Sequence[str], files: Mapping[str, str], timeout: float, say: Callable[[str], None]
+) -> list[Path]:
     paths = []
     for name, expected in files.items():
         expected = expected.lower()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import numpy as np
 
 from rnnkit.data import load_mnist, to_layout
 from rnnkit.errors import ConfigError
-from rnnkit.runs import load_model, read_run_config
+from rnnkit.runs import check_output, load_model, read_run_config
 from rnnkit.workflows.plots import pyplot, save_png
 from rnnkit.workflows.train_step import loss_and_accuracy, make_predict, predict_logits
 
@@ -26,12 +27,19 @@ class EvalResult:
     num_examples: int
 
 
-def evaluate_run(run_dir: Path, data_dir: str | None = None, plot: Path | None = None) -> EvalResult:
+def evaluate_run(
+    run_dir: Path, data_dir: str | None = None, plot: Path | None = None, force: bool = False
+) -> EvalResult:
     """Loss, accuracy, per-class accuracy and the confusion matrix on the test split of the
-    run's data (or of `data_dir`)."""
+    run's data (or of `data_dir`); with `plot`, the matrix drawn there (an existing file is
+    replaced only with `force`, checked before the evaluation)."""
     run_dir = Path(run_dir)
+    if plot is not None:
+        check_output(plot, force, flag="--plot")
     config = read_run_config(run_dir)
     splits = load_mnist(data_dir if data_dir is not None else config.data_dir)
+    if not len(splits.test_labels):
+        raise ConfigError("--data-dir: the test split is empty; there is nothing to evaluate")
     x = to_layout(splits.test_images, config.layout)
     y = splits.test_labels.astype(np.int32)
     model, step = load_model(run_dir, config)
@@ -84,21 +92,58 @@ class Prediction:
     step_probabilities: np.ndarray | None  # [time, classes]: after reading each step
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger files are refused before they are decoded
+
+
 def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A grayscale image as uint8 [height, width], MNIST's convention (white digit on black)."""
+    """A grayscale image as uint8 [height, width], MNIST's convention (white digit on black).
+
+    Decoded by mode, not clipped: 16-bit grayscale is scaled from [0, 65535], floating point
+    from [0, 1] (or taken as [0, 255] where its values go beyond 1); an image whose ink is only
+    in its alpha channel (one colour, varying transparency) is read from the alpha channel, and
+    other transparent images are composited over black. Images over MAX_IMAGE_PIXELS pixels are
+    refused before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ConfigError(f"{path}: {width}x{height} is too large an image (at most {MAX_IMAGE_PIXELS} pixels)")
             if image.size != (size[1], size[0]):
-                raise ConfigError(
-                    f"{path}: expected a {size[1]}x{size[0]} grayscale image; got {image.size[0]}x{image.size[1]}"
-                )
-            return np.asarray(image.convert("L"), dtype=np.uint8)
+                raise ConfigError(f"{path}: expected a {size[1]}x{size[0]} grayscale image; got {width}x{height}")
+            return _grayscale(image, path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ConfigError(f"{path}: too large an image ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"{path}: not a readable image ({err})") from None
+
+
+def _grayscale(image: Any, path: Path) -> np.ndarray:
+    """`image` as uint8 luminance in [0, 255], by its mode (see read_image)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+    elif mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+            raise ConfigError(f"{path}: a floating-point image must hold values in [0, 1] (or [0, 255])")
+        values = values * 255.0 if values.max() <= 1.0 else values
+    elif "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float64)[..., 3]
+        luminance = np.asarray(rgba.convert("L"), dtype=np.float64)
+        visible = luminance[alpha > 0]
+        one_colour = visible.size == 0 or np.ptp(visible) == 0
+        # one colour: the drawing is its transparency; else composited over black, MNIST's background
+        values = alpha if one_colour else luminance * alpha / 255.0
+    else:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def predict_images(run_dir: Path, paths: list[Path], steps: bool = False) -> list[Prediction]:

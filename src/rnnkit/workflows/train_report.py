@@ -49,14 +49,29 @@ class TrainResult:
     wall_s: float
     samples_per_s: float  # training steps only: after the first (compiling) step, without validations and checkpoints
     first_step_s: float  # the first step: trace + compile + run
+    test_examples: int = 0  # the size of the test split the accuracy is over
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; the checkpoint at `step` was saved before this was raised."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; the checkpoint at `step` was saved before
+    this was raised. `signal` is the signal's number."""
 
-    def __init__(self, run_dir: Path, step: int):
+    def __init__(self, run_dir: Path, step: int, signal: int = 2):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.run_dir, self.step = run_dir, step
+        self.run_dir, self.step, self.signal = run_dir, step, signal
+
+
+class TrainingDiverged(Exception):
+    """The loss or a weight became NaN or infinite at `step`; nothing after the last finite
+    checkpoint (`saved`, None if the run has none) was written."""
+
+    def __init__(self, run_dir: Path, step: int, what: str, saved: int | None):
+        kept = f"the last finite checkpoint (step {saved}) is kept" if saved is not None else "no checkpoint was saved"
+        super().__init__(
+            f"training diverged at step {step}: {what} is NaN or infinite; {kept} in {run_dir}. "
+            "Try a lower --learning-rate or --clip-norm"
+        )
+        self.run_dir, self.step, self.what, self.saved = run_dir, step, what, saved
 
 
 def plot_curves(run_dir: Path) -> None:

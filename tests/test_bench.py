@@ -45,7 +45,7 @@ def test_flop_count_is_the_seed_models_matmuls() -> None:
 
 
 def test_unroll_probe_records_every_figure_and_keeps_going_past_a_failure(tmp_path: Path) -> None:
-    """benchmarks/unroll_probe.py (the GPU session's unroll sweep): one figure per
+    """benchmarks/unroll_probe.py (the GPU unroll sweep): one figure per
     (implementation, unroll), the implementation auto ran recorded, a failing one kept as an error."""
     probe = benchmark_script("unroll_probe")
     out = tmp_path / "probe.json"

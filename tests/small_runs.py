@@ -50,5 +50,6 @@ def config(data_dir: Path, run_dir: Path, **changes: Any) -> TrainConfig:
         checkpoint_every=5,
         validation_size=40,
         eval_batch_size=32,
+        num_classes=CLASSES,
     )
     return dataclasses.replace(base, **changes)

@@ -357,16 +357,18 @@ def test_config_fields_are_type_checked(trained: Path) -> None:
 
 
 def test_a_corrupt_label_is_refused_with_its_file_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The class count is declared (10 for MNIST-format data) or given, never inferred from the
+    largest label: one corrupt byte is refused, however small the data set."""
     from rnnkit.data import read_idx, write_idx
 
-    data = make_idx_dir(tmp_path / "idx", n_train=26_000, n_test=60)  # at least 100 per class, even with 256
+    data = make_idx_dir(tmp_path / "idx", n_train=240, n_test=60)
     labels_path = data / "train-labels-idx1-ubyte.gz"
     labels = read_idx(labels_path).copy()
-    for bad in (3, 255):  # one corrupt byte: a fourth class, or 253 more
+    for bad in (10, 255):  # one corrupt byte: an eleventh class, or 246 more
         labels[17] = bad
         write_idx(labels_path, labels)
         line = one_line(*run_cli(small_train(data, tmp_path / "run"), capsys)[::2])
-        assert f"{labels_path}: label {bad} at index 17 looks corrupt: 1 example(s) of class {bad}" in line
+        assert f"{labels_path}: label {bad} at index 17 is outside the 10 classes (labels 0..9)" in line
         assert not (tmp_path / "run").exists()
     line = one_line(*run_cli([*small_train(data, tmp_path / "run"), "--num-classes", "3"], capsys)[::2])
     assert f"{labels_path}: label 255 at index 17 is outside the 3 classes (labels 0..2)" in line

@@ -73,7 +73,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--num-classes",
         type=positive_int,
-        help="the data set's class count (default: the classes both splits hold); a label outside it is refused",
+        help="the data set's class count (default 10, the MNIST family's); a label outside it is refused",
     )
     p.add_argument(
         "--precision",

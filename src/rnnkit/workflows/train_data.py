@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.data import MNIST_CLASSES, DataError, batch_indices, load_mnist, split_validation, to_layout
 from rnnkit.runs import TrainConfig
 
 
@@ -34,15 +34,13 @@ class Data:
 
 def load_data(config: TrainConfig) -> tuple[Data, tuple[int, int]]:
     """The run's data in the model's layout, and the images' [height, width]."""
-    splits = load_mnist(config.data_dir, num_classes=config.num_classes)
+    # Given (--num-classes, or the run's own on resume), else the MNIST family's 10: declared,
+    # never inferred from the largest label (one corrupt byte would add classes).
+    num_classes = MNIST_CLASSES if config.num_classes is None else config.num_classes
+    splits = load_mnist(config.data_dir, num_classes=num_classes)
     (train_images, train_labels), (valid_images, valid_labels) = split_validation(
         splits.train_images, splits.train_labels, config.validation_size, config.seed
     )
-    # Given (--num-classes, or the run's own on resume), or the classes both splits declare
-    # (load_mnist refuses splits that disagree).
-    num_classes = config.num_classes
-    if num_classes is None:
-        num_classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
     for split, labels in (("training", splits.train_labels), ("test", splits.test_labels)):
         if len(labels) and labels.max() >= num_classes:
             index = int(np.argmax(labels >= num_classes))

@@ -157,6 +157,7 @@ def test_cli_user_errors_exit_2_and_keep_checkpoints(
 ) -> None:
     run = tmp_path / "run"
     base = ["train", "--cells", "gru:8", "--data-dir", str(data_dir), "--batch-size", "16", "--validation-size", "40"]
+    base += ["--num-classes", "3"]
     assert run_cli([*base, "--run-dir", str(run), "--train-samples", "33"], capsys)[0] == 0
     before = (run / ckpt.MODEL).read_bytes()
 

@@ -19,7 +19,6 @@ from rnnkit.data._idx import read_idx as read_idx
 from rnnkit.data._idx import write_idx as write_idx
 from rnnkit.data._layout import LAYOUTS as LAYOUTS
 from rnnkit.data._layout import to_layout as to_layout
-from rnnkit.data._mnist import MNIST_CLASSES as MNIST_CLASSES
 from rnnkit.data._mnist import load_idx_dir as load_idx_dir
 from rnnkit.data._mnist import load_mnist as load_mnist
 from rnnkit.data._splits import Splits as Splits

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit.data import MNIST_CLASSES, DataError, batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.data import DataError, batch_indices, load_mnist, split_validation, to_layout
+from rnnkit.data._mnist import MNIST_CLASSES
 from rnnkit.runs import TrainConfig
 
 

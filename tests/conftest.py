@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,24 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def standard_promotion() -> Iterator[None]:
+    """JAX's standard dtype promotion for the test: optax (training) mixes Python floats and int32
+    step counts, which the suite's strict promotion refuses. A module that trains opts in with
+    `pytestmark = pytest.mark.usefixtures("standard_promotion")`."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MNIST-format data set (tests/small_runs.py) shared by a module's tests; a module
+    that needs other data defines its own `data_dir`."""
+    from small_runs import make_idx_dir
+
+    return make_idx_dir(tmp_path_factory.mktemp("idx"))
 
 
 @pytest.fixture

@@ -26,10 +26,7 @@ from cases import benchmark_script
 TINY = Workload("train", 4, 3, 28)
 
 
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes Python floats and int32
-        yield
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 def test_flop_count_is_the_seed_models_matmuls() -> None:

@@ -47,10 +47,7 @@ TINY = CompareConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes Python floats and int32
-        yield
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,10 @@ from rnnkit.cli import main
 from rnnkit.workflows import checkpoint as ckpt
 from rnnkit.workflows.distributed import check_batch_size
 
-from small_runs import make_idx_dir
-
 ATOL = 1e-5  # see the module docstring
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Enough steps that a process can be killed mid-run; two processes take ~0.1 s a step here.
 STEPS, BATCH = 40, 16
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_idx_dir(tmp_path_factory.mktemp("idx"))
 
 
 def train_argv(data_dir: Path, run_dir: Path, cells: str = "gru:8", steps: int = STEPS, **flags: Any) -> list[str]:

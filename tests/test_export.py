@@ -25,11 +25,7 @@ from rnnkit.workflows.train import TrainConfig, load_model, train
 
 from small_runs import SIDE, config, make_idx_dir
 
-
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    with jax.numpy_dtype_promotion("standard"):  # optax (training the fixture run) needs it
-        yield
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,23 +19,10 @@ import pytest
 from rnnkit import runs
 from rnnkit.workflows.train import TrainConfig, train
 
-from small_runs import make_idx_dir
-
 STEPS, BATCH = 24, 16
 
 
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    """optax mixes Python floats and int32 step counts, which JAX's strict promotion refuses."""
-    import jax
-
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_idx_dir(tmp_path_factory.mktemp("idx"))
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 def argv(data_dir: Path, run: Path) -> list[str]:

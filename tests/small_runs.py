@@ -4,11 +4,15 @@ few steps, and the training configuration of a small model on it."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rnnkit import runs
 from rnnkit.data import write_idx
 from rnnkit.workflows.train import TrainConfig
 
@@ -53,3 +57,29 @@ def config(data_dir: Path, run_dir: Path, **changes: Any) -> TrainConfig:
         num_classes=CLASSES,
     )
     return dataclasses.replace(base, **changes)
+
+
+def steps_logged(run: Path) -> int:
+    """How many training steps `run`'s metrics.jsonl records so far (0 while it is being written)."""
+    try:
+        return len([r for r in runs.read_metrics(run) if "loss" in r])
+    except (OSError, ValueError):  # the file being rewritten by a resume, or a line being appended
+        return 0
+
+
+def signal_mid_run(command: list[str], run: Path, sig: int, steps: int = 3) -> tuple[int, str]:
+    """Start `command` (an `rnnkit train` process writing `run`), send it `sig` once it has
+    logged `steps` training steps, and return its exit status and stderr."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while steps_logged(run) < steps:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never got going"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err

@@ -19,6 +19,8 @@ import pytest
 from rnnkit import runs
 from rnnkit.workflows.train import TrainConfig, train
 
+from small_runs import signal_mid_run, steps_logged
+
 STEPS, BATCH = 24, 16
 
 
@@ -40,7 +42,7 @@ def killed_then_resumed(data_dir: Path, run: Path, kills: int, rng: random.Rando
     log = []
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     for _ in range(kills):
-        logged = _steps_logged(run)
+        logged = steps_logged(run)
         if logged >= STEPS:
             break  # trained to the end: finish() does the rest
         command = argv(data_dir, run) + (["--resume"] if runs.holds_run(run) else [])
@@ -52,7 +54,7 @@ def killed_then_resumed(data_dir: Path, run: Path, kills: int, rng: random.Rando
             else:
                 target = rng.randint(logged + 1, STEPS)  # a step this process has yet to take
                 deadline = time.monotonic() + 120
-                while _steps_logged(run) < target and proc.poll() is None and time.monotonic() < deadline:
+                while steps_logged(run) < target and proc.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.002)
                 delay = rng.uniform(0, 0.02)
                 time.sleep(delay)
@@ -65,13 +67,6 @@ def killed_then_resumed(data_dir: Path, run: Path, kills: int, rng: random.Rando
         log.append(f"killed at {moment} (exit {proc.returncode}), checkpoint at step {step}")
         assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
     return log
-
-
-def _steps_logged(run: Path) -> int:
-    try:
-        return len([r for r in runs.read_metrics(run) if "loss" in r])
-    except (OSError, ValueError):  # the file being rewritten by a resume
-        return 0
 
 
 def finish(data_dir: Path, run: Path) -> None:
@@ -143,19 +138,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(data_dir: Path, tmp_path: Path
 
     run = tmp_path / "run"
     command = [*argv(data_dir, run)[:-1], "1000000", "--checkpoint-every", "1000"]  # far more steps than we wait for
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while _steps_logged(run) < 3:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training never got going"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err[-3000:]
+    code, err = signal_mid_run(command, run, signal.SIGTERM)
+    assert code == 143, err[-3000:]
     match = re.search(r"rnnkit: stopped by SIGTERM at step (\d+); checkpoint saved", err)
     assert match is not None, err
     assert "Traceback" not in err

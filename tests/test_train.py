@@ -17,7 +17,7 @@ from rnnkit.workflows.evaluate import evaluate_run, predict_images
 from rnnkit.workflows.train import TrainConfig, TrainingInterrupted, train
 
 from cases import run_cli
-from small_runs import CLASSES, SIDE, config, make_idx_dir
+from small_runs import CLASSES, SIDE, config, make_idx_dir, signal_mid_run
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax mixes Python floats and int32 counts
 
@@ -250,38 +250,17 @@ def test_tf1_adam_init_copies_zeros_without_compiling(caplog: pytest.LogCaptureF
     np.testing.assert_array_equal(np.asarray(traced["a"]), np.zeros((3, 7), np.float32))
 
 
-def three_steps_logged(run: Path) -> bool:
-    try:
-        return len(ckpt.read_metrics(run)) >= 3
-    except json.JSONDecodeError:  # a line being appended right now
-        return False
-
-
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data_dir: Path, tmp_path: Path) -> None:
     """A real SIGINT to a real `rnnkit train` process, mid-run."""
-    import os
     import signal
-    import subprocess
     import sys
-    import time
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "rnnkit.cli", "train", "--cells", "gru:8", "--data-dir", str(data_dir)]
     argv += ["--run-dir", str(run), "--batch-size", "16", "--validation-size", "40", "--display-step", "1"]
     argv += ["--train-samples", "1000000"]  # far more steps than the test waits for
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not three_steps_logged(run):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training never got going"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, (proc.returncode, err[-4000:])
+    code, err = signal_mid_run(argv, run, signal.SIGINT)
+    assert code == 130, (code, err[-4000:])
     match = re.search(r"interrupted at step (\d+); checkpoint saved", err)
     assert match is not None, err
     assert "Traceback" not in err
